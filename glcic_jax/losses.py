@@ -1,0 +1,70 @@
+"""Losses: masked MSE, GAN losses on logits, WGAN losses and the gradient penalty.
+
+All losses are computed in float32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """GLCIC's reconstruction loss ||M * (C(x, M) - x)||^2 with the paper's normalisation.
+
+    The official Torch code applies `nn.MSECriterion` to `output:cmul(mask)` and
+    `input:cmul(mask)`, i.e. the squared error summed over the hole and divided by the number of
+    *all* elements B*H*W*C (not the number of hole pixels). We keep that normalisation so that the
+    paper's alpha = 0.0004 weighs the adversarial term exactly as it did there.
+
+    pred, target: [B, H, W, C]; mask: [B, H, W, 1] with 1 inside holes.
+    """
+    pred = pred.astype(jnp.float32)
+    target = target.astype(jnp.float32)
+    diff = (pred - target) * mask.astype(jnp.float32)
+    return jnp.mean(jnp.square(diff))
+
+
+def d_bce_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """Discriminator BCE on logits: real -> 1, completed -> 0 (sum of the two batch means)."""
+    real = optax.sigmoid_binary_cross_entropy(real_logits.astype(jnp.float32), 1.0)
+    fake = optax.sigmoid_binary_cross_entropy(fake_logits.astype(jnp.float32), 0.0)
+    return jnp.mean(real) + jnp.mean(fake)
+
+
+def g_bce_loss(fake_logits: jax.Array) -> jax.Array:
+    """Completion network's adversarial term: BCE(D(completed), real), on logits."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(fake_logits.astype(jnp.float32), 1.0))
+
+
+def wgan_critic_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
+    """WGAN critic loss E[D(G(x))] - E[D(x)] (the gradient penalty is added separately)."""
+    return jnp.mean(fake_scores.astype(jnp.float32)) - jnp.mean(real_scores.astype(jnp.float32))
+
+
+def wgan_generator_loss(fake_scores: jax.Array) -> jax.Array:
+    """WGAN generator loss -E[D(G(x))]."""
+    return -jnp.mean(fake_scores.astype(jnp.float32))
+
+
+def gradient_penalty(
+    critic: Callable[[jax.Array], jax.Array],
+    real: jax.Array,
+    fake: jax.Array,
+    key: jax.Array,
+) -> jax.Array:
+    """WGAN-GP penalty E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani 2017).
+
+    `critic` maps a batch [B, ...] to scores [B] or [B, 1] and must treat samples independently
+    (no BatchNorm in train mode): per-sample gradients are then the gradient of the summed scores.
+    """
+    real = real.astype(jnp.float32)
+    fake = fake.astype(jnp.float32)
+    eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1))
+    x_hat = eps * real + (1.0 - eps) * fake
+    grads = jax.grad(lambda x: jnp.sum(critic(x).astype(jnp.float32)))(x_hat)
+    norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))) + 1e-12)
+    return jnp.mean(jnp.square(norms - 1.0))

@@ -1,0 +1,274 @@
+"""Networks of GLCIC (Iizuka et al. 2017) in flax.linen, NHWC.
+
+* `CompletionNetwork`: the 17-layer dilated encoder-decoder of the paper's Table 1.
+* `GlobalDiscriminator`, `LocalDiscriminator` and `ContextDiscriminator`: Table 2, whose two
+  1024-d feature vectors are concatenated and mapped to one real/fake **logit** (no sigmoid: the
+  losses work on logits).
+* `TwoStageCompletion`: an optional coarse-to-fine generator (the landscape report's future work
+  b), a second completion network that refines the first one's composited output.
+
+Every module takes `train` (BatchNorm uses batch statistics and updates its running averages when
+True). Parameters are float32; activations use `dtype` (bfloat16 on GPU); outputs are float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# BatchNorm as Torch7 / PyTorch: running = 0.9 * running + 0.1 * batch, eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+PADDING_MODES = ("zero", "reflect")
+ACTIVATIONS = ("relu", "leaky_relu")
+NORMS = ("batch", "layer", "none")
+
+# GLCIC Table 1: (kind, kernel, dilation, stride, features). 'deconv' is a 4x4 transposed conv
+# that doubles the resolution; the final 'output' layer has no norm and a sigmoid.
+COMPLETION_LAYERS: tuple[tuple[str, int, int, int, int], ...] = (
+    ("conv", 5, 1, 1, 64),
+    ("conv", 3, 1, 2, 128),
+    ("conv", 3, 1, 1, 128),
+    ("conv", 3, 1, 2, 256),
+    ("conv", 3, 1, 1, 256),
+    ("conv", 3, 1, 1, 256),
+    ("conv", 3, 2, 1, 256),  # GLCIC 3.1: dilated layers widen the receptive field
+    ("conv", 3, 4, 1, 256),
+    ("conv", 3, 8, 1, 256),
+    ("conv", 3, 16, 1, 256),
+    ("conv", 3, 1, 1, 256),
+    ("conv", 3, 1, 1, 256),
+    ("deconv", 4, 1, 2, 128),
+    ("conv", 3, 1, 1, 128),
+    ("deconv", 4, 1, 2, 64),
+    ("conv", 3, 1, 1, 32),
+    ("output", 3, 1, 1, 3),
+)
+
+GLOBAL_D_FEATURES = (64, 128, 256, 512, 512, 512)  # GLCIC Table 2b
+LOCAL_D_FEATURES = (64, 128, 256, 512, 512)  # GLCIC Table 2a
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+
+class PaddedConv(nn.Module):
+    """A convolution with Torch-style symmetric padding, zero or reflect.
+
+    Torch pads `dilation * (kernel - 1) // 2` on every side (so a stride-2 layer halves an even
+    size exactly); flax's 'SAME' pads asymmetrically for strided layers, so we pad explicitly.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    dilation: int = 1
+    padding: str = "zero"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pad = self.dilation * (self.kernel - 1) // 2
+        if self.padding == "reflect" and pad > 0:
+            # The landscape report: reflect padding keeps more information for dilated convs.
+            x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+            conv_pad = "VALID"
+        else:
+            conv_pad = ((pad, pad), (pad, pad))
+        return nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=(self.stride, self.stride),
+            kernel_dilation=(self.dilation, self.dilation),
+            padding=conv_pad,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )(x)
+
+
+def _norm(kind: str, train: bool, dtype: Dtype) -> nn.Module | None:
+    if kind == "batch":
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+        )
+    if kind == "layer":
+        # Per-sample normalisation over H, W, C: allowed in a WGAN-GP critic, unlike BatchNorm.
+        return nn.LayerNorm(
+            epsilon=BN_EPSILON,
+            reduction_axes=(-3, -2, -1),
+            dtype=dtype,
+            param_dtype=jnp.float32,
+        )
+    return None
+
+
+def _activation(kind: str, x: jax.Array) -> jax.Array:
+    if kind == "leaky_relu":
+        return nn.leaky_relu(x, negative_slope=0.2)
+    return nn.relu(x)
+
+
+class CompletionNetwork(nn.Module):
+    """GLCIC completion network (Table 1): 6,072,131 parameters.
+
+    Input `[B, H, W, 4]`: RGB in [0, 1] whose holes are filled with the mean pixel, plus the mask
+    channel (1 = hole). Output `[B, H, W, 3]` in [0, 1] (float32). H and W must be multiples of 4.
+    """
+
+    dtype: Dtype = jnp.float32
+    padding: str = "zero"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        _check_choice("model.padding", self.padding, PADDING_MODES)
+        if x.ndim != 4 or x.shape[-1] != 4:
+            raise ValueError(f"CompletionNetwork expects [B, H, W, 4] input, got {x.shape}.")
+        if x.shape[1] % 4 or x.shape[2] % 4:
+            raise ValueError(
+                f"CompletionNetwork needs H and W divisible by 4 (two stride-2 stages), got "
+                f"{x.shape[1]}x{x.shape[2]}: pad the image first."
+            )
+        x = x.astype(self.dtype)
+        for kind, kernel, dilation, stride, features in COMPLETION_LAYERS:
+            if kind == "deconv":
+                # 4x4 stride-2 transposed conv: exactly doubles H and W.
+                x = nn.ConvTranspose(
+                    features,
+                    (kernel, kernel),
+                    strides=(stride, stride),
+                    padding="SAME",
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                )(x)
+            else:
+                x = PaddedConv(features, kernel, stride, dilation, self.padding, self.dtype)(x)
+            if kind == "output":
+                break
+            x = _norm("batch", train, self.dtype)(x)
+            x = nn.relu(x)
+        # Sigmoid in float32 so that [0, 1] is exact whatever the activation dtype.
+        return jax.nn.sigmoid(x.astype(jnp.float32))
+
+
+def composite(images: jax.Array, generated: jax.Array, mask: jax.Array) -> jax.Array:
+    """Generated pixels inside the hole, original pixels outside. mask: [B, H, W, 1], 1 = hole."""
+    return images * (1.0 - mask) + generated * mask
+
+
+class TwoStageCompletion(nn.Module):
+    """Coarse-to-fine completion (landscape report, future work b).
+
+    Stage 1 is the GLCIC completion network; stage 2 is a second completion network that takes the
+    stage-1 result composited into the input (so the hole already holds content) plus the mask and
+    refines it. Returns `(refined, coarse)`; both are trained on the reconstruction loss.
+    """
+
+    dtype: Dtype = jnp.float32
+    padding: str = "zero"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
+        coarse = CompletionNetwork(self.dtype, self.padding, name="coarse")(x, train)
+        rgb, mask = x[..., :3], x[..., 3:]
+        stage2_in = jnp.concatenate([composite(rgb, coarse, mask), mask], axis=-1)
+        refined = CompletionNetwork(self.dtype, self.padding, name="refine")(stage2_in, train)
+        return refined, coarse
+
+
+class _ConvStack(nn.Module):
+    """5x5 stride-2 convs, each followed by the configured norm and activation, then FC 1024."""
+
+    features: Sequence[int]
+    dtype: Dtype = jnp.float32
+    norm: str = "batch"
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        _check_choice("model.d_norm", self.norm, NORMS)
+        _check_choice("model.d_activation", self.activation, ACTIVATIONS)
+        x = x.astype(self.dtype)
+        for features in self.features:
+            x = PaddedConv(features, 5, stride=2, dtype=self.dtype)(x)
+            norm = _norm(self.norm, train, self.dtype)
+            if norm is not None:
+                x = norm(x)
+            x = _activation(self.activation, x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(1024, dtype=self.dtype, param_dtype=jnp.float32)(x)
+        return _activation(self.activation, x)
+
+
+class GlobalDiscriminator(_ConvStack):
+    """GLCIC Table 2b: six 5x5 stride-2 convs (64..512) and FC 1024 on the whole image."""
+
+    features: Sequence[int] = GLOBAL_D_FEATURES
+
+
+class LocalDiscriminator(_ConvStack):
+    """GLCIC Table 2a: five 5x5 stride-2 convs (64..512) and FC 1024 on the crop around the hole."""
+
+    features: Sequence[int] = LOCAL_D_FEATURES
+
+
+class ContextDiscriminator(nn.Module):
+    """Global + local discriminator: concatenated 1024-d features -> one logit `[B, 1]`.
+
+    With `use_global=False` only the local branch is used (the landscape report's WGAN critic);
+    `global_image` may then be None.
+    """
+
+    dtype: Dtype = jnp.float32
+    norm: str = "batch"
+    activation: str = "relu"
+    use_global: bool = True
+
+    @nn.compact
+    def __call__(
+        self, global_image: jax.Array | None, local_image: jax.Array, train: bool = True
+    ) -> jax.Array:
+        feats = [LocalDiscriminator(dtype=self.dtype, norm=self.norm, activation=self.activation,
+                                    name="local")(local_image, train)]
+        if self.use_global:
+            feats.insert(0, GlobalDiscriminator(dtype=self.dtype, norm=self.norm,
+                                                activation=self.activation,
+                                                name="global")(global_image, train))
+        x = jnp.concatenate(feats, axis=-1)
+        logit = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        return logit.astype(jnp.float32)  # [B, 1]
+
+
+def make_generator(model_cfg) -> nn.Module:
+    """The generator a config asks for: the GLCIC network, or the two-stage variant."""
+    dtype = jnp.dtype(model_cfg.dtype)
+    if model_cfg.get("two_stage", False):
+        return TwoStageCompletion(dtype=dtype, padding=model_cfg.padding)
+    return CompletionNetwork(dtype=dtype, padding=model_cfg.padding)
+
+
+def make_discriminator(model_cfg) -> nn.Module:
+    """The discriminator (or WGAN critic) a config asks for."""
+    _check_choice("model.discriminator", model_cfg.discriminator, ("context", "local"))
+    return ContextDiscriminator(
+        dtype=jnp.dtype(model_cfg.dtype),
+        norm=model_cfg.d_norm,
+        activation=model_cfg.d_activation,
+        use_global=model_cfg.discriminator == "context",
+    )
+
+
+def count_params(params: Any) -> int:
+    """Number of scalar parameters in a params pytree."""
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

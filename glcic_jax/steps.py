@@ -1,0 +1,372 @@
+"""Pure, jit-compiled training steps for GLCIC's three phases, plus inference helpers.
+
+GLCIC 3.3 / Algorithm 1:
+  phase 1 (t < Tc):            `completion_step`    update C on the hole MSE; D untouched.
+  phase 2 (Tc <= t < Tc + Td): `discriminator_step` C frozen; update D on real vs completed.
+  phase 3 (t >= Tc + Td):      `joint_step`         update D, then C on MSE + alpha * adversarial.
+With an update ratio other than 1:1 (the landscape report's WGAN runs), phase 3 alternates
+`discriminator_step` and `generator_step` instead of the fused `joint_step`.
+
+Each step takes `(state, images)` with images `[B, H, W, 3]` uint8 (or float in [0, 1]), draws its
+masks on the device from `fold_in(state.rng, state.step)`, and returns `(new_state, metrics)`, a
+dict of float32 scalars; nothing syncs with the host.
+
+The discriminator always sees the *composited* image: generated pixels inside the hole and the
+original pixels outside (GLCIC 3.2), and a local crop around the hole; real images get a local
+crop at an independent random window.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from glcic_jax import losses, masks, models
+from glcic_jax.state import GANState, ModelState, Networks
+
+GAN_LOSSES = ("bce", "wgan-gp")
+
+
+class StepSettings(NamedTuple):
+    """Static (hashable) settings the steps are compiled with."""
+
+    mask: masks.MaskSpec
+    gan_loss: str = "bce"
+    alpha: float = 0.0004  # weight of the adversarial terms (the paper's alpha)
+    mse_weight: float = 1.0  # weight of the MSE term in the joint generator loss
+    gp_weight: float = 10.0  # WGAN-GP lambda
+    perceptual_weight: float = 0.0
+    skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
+
+    @classmethod
+    def from_config(cls, config) -> "StepSettings":
+        loss = config.loss
+        if loss.gan not in GAN_LOSSES:
+            raise ValueError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
+        return cls(
+            mask=masks.MaskSpec.from_config(config.mask),
+            gan_loss=str(loss.gan),
+            alpha=float(loss.alpha),
+            mse_weight=float(loss.mse_weight),
+            gp_weight=float(loss.gp_weight),
+            perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
+            skip_nonfinite=config.get("nan_policy", "stop") == "skip",
+        )
+
+
+class Steps(NamedTuple):
+    completion: Callable  # phase 1
+    discriminator: Callable  # phase 2 (and critic updates in phase 3 with n_critic > 1)
+    joint: Callable  # phase 3, fused D then G update
+    generator: Callable  # phase 3 generator-only update (ratio schedules)
+    complete: Callable  # inference: (g_vars, images, mask, mean_pixel) -> completed images
+    evaluate: Callable  # (state, images, mask, local corners) -> dict for sample grids
+
+
+def to_float_images(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [0, 1] on the device; float inputs are taken as already scaled."""
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)
+
+
+def _variables(ms: ModelState, params=None) -> dict:
+    v = {"params": ms.params if params is None else params}
+    if ms.batch_stats:
+        v["batch_stats"] = ms.batch_stats
+    return v
+
+
+def _generate(nets: Networks, ms: ModelState, params, x, train: bool):
+    """Run the generator; returns (final output, all outputs to reconstruct, new batch stats)."""
+    if train and ms.batch_stats:
+        out, upd = nets.generator.apply(
+            _variables(ms, params), x, train=True, mutable=["batch_stats"]
+        )
+        new_stats = upd["batch_stats"]
+    else:
+        out = nets.generator.apply(_variables(ms, params), x, train=train)
+        new_stats = ms.batch_stats
+    outs = out if isinstance(out, tuple) else (out,)
+    return outs[0], outs, new_stats
+
+
+def _discriminate(nets: Networks, d: ModelState, params, batch_stats, global_img, local_img,
+                  train: bool):
+    """Run D; returns (logits [B, 1], new batch stats)."""
+    v = {"params": params}
+    if batch_stats:
+        v["batch_stats"] = batch_stats
+    if train and batch_stats:
+        logits, upd = nets.discriminator.apply(
+            v, global_img, local_img, train=True, mutable=["batch_stats"]
+        )
+        return logits, upd["batch_stats"]
+    return nets.discriminator.apply(v, global_img, local_img, train=train), batch_stats
+
+
+def _apply_updates(tx, ms: ModelState, grads, new_stats) -> ModelState:
+    updates, opt_state = tx.update(grads, ms.opt_state, ms.params)
+    return ModelState(optax.apply_updates(ms.params, updates), new_stats, opt_state)
+
+
+def _all_finite(*trees) -> jax.Array:
+    leaves = [x for t in trees for x in jax.tree_util.tree_leaves(t)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _guard(settings: StepSettings, old: GANState, new: GANState, ok: jax.Array) -> GANState:
+    """With nan_policy='skip', a non-finite update leaves the state as it was (but counts the step)."""
+    if not settings.skip_nonfinite:
+        return new
+    kept = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    return kept.replace(step=new.step)
+
+
+class _Batch(NamedTuple):
+    images: jax.Array  # [B, H, W, 3] float32 in [0, 1]
+    masks: masks.Masks
+    x: jax.Array  # [B, H, W, 4] completion input
+    real_local: jax.Array  # [B, L, L, 3] crops of real images at random windows
+    k_gp: jax.Array
+
+
+def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
+    images = to_float_images(images)
+    b, h, w, _ = images.shape
+    step_key = jax.random.fold_in(state.rng, state.step)
+    k_mask, k_real, k_gp = jax.random.split(step_key, 3)
+    m = masks.sample_masks(k_mask, b, h, w, settings.mask)
+    x = masks.fill_holes(images, m.mask, state.mean_pixel)
+    size = settings.mask.local_size
+    real_local = masks.crop(images, masks.random_corners(k_real, b, h, w, size), size)
+    return _Batch(images, m, x, real_local, k_gp)
+
+
+def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array, dict]:
+    mse = sum(losses.masked_mse(o, batch.images, batch.masks.mask) for o in outs)
+    total, metrics = mse, {"mse": mse}
+    if settings.perceptual_weight and perceptual_fn is not None:
+        size = settings.mask.local_size
+        fake_local = masks.crop(models.composite(batch.images, outs[0], batch.masks.mask),
+                                batch.masks.corners, size)
+        real_local = masks.crop(batch.images, batch.masks.corners, size)
+        perc = perceptual_fn(fake_local, real_local)
+        total = total + settings.perceptual_weight * perc
+        metrics["perceptual"] = perc
+    return total, metrics
+
+
+def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
+    """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics))."""
+    size = settings.mask.local_size
+    fake_local = masks.crop(completed, batch.masks.corners, size)
+    # Separate forward passes for real and completed batches (as the reference ports do): each
+    # BatchNorm batch is all-real or all-fake.
+    real_logits, stats = _discriminate(nets, d, d_params, d.batch_stats, batch.images,
+                                       batch.real_local, True)
+    fake_logits, stats = _discriminate(nets, d, d_params, stats, completed, fake_local, True)
+    if settings.gan_loss == "bce":
+        gan = losses.d_bce_loss(real_logits, fake_logits)
+        metrics = {"d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
+                   "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
+        loss = settings.alpha * gan
+    else:
+        gan = losses.wgan_critic_loss(real_logits, fake_logits)
+        # The penalty needs per-sample gradients: BatchNorm critics are evaluated in inference
+        # mode here; layer-norm / no-norm critics (the default for WGAN) are per-sample anyway.
+        gp_train = not bool(d.batch_stats)
+
+        def critic(inputs):
+            g_img, l_img = inputs
+            return _discriminate(nets, d, d_params, stats, g_img, l_img, gp_train)[0]
+
+        gp = losses.gradient_penalty(
+            critic, (batch.images, batch.real_local), (completed, fake_local), batch.k_gp
+        )
+        metrics = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits), "gp": gp,
+                   "wasserstein": -gan}
+        loss = settings.alpha * (gan + settings.gp_weight * gp)
+    metrics["d_loss"] = loss
+    return loss, (stats, metrics)
+
+
+def _adv_loss(settings, nets, d: ModelState, completed, corners):
+    """Generator's adversarial term for a completed batch, with D fixed (its stats discarded)."""
+    fake_local = masks.crop(completed, corners, settings.mask.local_size)
+    logits, _ = _discriminate(nets, d, d.params, d.batch_stats, completed, fake_local, True)
+    if settings.gan_loss == "bce":
+        return losses.g_bce_loss(logits)
+    return losses.wgan_generator_loss(logits)
+
+
+def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
+    batch = _prepare(settings, state, images)
+
+    def loss_fn(params):
+        _, outs, stats = _generate(nets, state.g, params, batch.x, True)
+        loss, metrics = _recon_loss(settings, outs, batch, perceptual_fn)
+        return loss, (stats, metrics)
+
+    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
+    ok = _all_finite(loss, grads)
+    new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
+    metrics.update(g_loss=loss, nonfinite=1.0 - ok.astype(jnp.float32))
+    return _guard(settings, state, new, ok), metrics
+
+
+def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
+    del perceptual_fn
+    batch = _prepare(settings, state, images)
+    # C is frozen: batch-statistics forward (as in the joint phase), its stat updates discarded.
+    out, _, _ = _generate(nets, state.g, state.g.params, batch.x, True)
+    completed = jax.lax.stop_gradient(models.composite(batch.images, out, batch.masks.mask))
+    grad_fn = jax.value_and_grad(
+        lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
+    )
+    (loss, (stats, metrics)), grads = grad_fn(state.d.params)
+    ok = _all_finite(loss, grads)
+    new = state.replace(step=state.step + 1, d=_apply_updates(nets.d_tx, state.d, grads, stats))
+    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+    return _guard(settings, state, new, ok), metrics
+
+
+def _generator_loss(settings, nets, perceptual_fn, d: ModelState, batch: _Batch, outs):
+    recon, metrics = _recon_loss(settings, outs, batch, perceptual_fn)
+    completed = models.composite(batch.images, outs[0], batch.masks.mask)
+    adv = _adv_loss(settings, nets, d, completed, batch.masks.corners)
+    loss = settings.mse_weight * recon + settings.alpha * adv
+    metrics.update(g_adv=adv, g_loss=loss)
+    return loss, metrics
+
+
+def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
+    batch = _prepare(settings, state, images)
+
+    # One generator forward serves both updates: keep its VJP for C's gradient.
+    def g_fwd(params):
+        _, outs, stats = _generate(nets, state.g, params, batch.x, True)
+        return outs, stats
+
+    outs, g_vjp, g_stats = jax.vjp(g_fwd, state.g.params, has_aux=True)
+
+    # 1) D on real vs completed (completed is a constant for D).
+    completed = jax.lax.stop_gradient(models.composite(batch.images, outs[0], batch.masks.mask))
+    (d_loss, (d_stats, metrics)), d_grads = jax.value_and_grad(
+        lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
+    )(state.d.params)
+    new_d = _apply_updates(nets.d_tx, state.d, d_grads, d_stats)
+
+    # 2) C on MSE + alpha * adversarial, against the updated D.
+    (g_loss, g_metrics), d_outs = jax.value_and_grad(
+        lambda o: _generator_loss(settings, nets, perceptual_fn, new_d, batch, o), has_aux=True
+    )(outs)
+    (g_grads,) = g_vjp(d_outs)
+    new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats)
+    metrics.update(g_metrics)
+    ok = _all_finite(d_loss, g_loss, d_grads, g_grads)
+    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+    new = state.replace(step=state.step + 1, g=new_g, d=new_d)
+    return _guard(settings, state, new, ok), metrics
+
+
+def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
+    batch = _prepare(settings, state, images)
+
+    def loss_fn(params):
+        _, outs, stats = _generate(nets, state.g, params, batch.x, True)
+        loss, metrics = _generator_loss(settings, nets, perceptual_fn, state.d, batch, outs)
+        return loss, (stats, metrics)
+
+    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
+    ok = _all_finite(loss, grads)
+    new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
+    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+    return _guard(settings, state, new, ok), metrics
+
+
+def complete_images(nets: Networks, g_vars: dict, images, mask, mean_pixel) -> jax.Array:
+    """Inference: fill holes with the mean pixel, run C (running statistics) and composite.
+
+    images [B, H, W, 3] in [0, 1] (or uint8), mask [B, H, W, 1] (1 = hole) -> [B, H, W, 3] float32;
+    pixels outside the hole are returned unchanged.
+    """
+    images = to_float_images(images)
+    mask = mask.astype(jnp.float32)
+    x = masks.fill_holes(images, mask, mean_pixel)
+    out = nets.generator.apply(g_vars, x, train=False)
+    out = out[0] if isinstance(out, tuple) else out
+    return models.composite(images, out, mask)
+
+
+def _evaluate(nets, settings, state: GANState, images, mask, corners):
+    """Completed images and D's probabilities on real / completed, with running statistics."""
+    images = to_float_images(images)
+    completed = complete_images(nets, _variables(state.g), images, mask, state.mean_pixel)
+    size = settings.mask.local_size
+    real_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, images,
+                                   masks.crop(images, corners, size), False)
+    fake_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, completed,
+                                   masks.crop(completed, corners, size), False)
+    score = jax.nn.sigmoid if settings.gan_loss == "bce" else (lambda z: z)
+    return {
+        "completed": completed,
+        "inputs": masks.fill_holes(images, mask, state.mean_pixel)[..., :3],
+        "d_real": score(real_logits)[:, 0],
+        "d_fake": score(fake_logits)[:, 0],
+        "mse": jnp.mean(jnp.square((completed - images) * mask), axis=(1, 2, 3)),
+    }
+
+
+def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
+               donate: bool = True) -> Steps:
+    """Build the jit-compiled steps for a config. `donate=True` reuses the state's buffers."""
+    settings = StepSettings.from_config(config)
+    donate_args = (0,) if donate else ()
+
+    def jit_step(fn):
+        return jax.jit(functools.partial(fn, nets, settings, perceptual_fn),
+                       donate_argnums=donate_args)
+
+    return Steps(
+        completion=jit_step(_completion_step),
+        discriminator=jit_step(_discriminator_step),
+        joint=jit_step(_joint_step),
+        generator=jit_step(_generator_step),
+        complete=jax.jit(functools.partial(complete_images, nets)),
+        evaluate=jax.jit(functools.partial(_evaluate, nets, settings)),
+    )
+
+
+def phase_of(step: int, config) -> int:
+    """Training phase (1, 2 or 3) of a 0-based global step under the config's schedule."""
+    tc, td = int(config.schedule.tc), int(config.schedule.td)
+    if step < tc:
+        return 1
+    if step < tc + td:
+        return 2
+    return 3
+
+
+def phase3_update(step: int, config) -> str:
+    """Which update a phase-3 step performs: 'joint' (1:1), or 'discriminator' / 'generator'."""
+    n_d, n_g = int(config.loss.n_critic), int(config.loss.n_generator)
+    if n_d == 1 and n_g == 1:
+        return "joint"
+    k = (step - int(config.schedule.tc) - int(config.schedule.td)) % (n_d + n_g)
+    return "discriminator" if k < n_d else "generator"
+
+
+def step_fn_for(step: int, config, steps: Steps) -> tuple[str, Callable[..., Any]]:
+    """The (name, function) that performs global step `step`."""
+    phase = phase_of(step, config)
+    if phase == 1:
+        return "completion", steps.completion
+    if phase == 2:
+        return "discriminator", steps.discriminator
+    name = phase3_update(step, config)
+    return name, getattr(steps, name)
