@@ -1,0 +1,168 @@
+"""Orbax checkpoints: save, resume, refuse incompatible workdirs, restore for inference.
+
+Layout: `WORKDIR/checkpoints/<step>/{state, meta}`. `state` is the whole `GANState` pytree (both
+networks, batch statistics, optimizer states, step, base key, mean pixel); `meta` is JSON holding
+the config and the mean pixel, so that `complete.py` needs nothing but the checkpoint.
+
+Saves are asynchronous (training goes on while the arrays are written) and atomic: Orbax writes
+into a temporary folder and renames it when complete, so a kill at any moment leaves the last
+finished checkpoint restorable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_policies
+
+# Config fields that change array shapes or the optimizer state's structure: a checkpoint made
+# with other values cannot be resumed.
+SHAPE_KEYS = (
+    "data.image_size",
+    "mask.local_size",
+    "model.discriminator",
+    "model.d_norm",
+    "model.two_stage",
+    "optimizer.name",
+)
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The workdir holds a checkpoint made with a config whose shapes differ."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part] if part in node else None
+        if node is None:
+            return None
+    return node
+
+
+def check_compatible(stored: dict, config) -> None:
+    """Raise IncompatibleCheckpointError naming every shape-relevant field that differs."""
+    stored_cfg = ml_collections.ConfigDict(stored)
+    diffs = [
+        f"{k}: checkpoint has {_get(stored_cfg, k)!r}, config has {_get(config, k)!r}"
+        for k in SHAPE_KEYS
+        if _get(stored_cfg, k) != _get(config, k)
+    ]
+    if diffs:
+        raise IncompatibleCheckpointError(
+            "The workdir holds a checkpoint from an incompatible config ("
+            + "; ".join(diffs)
+            + "). Nothing was overwritten: use a new --workdir, or set these back."
+        )
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with GLCIC's state and metadata."""
+
+    def __init__(self, workdir: str, config, read_only: bool = False):
+        policies = [ocp_policies.LatestN(int(config.get("keep_checkpoints", 3)))]
+        if config.get("keep_every", 0):
+            policies.append(ocp_policies.EveryNSteps(int(config.keep_every)))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.directory = checkpoint_dir(workdir)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def save(self, step: int, state: Any, config, force: bool = True) -> bool:
+        meta = {
+            "step": int(step),
+            "config": json.loads(config.to_json_best_effort()),
+            "mean_pixel": [float(v) for v in np.asarray(jax.device_get(state.mean_pixel))],
+        }
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=force,
+        )
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+        """Restore the state at `step` (default latest) into the structure/shardings given."""
+        step = self.latest_step() if step is None else step
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return out["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _resolve(path: str) -> tuple[str, int | None]:
+    """Accept a workdir, its checkpoints/ folder, or one step folder; return (workdir, step)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return path, None
+    base = os.path.basename(path.rstrip(os.sep))
+    parent = os.path.dirname(path.rstrip(os.sep))
+    if base == "checkpoints":
+        return parent, None
+    if base.isdigit() and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), int(base)
+    raise FileNotFoundError(
+        f"No GLCIC checkpoint at {path}: pass --workdir=DIR of a training run, or "
+        f"--checkpoint=DIR/checkpoints/STEP."
+    )
+
+
+def restore_for_inference(path: str, step: int | None = None):
+    """Everything inference needs from a workdir or checkpoint path.
+
+    Returns `(config, nets, state)`: the stored ConfigDict, the rebuilt `Networks` and the restored
+    `GANState` (use `state.g` and `state.mean_pixel`).
+    """
+    from glcic_jax import state as state_lib  # local import: state imports models (flax)
+
+    workdir, path_step = _resolve(path)
+    step = path_step if step is None else step
+    ckpt = Checkpointer(workdir, ml_collections.ConfigDict(), read_only=True)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
+    if step is None:
+        step = ckpt.latest_step()
+    meta = ckpt.read_meta(step)
+    config = ml_collections.ConfigDict(meta["config"])
+    nets = state_lib.create_networks(config)
+    abstract = jax.eval_shape(
+        lambda: state_lib.create_state(config, nets, jax.random.PRNGKey(0), meta["mean_pixel"])
+    )
+    restored = ckpt.restore(abstract, step)
+    ckpt.close()
+    return config, nets, restored

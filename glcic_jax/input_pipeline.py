@@ -1,0 +1,422 @@
+"""Input pipelines: named tfds datasets, folders of photos, and scikit-image's sample photos.
+
+Every source yields uint8 batches `[local_batch, S, S, 3]` (numpy) for this host; scaling to
+[0, 1] happens on the device inside the jitted step. Augmentation follows GLCIC 4: the shortest
+side is resized to a random value in [resize_min, resize_max], then a random S x S crop and a
+random horizontal flip.
+
+Exact resume: each source is a *stream* whose k-th element is a pure function of (seed, host, k):
+which image (a per-epoch permutation) and its crop/flip. Restarting at step s starts the stream at
+element s * local_batch, so a resumed run sees the same images as an uninterrupted one.
+
+* `folder` and `skimage` sources are decoded with PIL in a thread pool and need no TensorFlow
+  (a GPU machine without TensorFlow can train from them).
+* `tfds` sources use tf.data (TensorFlow kept off the GPU); resuming skips the undecoded records
+  of the stream, which is exact but reads the skipped records once.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import threading
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# scikit-image's colour sample photos (shipped with the package; no download). The last two are
+# held out for evaluation and sample grids.
+SKIMAGE_TRAIN = ("astronaut", "coffee", "immunohistochemistry", "hubble_deep_field", "retina",
+                 "motorcycle_left", "motorcycle_right")
+SKIMAGE_EVAL = ("chelsea", "rocket")
+
+
+class DataError(RuntimeError):
+    """A dataset is missing, empty or unreadable; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding and augmentation (numpy / PIL)
+
+
+def to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    """Any PIL image (grayscale, RGBA, CMYK, palette, 16-bit) -> [H, W, 3] uint8 RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels over white, as photo viewers show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    arr = np.asarray(img.convert("RGB"))
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def load_image(path: str) -> np.ndarray:
+    """Decode an image file to [H, W, 3] uint8; raises on corrupt or truncated files."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb_uint8(img)
+
+
+def _resize_short_side(image: np.ndarray, short: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = short / min(h, w)
+    size = (max(short, round(w * scale)), max(short, round(h * scale)))  # PIL: (W, H)
+    if size == (w, h):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, reducing_gap=3.0))
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
+            resize_max: int, flip: bool) -> np.ndarray:
+    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop, flip."""
+    image = _resize_short_side(image, int(rng.integers(resize_min, resize_max + 1)))
+    h, w = image.shape[:2]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    out = image[top : top + size, left : left + size]
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Shortest side resized to `size`, then the central size x size crop."""
+    image = _resize_short_side(image, size)
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+# ----------------------------------------------------------------------------------------------
+# Index-based sources (folder, skimage): deterministic streams decoded in a thread pool
+
+
+class IndexedSource:
+    """A list of examples, each loaded by `load(i)`, with bad-item accounting."""
+
+    def __init__(self, names: Sequence[str], load: Callable[[int], np.ndarray], what: str):
+        if not names:
+            raise DataError(f"{what} holds no images.")
+        self.names = list(names)
+        self._load = load
+        self.what = what
+        self.skipped: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, i: int) -> np.ndarray:
+        """Load example i; an unreadable one is skipped (logged, counted) for the next one."""
+        n = len(self.names)
+        for attempt in range(n):
+            j = (i + attempt) % n
+            try:
+                return self._load(j)
+            except Exception as e:  # corrupt, truncated, unsupported: never crash training
+                with self._lock:
+                    first = self.names[j] not in self.skipped
+                    self.skipped[self.names[j]] += 1
+                if first:
+                    logging.warning("Skipping unreadable image %s (%s: %s); %d skipped so far.",
+                                    self.names[j], type(e).__name__, e, len(self.skipped))
+        raise DataError(f"None of the {n} images in {self.what} could be read.")
+
+
+def _stream_item(source_len: int, seed: int, host: int, k: int) -> tuple[int, np.random.Generator]:
+    """Element k of a host's stream: (example index, RNG for its augmentation)."""
+    epoch, pos = divmod(k, source_len)
+    perm = np.random.default_rng([seed, host, epoch, 0xC0FFEE]).permutation(source_len)
+    return int(perm[pos]), np.random.default_rng([seed, host, k])
+
+
+class StreamIterator:
+    """Batches of a deterministic augmented stream, decoded by a thread pool, prefetched in order."""
+
+    def __init__(self, source: IndexedSource, config, batch: int, start: int = 0, seed: int = 0,
+                 host: int = 0, workers: int | None = None, prefetch: int = 4):
+        self.source = source
+        self.batch = batch
+        self.next_k = start
+        self.seed = seed
+        self.host = host
+        d = config.data
+        self._aug = (int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip))
+        workers = workers or min(32, (os.cpu_count() or 2) * 2)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="glcic-data")
+        self._pending: collections.deque = collections.deque()
+        self._prefetch = prefetch
+
+    def _element(self, k: int) -> np.ndarray:
+        i, rng = _stream_item(len(self.source), self.seed, self.host, k)
+        return augment(self.source.load(i), rng, *self._aug)
+
+    def _submit(self) -> None:
+        ks = range(self.next_k, self.next_k + self.batch)
+        self.next_k += self.batch
+        self._pending.append([self._pool.submit(self._element, k) for k in ks])
+
+    def __iter__(self) -> "StreamIterator":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        while len(self._pending) < self._prefetch:
+            self._submit()
+        futures = self._pending.popleft()
+        return np.stack([f.result() for f in futures])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def list_images(root: str) -> list[str]:
+    """All image files under root, recursively, as sorted relative paths."""
+    if not root:
+        raise DataError("data.source=folder needs --config.data.path=DIR (a folder of photos).")
+    if not os.path.isdir(root):
+        raise DataError(f"data.path={root!r} is not a folder.")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for f in filenames:
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                found.append(os.path.relpath(os.path.join(dirpath, f), root))
+    found.sort()
+    if not found:
+        raise DataError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under data.path={root!r}."
+        )
+    return found
+
+
+def split_files(files: Sequence[str], eval_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic train/test split by a hash of each relative path (stable as files are added)."""
+    train, test = [], []
+    for f in files:
+        h = int(hashlib.sha1(f.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (test if h < eval_fraction else train).append(f)
+    if not test and len(train) > 1:  # tiny folders: still hold one image out
+        test.append(train.pop())
+    if not train:
+        train, test = test, test[:1]
+    return train, test
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data  # local: only this source needs scikit-image
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return to_rgb_uint8(Image.fromarray(getattr(skimage.data, name)()))
+
+
+def indexed_source(config, split: str, host: int = 0, hosts: int = 1) -> IndexedSource:
+    """The folder or skimage source for split 'train' or 'eval', this host's share of it."""
+    d = config.data
+    if d.source == "skimage":
+        names = list(SKIMAGE_TRAIN if split == "train" else SKIMAGE_EVAL)
+        photos = {n: _skimage_photo(n) for n in names}
+        return IndexedSource(names, lambda i: photos[names[i]], "scikit-image samples")
+    train, test = split_files(list_images(d.path), float(d.eval_fraction))
+    files = train if split == "train" else test
+    if split == "train" and hosts > 1:
+        files = files[host::hosts] or files  # each host reads its own slice
+    root = d.path
+    return IndexedSource(files, lambda i: load_image(os.path.join(root, files[i])),
+                         f"data.path={root!r} ({split} split)")
+
+
+# ----------------------------------------------------------------------------------------------
+# tfds sources (tf.data)
+
+
+def _import_tf():
+    try:
+        import tensorflow as tf
+    except ImportError as e:  # the GPU image may not have TensorFlow
+        raise DataError(
+            "data.source=tfds needs TensorFlow and tensorflow-datasets (pip install -r "
+            "requirements.txt); without them use data.source=folder or skimage."
+        ) from e
+    try:  # keep TensorFlow off the GPU: JAX owns it
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass
+    return tf
+
+
+def _tfds_builder(config):
+    _import_tf()
+    import tensorflow_datasets as tfds
+
+    d = config.data
+    data_dir = d.data_dir or None
+    try:
+        builder = tfds.builder(d.name, data_dir=data_dir)
+    except Exception as e:
+        raise DataError(f"Unknown tfds dataset data.name={d.name!r}: {e}") from e
+    if not builder.is_prepared():
+        where = builder.data_dir
+        try:
+            logging.info("Preparing tfds dataset %s in %s (downloads it once).", d.name, where)
+            builder.download_and_prepare()
+        except Exception as e:
+            raise DataError(
+                f"The tfds dataset {d.name!r} is not in {where} and could not be downloaded or "
+                f"prepared ({type(e).__name__}: {str(e)[:300]}). Either give this machine access "
+                f"to the dataset's download site, or prepare it elsewhere with `tfds build "
+                f"{d.name} --data_dir=DIR` (for manual-download datasets, put the archives in "
+                f"DIR/downloads/manual) and copy DIR here, then pass --config.data.data_dir=DIR."
+            ) from e
+    return builder
+
+
+def _tfds_stream(config, split: str, batch: int, start: int, seed: int, host: int, hosts: int,
+                 train: bool) -> Iterator[np.ndarray]:
+    tf = _import_tf()
+    import tensorflow_datasets as tfds
+
+    d = config.data
+    builder = _tfds_builder(config)
+    if hosts > 1:
+        split = tfds.even_splits(split, n=hosts, drop_remainder=True)[host]
+    read_config = tfds.ReadConfig(shuffle_seed=seed + 7919 * host, try_autocache=False)
+    ds = builder.as_dataset(split=split, shuffle_files=train, read_config=read_config,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: ex["image"])
+    if train:
+        ds = ds.shuffle(int(d.shuffle_buffer), seed=seed + host, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+    ds = ds.enumerate().skip(start)  # exact resume: skip undecoded records
+    size, rmin, rmax = int(d.image_size), int(d.resize_min), int(d.resize_max)
+
+    def process(k, encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        if not train:
+            return _tf_center_crop(tf, image, size)
+        s = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + host, k])
+        short = tf.random.stateless_uniform([], s, rmin, rmax + 1, dtype=tf.int32)
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        scale = tf.cast(short, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
+        new_hw = tf.maximum(tf.cast(tf.round(tf.cast([h, w], tf.float32) * scale), tf.int32),
+                            short)
+        image = tf.image.resize(image, new_hw, method="bicubic", antialias=True)
+        image = tf.image.stateless_random_crop(image, [size, size, 3], s + 1)
+        if d.flip:
+            image = tf.image.stateless_random_flip_left_right(image, s + 2)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
+    return tfds.as_numpy(ds)
+
+
+def _tf_center_crop(tf, image, size: int):
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    scale = size / tf.cast(tf.minimum(h, w), tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(tf.cast([h, w], tf.float32) * scale), tf.int32), size)
+    image = tf.image.resize(image, new_hw, method="bicubic", antialias=True)
+    image = tf.image.resize_with_crop_or_pad(image, size, size)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def train_iterator(config, local_batch: int, start_step: int = 0, host: int = 0,
+                   hosts: int = 1) -> Iterator[np.ndarray]:
+    """This host's training batches from global step `start_step` on: uint8 [local_batch, S, S, 3]."""
+    start = start_step * local_batch
+    seed = int(config.seed)
+    if config.data.source == "tfds":
+        return _tfds_stream(config, config.data.train_split, local_batch, start, seed, host,
+                            hosts, train=True)
+    if config.data.source in ("folder", "skimage"):
+        source = indexed_source(config, "train", host, hosts)
+        return StreamIterator(source, config, local_batch, start=start, seed=seed, host=host)
+    raise DataError(
+        f"data.source={config.data.source!r} must be 'tfds', 'folder' or 'skimage'."
+    )
+
+
+def eval_images(config, num: int) -> np.ndarray:
+    """A fixed held-out batch, identical in every run: uint8 [num, S, S, 3].
+
+    tfds: the first `num` images of the eval split, centre-cropped. folder / skimage: the first
+    `num` elements of the held-out split's stream with a fixed seed (random crops, no flips).
+    """
+    if config.data.source == "tfds":
+        batches = _tfds_stream(config, config.data.eval_split, num, 0, 0, 0, 1, train=False)
+        out = next(iter(batches))
+        if len(out) < num:
+            raise DataError(f"The eval split has only {len(out)} images; {num} are needed.")
+        return out
+    source = indexed_source(config, "eval")
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.data.flip = False
+    it = StreamIterator(source, cfg, num, start=0, seed=20170701, host=0, workers=4, prefetch=1)
+    try:
+        return next(it)
+    finally:
+        it.close()
+
+
+def compute_mean_pixel(config) -> np.ndarray:
+    """Mean RGB in [0, 1] over `data.mean_pixel_images` training crops (host 0's stream start)."""
+    n = max(1, int(config.data.mean_pixel_images))
+    batch = min(n, 64)
+    it = train_iterator(config, batch, start_step=0, host=0, hosts=1)
+    total, count = np.zeros(3, np.float64), 0
+    try:
+        while count < n:
+            images = next(it)[: n - count]
+            total += images.reshape(-1, 3).astype(np.float64).sum(0)
+            count += len(images)
+    finally:
+        if hasattr(it, "close"):
+            it.close()
+    size = int(config.data.image_size)
+    return (total / (count * size * size) / 255.0).astype(np.float32)
+
+
+def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
+    """The dataset's mean pixel, computed once and cached in WORKDIR/mean_pixel.json."""
+    path = os.path.join(workdir, "mean_pixel.json")
+    key = {"source": config.data.source, "name": config.data.name, "path": config.data.path,
+           "images": int(config.data.mean_pixel_images), "size": int(config.data.image_size)}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return np.asarray(cached["mean_pixel"], np.float32)
+        except (OSError, ValueError, KeyError):
+            pass
+    logging.info("Computing the mean pixel over %d training images...", key["images"])
+    value = compute_mean_pixel(config)
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "mean_pixel": [float(v) for v in value]}, f, indent=1)
+        os.replace(tmp, path)
+    logging.info("Mean pixel (RGB, [0, 1]): %s", np.round(value, 4).tolist())
+    return value

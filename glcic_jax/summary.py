@@ -1,0 +1,107 @@
+"""Logging outputs: TensorBoard scalars/images and sample-grid PNGs (process 0 only).
+
+Sample grids follow the CelebA/Places2 report's figures: one row per evaluation image with
+original | input with holes | completed, and the discriminator's output on the original and on the
+completed image printed on the row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
+              d_real: np.ndarray | None = None, d_fake: np.ndarray | None = None,
+              pad: int = 2, label_height: int = 12) -> np.ndarray:
+    """Rows of original | input | completed ([N, S, S, 3] each) -> one uint8 image."""
+    originals, inputs, completed = map(_to_uint8, (originals, inputs, completed))
+    n, s = originals.shape[0], originals.shape[1]
+    label = label_height if d_real is not None else 0
+    row_h = s + label + pad
+    grid = np.full((n * row_h + pad, 3 * (s + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        y = pad + i * row_h + label
+        for j, img in enumerate((originals[i], inputs[i], completed[i])):
+            x = pad + j * (s + pad)
+            grid[y : y + s, x : x + s] = img
+    if d_real is None:
+        return grid
+    pil = Image.fromarray(grid)
+    draw = ImageDraw.Draw(pil)
+    for i in range(n):
+        y = pad + i * row_h
+        draw.text((pad, y), f"D={float(d_real[i]):.2f}", fill=(0, 0, 0))
+        draw.text((pad + 2 * (s + pad), y), f"D={float(d_fake[i]):.2f}", fill=(0, 0, 0))
+    return np.asarray(pil)
+
+
+class Writer:
+    """TensorBoard (via tensorboardX when installed) plus PNG samples under WORKDIR/samples."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.workdir = workdir
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:
+            logging.warning("tensorboardX is not installed: no TensorBoard events (PNG samples "
+                            "and console logs still work). pip install tensorboardX")
+
+    def write_config(self, config) -> None:
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        if self._tb is not None:
+            self._tb.add_text("config", "```\n" + str(config) + "\n```", 0)
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        if self._tb is None:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(k, float(v), step)
+        self._tb.flush()
+
+    def sample_grid(self, step: int, originals: np.ndarray, out: dict[str, np.ndarray]) -> str | None:
+        """Write the grid for the fixed evaluation batch; returns the PNG path."""
+        if not self.enabled:
+            return None
+        grid = make_grid(originals, out["inputs"], out["completed"], out.get("d_real"),
+                         out.get("d_fake"))
+        path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
+        Image.fromarray(grid).save(path)
+        if self._tb is not None:
+            self._tb.add_image("samples", grid, step, dataformats="HWC")
+            self._tb.flush()
+        return path
+
+    def write_json(self, name: str, payload: dict) -> str | None:
+        if not self.enabled:
+            return None
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2)
+        return path
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,229 @@
+"""`train_and_evaluate(config, workdir)`: GLCIC's three-phase training loop.
+
+Data flows one way: host batches (uint8) -> global jax.Array sharded over the mesh's `data` axis
+-> jitted step (masks drawn on the device) -> state. Only process 0 writes logs, samples and
+TensorBoard; every process takes part in checkpointing (Orbax coordinates them).
+
+Rerunning the same command resumes from the latest checkpoint: same step, same phase, the same
+data stream position and the same mask stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from glcic_jax import checkpointing, config_lib, input_pipeline, masks, steps as steps_lib
+from glcic_jax import state as state_lib
+from glcic_jax import summary
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/inf and nan_policy='stop'."""
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT: finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        logging.warning("%s received: finishing this step, then checkpointing and exiting.",
+                        self.received)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def make_mesh() -> Mesh:
+    """One mesh over all devices (all hosts) with a single `data` axis."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def global_batch(images: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Assemble the global batch from this process's slice."""
+    return jax.make_array_from_process_local_data(sharding, images)
+
+
+def fixed_eval_masks(config, num: int) -> masks.Masks:
+    """Masks for the sample grid / evaluation batch, identical in every run and checkpoint."""
+    size = int(config.data.image_size)
+    spec = masks.MaskSpec.from_config(config.mask)
+    return masks.sample_masks(jax.random.PRNGKey(int(config.seed) + 2017), num, size, size, spec)
+
+
+def _format_metrics(values: dict[str, float]) -> str:
+    order = ("mse", "g_loss", "g_adv", "d_loss", "d_real", "d_fake", "gp", "perceptual")
+    keys = [k for k in order if k in values] + sorted(set(values) - set(order) - {"nonfinite"})
+    return " ".join(f"{k}={values[k]:.4g}" for k in keys)
+
+
+def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, float]:
+    """Fetch the pending per-step metrics; stop (or count) on non-finite values; return means."""
+    fetched = jax.device_get([m for _, _, m in pending])
+    sums: dict[str, float] = {}
+    skipped = 0
+    for (step, name, _), m in zip(pending, fetched):
+        bad = sorted(k for k, v in m.items() if k != "nonfinite" and not np.isfinite(v))
+        if m.get("nonfinite", 0.0) > 0 or bad:
+            if config.nan_policy == "skip":
+                skipped += 1
+            else:
+                raise NonFiniteError(
+                    f"Non-finite values at step {step + 1} ({name} update): "
+                    f"{', '.join(bad) or 'gradients'}. The state of that step was not saved; "
+                    f"the last good checkpoint is kept. Lower the learning rate, check the data, "
+                    f"or set --config.nan_policy=skip to skip such updates."
+                )
+        for k, v in m.items():
+            if np.isfinite(v):
+                sums[k] = sums.get(k, 0.0) + float(v)
+    n = max(1, len(pending))
+    out = {k: v / n for k, v in sums.items()}
+    out["skipped_updates"] = float(skipped)
+    return out
+
+
+def _place_state(state: Any, mesh: Mesh) -> Any:
+    return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
+                    ckpt: checkpointing.Checkpointer) -> Any:
+    """The latest checkpoint's state (after a compatibility check) or a fresh one."""
+    replicated = NamedSharding(mesh, P())
+    init = lambda: state_lib.create_state(config, nets, jax.random.PRNGKey(int(config.seed)),
+                                          mean_px)
+    latest = ckpt.latest_step()
+    if latest is None:
+        return _place_state(init(), mesh)
+    checkpointing.check_compatible(ckpt.read_meta(latest)["config"], config)
+    abstract = jax.eval_shape(init)
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
+    )
+    logging.info("Resuming from %s/%d.", ckpt.directory, latest)
+    return ckpt.restore(abstract, latest)
+
+
+def train_and_evaluate(config, workdir: str) -> Any:
+    """Train GLCIC as configured; checkpoints, samples and TensorBoard events go to `workdir`.
+
+    Returns the final `GANState`.
+    """
+    mesh = make_mesh()
+    config_lib.validate(config, num_devices=mesh.size)
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+    hosts, host = jax.process_count(), jax.process_index()
+    local_batch = config.batch_size // hosts
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    ckpt = checkpointing.Checkpointer(workdir, config)
+    if ckpt.latest_step() is not None:
+        # Refuse an incompatible workdir before any work or any write.
+        checkpointing.check_compatible(ckpt.read_meta()["config"], config)
+        mean_px = np.asarray(ckpt.read_meta()["mean_pixel"], np.float32)
+    else:
+        mean_px = input_pipeline.mean_pixel(config, workdir, write=is_main)
+
+    nets = state_lib.create_networks(config)
+    perceptual_fn = None
+    if config.loss.get("perceptual_weight", 0.0):
+        from glcic_jax import perceptual  # optional variant (VGG-16 features)
+
+        perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
+    steps = steps_lib.make_steps(config, nets, perceptual_fn)
+    state = restore_or_init(config, workdir, nets, mean_px, mesh, ckpt)
+    start = int(jax.device_get(state.step))
+    total = int(config.num_train_steps)
+    if start >= total:
+        logging.info("Already trained to step %d (num_train_steps=%d): nothing to do.", start,
+                     total)
+        ckpt.close()
+        return state
+
+    writer = summary.Writer(workdir, enabled=is_main)
+    if start == 0 and is_main:
+        writer.write_config(config)
+    eval_imgs = input_pipeline.eval_images(config, int(config.data.num_eval_images))
+    eval_masks = fixed_eval_masks(config, len(eval_imgs))
+    data: Iterator[np.ndarray] = input_pipeline.train_iterator(config, local_batch, start, host,
+                                                              hosts)
+    logging.info("Training steps %d..%d (phase 1 < %d <= phase 2 < %d <= phase 3), global batch "
+                 "%d on %d device(s).", start, total, config.schedule.tc,
+                 config.schedule.tc + config.schedule.td, config.batch_size, mesh.size)
+
+    pending: list[tuple[int, str, dict]] = []
+    t_last, step_last = time.time(), start
+    step = start
+    with _StopSignal() as stop:
+        while step < total:
+            images = global_batch(next(data), batch_sharding)
+            name, fn = steps_lib.step_fn_for(step, config, steps)
+            state, metrics = fn(state, images)
+            pending.append((step, name, metrics))
+            step += 1
+            done = step == total
+            stopping = stop.received is not None
+            save_now = done or stopping or step % int(config.checkpoint_every) == 0
+            if save_now or step % int(config.log_every) == 0:
+                values = _check_finite(pending, config)  # raises before a bad state is saved
+                pending.clear()
+                now = time.time()
+                rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
+                eta = (total - step) * config.batch_size / max(rate, 1e-9)
+                phase = steps_lib.phase_of(step - 1, config)
+                logging.info("step %d/%d phase %d (%s) %s | %.1f img/s | ETA %s", step, total,
+                             phase, name, _format_metrics(values), rate, _fmt_time(eta))
+                writer.scalars(step, {**values, "phase": phase, "images_per_sec": rate})
+                t_last, step_last = now, step
+            if done or step % int(config.sample_every) == 0:
+                out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
+                writer.sample_grid(step, eval_imgs, jax.device_get(out))
+            if save_now:
+                ckpt.save(step, state, config)
+            if stopping:
+                logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same "
+                                "command to resume.", stop.received, step)
+                break
+    ckpt.close()
+    writer.close()
+    if hasattr(data, "close"):
+        data.close()
+    return state
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
