@@ -5,7 +5,7 @@ All losses are computed in float32 whatever the activation dtype.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -51,20 +51,33 @@ def wgan_generator_loss(fake_scores: jax.Array) -> jax.Array:
 
 
 def gradient_penalty(
-    critic: Callable[[jax.Array], jax.Array],
-    real: jax.Array,
-    fake: jax.Array,
+    critic: Callable[[Any], jax.Array],
+    real: Any,
+    fake: Any,
     key: jax.Array,
 ) -> jax.Array:
     """WGAN-GP penalty E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani 2017).
 
-    `critic` maps a batch [B, ...] to scores [B] or [B, 1] and must treat samples independently
+    `real` and `fake` are arrays [B, ...] or matching pytrees of them (e.g. the context
+    discriminator's `(global_image, local_crop)`): each sample's leaves are interpolated with the
+    same epsilon, and the norm is taken over all of that sample's input gradients together.
+    `critic` maps such an input to scores [B] or [B, 1] and must treat samples independently
     (no BatchNorm in train mode): per-sample gradients are then the gradient of the summed scores.
     """
-    real = real.astype(jnp.float32)
-    fake = fake.astype(jnp.float32)
-    eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1))
-    x_hat = eps * real + (1.0 - eps) * fake
+    real = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), real)
+    fake = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), fake)
+    batch = jax.tree_util.tree_leaves(real)[0].shape[0]
+    eps = jax.random.uniform(key, (batch,))
+
+    def interpolate(r, f):
+        e = eps.reshape((batch,) + (1,) * (r.ndim - 1))
+        return e * r + (1.0 - e) * f
+
+    x_hat = jax.tree_util.tree_map(interpolate, real, fake)
     grads = jax.grad(lambda x: jnp.sum(critic(x).astype(jnp.float32)))(x_hat)
-    norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))) + 1e-12)
+    sq = sum(
+        jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim)))
+        for g in jax.tree_util.tree_leaves(grads)
+    )
+    norms = jnp.sqrt(sq + 1e-12)
     return jnp.mean(jnp.square(norms - 1.0))
