@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mask.hole_max = 128
     c.mask.max_holes = 1  # 1..max_holes rectangles per image, all inside the local window
     c.mask.position = "random"  # 'random' window, or 'center' (the landscape report's fixed hole)
+    c.mask.square = False  # square holes: one side in [hole_min, hole_max] for height and width
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # activation dtype: 'float32' or 'bfloat16' (params stay float32)
@@ -115,6 +116,11 @@ def validate(config, num_devices: int = 1) -> None:
         raise ValueError(
             f"Need data.image_size ({size}) <= data.resize_min ({config.data.resize_min}) "
             f"<= data.resize_max ({config.data.resize_max})."
+        )
+    if config.data.source == "folder" and not config.data.path:
+        raise ValueError(
+            "data.source='folder' needs the photos' folder: add --config.data.path=DIR "
+            "(JPEG/PNG/... files, searched recursively)."
         )
     if config.batch_size < 1 or config.batch_size % num_devices:
         raise ValueError(

@@ -28,6 +28,7 @@ class MaskSpec(NamedTuple):
     hole_max: int
     max_holes: int = 1
     position: str = "random"  # 'random' window, or 'center' (the landscape report's fixed hole)
+    square: bool = False  # square holes (one side drawn for both; the landscape report)
 
     @classmethod
     def from_config(cls, mask_cfg) -> "MaskSpec":
@@ -37,6 +38,7 @@ class MaskSpec(NamedTuple):
             hole_max=int(mask_cfg.hole_max),
             max_holes=int(mask_cfg.max_holes),
             position=str(mask_cfg.position),
+            square=bool(mask_cfg.get("square", False)),  # absent from older configs
         )
 
     def validate(self, height: int, width: int) -> None:
@@ -104,6 +106,8 @@ def sample_masks(key: jax.Array, batch: int, height: int, width: int, spec: Mask
     else:
         corners = random_corners(k_win, batch, height, width, spec.local_size)
     sizes = jax.random.randint(k_size, (batch, n, 2), spec.hole_min, spec.hole_max + 1)
+    if spec.square:
+        sizes = jnp.repeat(sizes[..., :1], 2, axis=-1)  # height = width
     # Hole offsets inside the window, uniform over the positions where the hole fits.
     room = spec.local_size - sizes + 1  # [B, N, 2], >= 1
     if spec.position == "center":
