@@ -324,7 +324,7 @@ def _tfds_stream(config, split: str, batch: int, start: int, seed: int, host: in
 
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
-    return tfds.as_numpy(ds)
+    return iter(tfds.as_numpy(ds))
 
 
 def _tf_center_crop(tf, image, size: int):
@@ -364,7 +364,7 @@ def eval_images(config, num: int) -> np.ndarray:
     """
     if config.data.source == "tfds":
         batches = _tfds_stream(config, config.data.eval_split, num, 0, 0, 0, 1, train=False)
-        out = next(iter(batches))
+        out = next(batches)
         if len(out) < num:
             raise DataError(f"The eval split has only {len(out)} images; {num} are needed.")
         return out

@@ -26,6 +26,10 @@ flags.DEFINE_string("coordinator_address", None,
                     "Multi-host: address:port of process 0 (auto-detected on Slurm and TPU).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: total number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.DEFINE_list("local_device_ids", None,
+                  "Multi-host: the local GPU ids this process drives, e.g. 0,1,2,3,4,5,6,7 for one "
+                  "process per node (on Slurm, jax otherwise gives each task the one GPU "
+                  "SLURM_LOCALID names).")
 flags.DEFINE_bool("distributed", None,
                   "Initialise jax.distributed (default: when a cluster or the flags above are "
                   "detected).")
@@ -35,9 +39,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _want_distributed() -> bool:
     if FLAGS.distributed is not None:
         return FLAGS.distributed
-    if FLAGS.coordinator_address or FLAGS.num_processes:
+    if FLAGS.coordinator_address or FLAGS.num_processes or os.environ.get(
+            "JAX_COORDINATOR_ADDRESS"):
         return True
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    # Clusters jax.distributed.initialize() detects by itself: Slurm (srun) and Open MPI (mpirun).
+    return any(int(os.environ.get(v, "1") or "1") > 1
+               for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
 
 
 def main(argv) -> None:
@@ -52,6 +59,8 @@ def main(argv) -> None:
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            local_device_ids=([int(i) for i in FLAGS.local_device_ids]
+                              if FLAGS.local_device_ids else None),
         )
     from glcic_jax import checkpointing, input_pipeline, train
 
@@ -77,12 +86,26 @@ def main(argv) -> None:
         sys.exit(1)
 
 
-def run() -> None:
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with bad flags (e.g. a mistyped --config.key) as a one-line error."""
     try:
-        app.run(main)
-    except flags.Error as e:  # e.g. a mistyped --config.key
-        print(f"error: {e}", file=sys.stderr)
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        # ml_collections reports an unknown field as KeyError/AttributeError("'key'\nDid you mean").
+        text = str(e.args[0] if e.args else e).replace("\\n", "\n").replace("\\'", "'")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if any(line.startswith("Traceback") for line in lines):
+            # A config file's get_config() raised: its last line is the message.
+            lines = [lines[0].split("Traceback")[0].strip(" :"), lines[-1]]
+        message = " ".join(line.strip("'") for line in lines)
+        print(f"error: bad flag or config override: {message}", file=sys.stderr)
+        print("usage: python -m glcic_jax.main --config=configs/NAME.py[:tiny] --workdir=DIR "
+              "[--mode=train|eval] [--config.FIELD=VALUE ...]", file=sys.stderr)
         sys.exit(2)
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
