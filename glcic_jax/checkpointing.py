@@ -12,7 +12,10 @@ finished checkpoint restorable.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -35,6 +38,27 @@ SHAPE_KEYS = (
 
 class IncompatibleCheckpointError(ValueError):
     """The workdir holds a checkpoint made with a config whose shapes differ."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
+
+
+def make_workdir(workdir: str) -> None:
+    """Create WORKDIR (and parents) or fail with a message saying what to do."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"Cannot create --workdir {workdir} ({e.strerror or e}). Choose a folder you can "
+            f"write to."
+        ) from e
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    """One line of an exception; long (tensorstore) messages keep their start and end."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:150] + " ... " + text[-(limit - 155):]
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -95,19 +119,58 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"])
 
+    def finished_steps(self) -> list[int]:
+        """Steps with a complete checkpoint on disk (unfinished saves are `*.orbax-checkpoint-tmp*`
+        folders, which Orbax renames only once everything is written)."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def _write_error(self, what: str, e: BaseException) -> CheckpointWriteError:
+        done = self.finished_steps()
+        resume = (f"training resumes from the last complete checkpoint (step {done[-1]}), which "
+                  f"is intact" if done else "training starts afresh (no complete checkpoint yet)")
+        return CheckpointWriteError(
+            f"Could not write {what} under {self.directory}: {_short(e)}. Free disk space or make "
+            f"--workdir writable, then rerun the same command: {resume}."
+        )
+
+    def prepare_for_writing(self) -> None:
+        """Process 0, before training: fail now if the folder is not writable, and delete
+        unfinished saves left by a killed run (Orbax never reads them; they only take space)."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.directory)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            raise self._write_error("a test file", e) from e
+        for name in sorted(os.listdir(self.directory)):
+            if ".orbax-checkpoint-tmp" in name:
+                logging.warning("Removing %s: an unfinished checkpoint of an interrupted run.",
+                                name)
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
     def save(self, step: int, state: Any, config, force: bool = True) -> bool:
+        """Start an asynchronous save of `state` as `step` (waits for the previous one first).
+
+        Raises CheckpointWriteError if this or the previous save failed (e.g. disk full)."""
         meta = {
             "step": int(step),
             "config": json.loads(config.to_json_best_effort()),
             "mean_pixel": [float(v) for v in np.asarray(jax.device_get(state.mean_pixel))],
         }
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=force,
-        )
+        try:
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=force,
+            )
+        except Exception as e:  # orbax/tensorstore raise ValueError etc. for I/O failures
+            raise self._write_error(f"the checkpoint of step {step} (or the one before)", e) from e
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore the state at `step` (default latest) into the structure/shardings given."""
@@ -118,10 +181,21 @@ class Checkpointer:
         return out["state"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until pending saves are written; CheckpointWriteError if one failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error("the latest checkpoint", e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.wait()
+        except CheckpointWriteError:
+            try:
+                self.manager.close()
+            except Exception:  # the same failure again: already reported
+                pass
+            raise
         self.manager.close()
 
 

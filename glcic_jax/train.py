@@ -92,6 +92,8 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
         if m.get("nonfinite", 0.0) > 0 or bad:
             if config.nan_policy == "skip":
                 skipped += 1
+                logging.warning("Non-finite values at step %d (%s update): %s; update skipped "
+                                "(nan_policy=skip).", step + 1, name, ", ".join(bad) or "gradients")
             else:
                 raise NonFiniteError(
                     f"Non-finite values at step {step + 1} ({name} update): "
@@ -106,6 +108,22 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
     out = {k: v / n for k, v in sums.items()}
     out["skipped_updates"] = float(skipped)
     return out
+
+
+@jax.jit
+def _count_nonfinite(state) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(state)
+    return sum(jnp.sum(~jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+def _check_state_finite(state, step: int) -> None:
+    """Never checkpoint NaN/inf weights: an update can overflow although its losses were finite."""
+    if int(jax.device_get(_count_nonfinite(state))):
+        raise NonFiniteError(
+            f"The parameters or optimizer state became non-finite at step {step} although the "
+            f"losses were finite (an update overflowed). The state was not saved; the last good "
+            f"checkpoint is kept. Lower the learning rate."
+        )
 
 
 def _place_state(state: Any, mesh: Mesh) -> Any:
@@ -140,7 +158,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
+        checkpointing.make_workdir(workdir)
     hosts, host = jax.process_count(), jax.process_index()
     local_batch = config.batch_size // hosts
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -149,6 +167,9 @@ def train_and_evaluate(config, workdir: str) -> Any:
     if ckpt.latest_step() is not None:
         # Refuse an incompatible workdir before any work or any write.
         checkpointing.check_compatible(ckpt.read_meta()["config"], config)
+    if is_main:  # fail now on an unwritable workdir; delete unfinished saves of killed runs
+        ckpt.prepare_for_writing()
+    if ckpt.latest_step() is not None:
         mean_px = np.asarray(ckpt.read_meta()["mean_pixel"], np.float32)
     else:
         mean_px = input_pipeline.mean_pixel(config, workdir, write=is_main)
@@ -208,12 +229,14 @@ def train_and_evaluate(config, workdir: str) -> Any:
                 out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
                 writer.sample_grid(step, eval_imgs, jax.device_get(out))
             if save_now:
+                _check_state_finite(state, step)
                 ckpt.save(step, state, config)
             if stopping:
                 logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same "
                                 "command to resume.", stop.received, step)
                 break
-    ckpt.close()
+    with _StopSignal():  # a SIGTERM now must not cut the last save short
+        ckpt.close()
     writer.close()
     if hasattr(data, "close"):
         data.close()
