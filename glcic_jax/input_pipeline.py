@@ -47,11 +47,16 @@ class DataError(RuntimeError):
 
 
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    """Any PIL image (grayscale, RGBA, CMYK, palette, 16-bit) -> [H, W, 3] uint8 RGB."""
+    """Any PIL image (grayscale, RGBA, CMYK, palette, 16-bit, float) -> [H, W, 3] uint8 RGB."""
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.nan_to_num(np.asarray(img).astype(np.float64))
+        if img.mode.startswith("I;16"):
+            top = 65535.0  # 16-bit data, even when a dark image never exceeds 255
+        elif img.mode == "F":
+            top = 1.0 if arr.max() <= 1.0 else 255.0  # float images in [0, 1] (or 0..255)
+        else:  # 32-bit integers: 16-bit PNGs in older Pillow, sometimes 8-bit values
+            top = 65535.0 if arr.max() > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=-1)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -375,6 +380,13 @@ def eval_images(config, num: int) -> np.ndarray:
     it = StreamIterator(source, cfg, num, start=0, seed=20170701, host=0, workers=4, prefetch=1)
     try:
         return next(it)
+    except DataError:
+        # Small folders hold out one or two files; if all are unreadable, use training images.
+        logging.warning("No held-out image could be read: sample grids use training images.")
+        it.close()
+        it = StreamIterator(indexed_source(config, "train"), cfg, num, start=0, seed=20170701,
+                            host=0, workers=4, prefetch=1)
+        return next(it)
     finally:
         it.close()
 
@@ -406,9 +418,13 @@ def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
         try:
             with open(path) as f:
                 cached = json.load(f)
-            if cached.get("key") == key:
-                return np.asarray(cached["mean_pixel"], np.float32)
-        except (OSError, ValueError, KeyError):
+            value = np.asarray(cached["mean_pixel"], np.float32)
+            # A damaged cache (NaN, wrong length) would poison every hole fill: recompute it.
+            if cached.get("key") == key and value.shape == (3,) and np.all(
+                (value >= 0.0) & (value <= 1.0)
+            ):
+                return value
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     logging.info("Computing the mean pixel over %d training images...", key["images"])
     value = compute_mean_pixel(config)
