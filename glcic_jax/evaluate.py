@@ -1,0 +1,339 @@
+"""Held-out evaluation: L1, PSNR and SSIM of the model against classical baselines.
+
+`python -m glcic_jax.main --config=... --workdir=DIR --mode=eval` restores DIR's latest checkpoint,
+completes a fixed held-out set (`num_eval_batches * batch_size` images of the config's eval split,
+with holes drawn from a fixed key, so every run and every checkpoint sees the same inputs) and
+scores five methods on it:
+
+  model              the completion network (running BatchNorm statistics), composited
+  model+postprocess  the same, then GLCIC's fast marching + Poisson blending (`postprocess.py`)
+  mean_fill          holes filled with the dataset's mean pixel (the network's input)
+  telea              OpenCV fast marching (`cv2.inpaint`, INPAINT_TELEA, radius 5)
+  navier_stokes      OpenCV Navier-Stokes (`cv2.inpaint`, INPAINT_NS, radius 5)
+
+Metrics follow MMagic's conventions for its Global&Local numbers: uint8 results, values in
+[0, 255], computed per image and then averaged over images.
+
+  l1          mean |pred - gt| over all pixels and channels
+  psnr        10 log10(255^2 / MSE), MSE over all pixels and channels; identical images (MSE = 0)
+              score PSNR_CAP (100 dB) instead of MMagic's inf, so averages stay finite
+  ssim        Wang et al. 2004: Gaussian window (sigma 1.5, 11 x 11), K1 0.01, K2 0.03, data
+              range 255, per channel; the mean of the SSIM map over the pixels at least 5 from
+              the border (as MMagic and skimage), averaged over channels
+  *_hole      the same inside the hole only: L1 and PSNR over hole pixels x channels; SSIM is the
+              mean of the SSIM map (computed on the whole image, reflect-padded at the border as
+              skimage does) over hole pixels x channels
+
+Outside the hole every method returns the input exactly, so whole-image numbers are the hole
+numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` and a table on the
+console. `TrainingEval` computes the model's metrics during training (`config.eval_every`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from glcic_jax import checkpointing, input_pipeline, masks, postprocess, steps
+
+PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
+INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
+EVAL_MASK_SEED = 20170720  # holes of the held-out set: fixed across runs, configs and checkpoints
+METRICS = ("l1", "psnr", "ssim", "l1_hole", "psnr_hole", "ssim_hole")
+METHODS = ("model", "model+postprocess", "mean_fill", "telea", "navier_stokes")
+
+# SSIM constants (Wang et al. 2004) for data range 255.
+_SSIM_SIGMA = 1.5
+_SSIM_TRUNCATE = 3.5  # 3.5 sigma: an 11 x 11 window, as skimage's gaussian_weights=True
+_SSIM_BORDER = 5  # (11 - 1) // 2: pixels whose window leaves the image
+_C1 = (0.01 * 255.0) ** 2
+_C2 = (0.03 * 255.0) ** 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics (numpy; images [..., H, W, C] in [0, 255], masks [..., H, W] or [..., H, W, 1])
+
+
+def _as_float(x) -> np.ndarray:
+    return np.asarray(x, np.float64)
+
+
+def _hole(mask, like: np.ndarray) -> np.ndarray:
+    """Hole mask broadcast to the images' [..., H, W, C] shape, as float64 {0, 1}."""
+    m = _as_float(mask)
+    if m.ndim == like.ndim - 1:
+        m = m[..., None]
+    return np.broadcast_to((m > 0.5).astype(np.float64), like.shape)
+
+
+def l1(pred, target, mask=None) -> np.ndarray:
+    """Mean absolute error in [0, 255] per image (over the hole only when `mask` is given)."""
+    pred, target = _as_float(pred), _as_float(target)
+    err = np.abs(pred - target)
+    axes = tuple(range(-3, 0))
+    if mask is None:
+        return err.mean(axis=axes)
+    m = _hole(mask, err)
+    return (err * m).sum(axis=axes) / np.maximum(m.sum(axis=axes), 1.0)
+
+
+def psnr(pred, target, mask=None) -> np.ndarray:
+    """10 log10(255^2 / MSE) per image (MSE over the hole if `mask` is given), at most PSNR_CAP."""
+    pred, target = _as_float(pred), _as_float(target)
+    err = np.square(pred - target)
+    axes = tuple(range(-3, 0))
+    if mask is None:
+        mse = err.mean(axis=axes)
+    else:
+        m = _hole(mask, err)
+        mse = (err * m).sum(axis=axes) / np.maximum(m.sum(axis=axes), 1.0)
+    with np.errstate(divide="ignore"):
+        value = 10.0 * np.log10(255.0**2 / mse)
+    return np.minimum(value, PSNR_CAP)
+
+
+def ssim_map(pred, target) -> np.ndarray:
+    """Per-pixel, per-channel SSIM of [..., H, W, C] images in [0, 255] (Gaussian 11 x 11, 1.5)."""
+    from scipy import ndimage  # local: scipy comes with scikit-image; only evaluation needs it
+
+    x, y = _as_float(pred), _as_float(target)
+    sigma = [0.0] * (x.ndim - 3) + [_SSIM_SIGMA, _SSIM_SIGMA, 0.0]
+    blur = functools.partial(ndimage.gaussian_filter, sigma=sigma, truncate=_SSIM_TRUNCATE,
+                             mode="reflect")
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + _C1) * (2 * cov + _C2)) / (
+        (mu_x**2 + mu_y**2 + _C1) * (var_x + var_y + _C2)
+    )
+
+
+def ssim(pred, target, mask=None) -> np.ndarray:
+    """SSIM per image: the map's mean away from the border, or over the hole if `mask` is given."""
+    smap = ssim_map(pred, target)
+    axes = tuple(range(-3, 0))
+    if mask is None:
+        b = _SSIM_BORDER
+        if min(smap.shape[-3:-1]) <= 2 * b:
+            raise ValueError(f"SSIM needs images larger than {2 * b} pixels per side.")
+        return smap[..., b:-b, b:-b, :].mean(axis=axes)
+    m = _hole(mask, smap)
+    return (smap * m).sum(axis=axes) / np.maximum(m.sum(axis=axes), 1.0)
+
+
+def image_metrics(pred, target, mask) -> dict[str, np.ndarray]:
+    """All six metrics, per image: pred/target [B, H, W, C] in [0, 255], mask [B, H, W(, 1)]."""
+    return {
+        "l1": l1(pred, target),
+        "psnr": psnr(pred, target),
+        "ssim": ssim(pred, target),
+        "l1_hole": l1(pred, target, mask),
+        "psnr_hole": psnr(pred, target, mask),
+        "ssim_hole": ssim(pred, target, mask),
+    }
+
+
+def mean_metrics(pred, target, mask) -> dict[str, float]:
+    """`image_metrics` averaged over the images."""
+    return {k: float(np.mean(v)) for k, v in image_metrics(pred, target, mask).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods: each maps (uint8 images [B, H, W, 3], hole mask bool [B, H, W]) -> uint8 images
+
+
+def to_uint8(x) -> np.ndarray:
+    """[0, 1] floats -> uint8, rounding to nearest (as a saved PNG would hold them)."""
+    return np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def composite(images: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Filled pixels inside the hole, the input's outside it (exactly, in uint8)."""
+    return np.where(hole[..., None], filled, images)
+
+
+def mean_fill(images: np.ndarray, hole: np.ndarray, mean_pixel) -> np.ndarray:
+    fill = to_uint8(np.asarray(mean_pixel, np.float32).reshape(1, 1, 1, 3))
+    return composite(images, np.broadcast_to(fill, images.shape), hole)
+
+
+def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
+                   radius: int = INPAINT_RADIUS) -> np.ndarray:
+    """cv2.inpaint ('telea' or 'navier_stokes') of each image; the hole is zeroed before."""
+    import cv2
+
+    flag = {"telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS}[method]
+    out = np.empty_like(images)
+    for i, (img, m) in enumerate(zip(images, hole)):
+        masked = np.where(m[..., None], np.uint8(0), img)
+        out[i] = cv2.inpaint(masked, m.astype(np.uint8) * 255, radius, flag)
+    return composite(images, out, hole)
+
+
+def generator_variables(state) -> dict:
+    """flax variables of the completion network in a GANState (no empty batch_stats)."""
+    v = {"params": state.g.params}
+    if state.g.batch_stats:
+        v["batch_stats"] = state.g.batch_stats
+    return v
+
+
+def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndarray,
+                      hole: np.ndarray, chunk: int) -> np.ndarray:
+    """The network's completions in chunks of `chunk` images (one compiled shape), as uint8.
+
+    The network's input is the image with its holes filled by the mean pixel, so the pixels inside
+    the hole are never seen; the result is composited in uint8 so the rest is exact.
+    """
+    outs = []
+    n = len(images)
+    for start in range(0, n, chunk):
+        img, m = images[start : start + chunk], hole[start : start + chunk]
+        k = len(img)
+        if k < chunk:  # pad the last chunk to the compiled shape
+            img = np.concatenate([img, np.repeat(img[-1:], chunk - k, 0)])
+            m = np.concatenate([m, np.repeat(m[-1:], chunk - k, 0)])
+        out = complete_fn(g_vars, img, m[..., None].astype(np.float32), mean_pixel)
+        outs.append(to_uint8(jax.device_get(out))[:k])
+    return composite(images, np.concatenate(outs), hole)
+
+
+def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
+    """The held-out holes: bool [num, H, W], drawn from a fixed key with the config's hole sizes."""
+    spec = masks.MaskSpec.from_config(config.mask)
+    spec.validate(height, width)
+    m = masks.sample_masks(jax.random.PRNGKey(EVAL_MASK_SEED), num, height, width, spec)
+    return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
+
+
+def num_eval_images(config) -> int:
+    return int(config.num_eval_batches) * int(config.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# During training: the model's metrics every config.eval_every steps
+
+
+class TrainingEval:
+    """The model's held-out metrics during training (`config.eval_every`), for TensorBoard.
+
+    Loads the held-out images and draws their holes once; each call completes them with the
+    current state (in chunks of the per-device batch) and returns `{'eval/l1': ..., ...}`.
+    Every process calls it (the state may span hosts); all compute the same numbers. With the
+    training `mesh`, inputs and outputs are replicated over it.
+    """
+
+    def __init__(self, config, nets, mesh=None):
+        self.images = input_pipeline.eval_images(config, num_eval_images(config))
+        h, w = self.images.shape[1:3]
+        self.hole = eval_masks(config, len(self.images), h, w)
+        self.chunk = max(1, min(len(self.images), int(config.batch_size) // jax.device_count()))
+        fn = functools.partial(steps.complete_images, nets)
+        if mesh is None:
+            self._complete = jax.jit(fn)
+        else:  # the training mesh: inputs and outputs replicated, as the training samples are
+            rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self._complete = jax.jit(fn, in_shardings=rep, out_shardings=rep)
+
+    def __call__(self, state) -> dict[str, float]:
+        pred = model_completions(self._complete, generator_variables(state), state.mean_pixel,
+                                 self.images, self.hole, self.chunk)
+        return {f"eval/{k}": v for k, v in mean_metrics(pred, self.images, self.hole).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode=eval
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A fixed-width (and Markdown-compatible) table: one row per method."""
+    header = "| method | " + " | ".join(METRICS) + " |"
+    rule = "| --- | " + " | ".join("---:" for _ in METRICS) + " |"
+    rows = []
+    for name, vals in results.items():
+        cells = [f"{vals[k]:.3f}" if k.startswith("ssim") else f"{vals[k]:.2f}" for k in METRICS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def evaluate(config, workdir: str) -> dict:
+    """Score the latest checkpoint in `workdir` and the baselines on the held-out set.
+
+    The networks come from the checkpoint (its stored config); the held-out data, the hole sizes
+    and the number of images come from `config`, so a model can be scored on another dataset.
+
+    Returns the JSON payload that is also written to `WORKDIR/eval_<step>.json`.
+    """
+    t0 = time.time()
+    stored_config, nets, state = checkpointing.restore_for_inference(workdir)
+    step = int(jax.device_get(state.step))
+    n = num_eval_images(config)
+    if n < 1:
+        raise ValueError("num_eval_batches * batch_size must be at least 1.")
+    images = input_pipeline.eval_images(config, n)
+    h, w = images.shape[1:3]
+    hole = eval_masks(config, n, h, w)
+    mean_px = np.asarray(jax.device_get(state.mean_pixel), np.float32)
+    logging.info("Evaluating step %d on %d held-out %dx%d images (hole fraction %.3f).", step, n,
+                 h, w, hole.mean())
+
+    complete_fn = jax.jit(functools.partial(steps.complete_images, nets))
+    chunk = min(n, int(config.batch_size))
+    results, timings = {}, {}
+
+    def timed(name, fn):
+        t = time.time()
+        out = fn()
+        timings[name] = time.time() - t
+        return out
+
+    model = timed("model", lambda: model_completions(complete_fn, generator_variables(state),
+                                                      mean_px, images, hole, chunk))
+    outputs = {
+        "model": model,
+        "model+postprocess": timed("model+postprocess", lambda: np.stack(
+            [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
+        "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
+        "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
+        "navier_stokes": timed("navier_stokes",
+                               lambda: opencv_inpaint(images, hole, "navier_stokes")),
+    }
+    for name in METHODS:
+        results[name] = mean_metrics(outputs[name], images, hole)
+
+    payload = {
+        "step": step,
+        "workdir": os.path.abspath(workdir),
+        "num_images": n,
+        "image_size": [int(h), int(w)],
+        "hole_fraction": float(hole.mean()),
+        "mask_seed": EVAL_MASK_SEED,
+        "data": {"source": config.data.source, "name": config.data.name,
+                 "path": config.data.path, "split": config.data.eval_split},
+        "trained_image_size": int(stored_config.data.image_size),
+        "inpaint_radius": INPAINT_RADIUS,
+        "psnr_cap_db": PSNR_CAP,
+        "results": results,
+        "seconds": {**{k: round(v, 3) for k, v in timings.items()},
+                    "total": round(time.time() - t0, 3)},
+        "device": str(jax.devices()[0].platform),
+    }
+    if jax.process_index() == 0:
+        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+        print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction {hole.mean():.3f} "
+              f"(L1 in [0, 255], PSNR in dB; *_hole = inside the holes only)")
+        print(format_table(results))
+        print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
+    return payload
