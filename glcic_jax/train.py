@@ -193,6 +193,11 @@ def train_and_evaluate(config, workdir: str) -> Any:
     writer = summary.Writer(workdir, enabled=is_main)
     if start == 0 and is_main:
         writer.write_config(config)
+    periodic_eval = None
+    if int(config.get("eval_every", 0)) > 0:  # held-out metrics for TensorBoard (evaluate.py)
+        from glcic_jax import evaluate
+
+        periodic_eval = evaluate.TrainingEval(config, nets, mesh)
     eval_imgs = input_pipeline.eval_images(config, int(config.data.num_eval_images))
     eval_masks = fixed_eval_masks(config, len(eval_imgs))
     data: Iterator[np.ndarray] = input_pipeline.train_iterator(config, local_batch, start, host,
@@ -228,6 +233,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
             if done or step % int(config.sample_every) == 0:
                 out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
                 writer.sample_grid(step, eval_imgs, jax.device_get(out))
+            if periodic_eval is not None and step % int(config.eval_every) == 0:
+                writer.scalars(step, periodic_eval(state))
             if save_now:
                 _check_state_finite(state, step)
                 ckpt.save(step, state, config)
