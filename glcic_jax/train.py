@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from glcic_jax import checkpointing, config_lib, input_pipeline, masks, steps as steps_lib
+from glcic_jax import checkpointing, config_lib, distributed, input_pipeline, masks
+from glcic_jax import steps as steps_lib
 from glcic_jax import state as state_lib
 from glcic_jax import summary
 
@@ -59,14 +60,19 @@ class _StopSignal:
         return False
 
 
+# Multi-process runs agree on a stop signal (SIGTERM reaches the processes at different steps)
+# every this many steps: one tiny cross-process collective, not a per-step host sync.
+STOP_SYNC_EVERY = 10
+
+
 def make_mesh() -> Mesh:
-    """One mesh over all devices (all hosts) with a single `data` axis."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+    """One mesh over all devices (all hosts) with a single `data` axis (see distributed.py)."""
+    return distributed.make_mesh()
 
 
 def global_batch(images: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Assemble the global batch from this process's slice."""
-    return jax.make_array_from_process_local_data(sharding, images)
+    return distributed.global_batch(images, sharding)
 
 
 def fixed_eval_masks(config, num: int) -> masks.Masks:
@@ -126,10 +132,6 @@ def _check_state_finite(state, step: int) -> None:
         )
 
 
-def _place_state(state: Any, mesh: Mesh) -> Any:
-    return jax.device_put(state, NamedSharding(mesh, P()))
-
-
 def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
                     ckpt: checkpointing.Checkpointer) -> Any:
     """The latest checkpoint's state (after a compatibility check) or a fresh one."""
@@ -138,7 +140,8 @@ def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
                                           mean_px)
     latest = ckpt.latest_step()
     if latest is None:
-        return _place_state(init(), mesh)
+        # Created replicated under jit: each process fills its own devices, nothing is copied.
+        return distributed.init_replicated(init, mesh)
     checkpointing.check_compatible(ckpt.read_meta(latest)["config"], config)
     abstract = jax.eval_shape(init)
     abstract = jax.tree_util.tree_map(
@@ -160,8 +163,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
     if is_main:
         checkpointing.make_workdir(workdir)
     hosts, host = jax.process_count(), jax.process_index()
-    local_batch = config.batch_size // hosts
-    batch_sharding = NamedSharding(mesh, P("data"))
+    local_batch = distributed.local_batch_size(config.batch_size, mesh)
+    batch_sharding = distributed.batch_sharded(mesh)
 
     ckpt = checkpointing.Checkpointer(workdir, config)
     if ckpt.latest_step() is not None:
@@ -171,8 +174,14 @@ def train_and_evaluate(config, workdir: str) -> Any:
         ckpt.prepare_for_writing()
     if ckpt.latest_step() is not None:
         mean_px = np.asarray(ckpt.read_meta()["mean_pixel"], np.float32)
+    elif hosts == 1:
+        mean_px = input_pipeline.mean_pixel(config, workdir)
     else:
-        mean_px = input_pipeline.mean_pixel(config, workdir, write=is_main)
+        # Process 0 computes (or reads) and caches it; the others take its value, so every
+        # replica of the state holds the same mean pixel and the work is done once.
+        mean_px = (input_pipeline.mean_pixel(config, workdir) if is_main
+                   else np.zeros(3, np.float32))
+        mean_px = distributed.broadcast_from_main(mean_px).astype(np.float32)
 
     nets = state_lib.create_networks(config)
     perceptual_fn = None
@@ -180,7 +189,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
         from glcic_jax import perceptual  # optional variant (VGG-16 features)
 
         perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
-    steps = steps_lib.make_steps(config, nets, perceptual_fn)
+    # State replicated, batch split over the mesh; outputs pinned replicated (distributed.py).
+    steps = distributed.shard_steps(steps_lib.make_steps(config, nets, perceptual_fn), mesh)
     state = restore_or_init(config, workdir, nets, mean_px, mesh, ckpt)
     start = int(jax.device_get(state.step))
     total = int(config.num_train_steps)
@@ -199,7 +209,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
 
         periodic_eval = evaluate.TrainingEval(config, nets, mesh)
     eval_imgs = input_pipeline.eval_images(config, int(config.data.num_eval_images))
-    eval_masks = fixed_eval_masks(config, len(eval_imgs))
+    # Host (numpy) copies: the evaluate step places them replicated on the global mesh.
+    eval_masks = jax.device_get(fixed_eval_masks(config, len(eval_imgs)))
     data: Iterator[np.ndarray] = input_pipeline.train_iterator(config, local_batch, start, host,
                                                               hosts)
     logging.info("Training steps %d..%d (phase 1 < %d <= phase 2 < %d <= phase 3), global batch "
@@ -218,6 +229,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
             step += 1
             done = step == total
             stopping = stop.received is not None
+            if hosts > 1:  # decide together, at steps every process checks (see STOP_SYNC_EVERY)
+                stopping = step % STOP_SYNC_EVERY == 0 and distributed.any_process(stopping)
             save_now = done or stopping or step % int(config.checkpoint_every) == 0
             if save_now or step % int(config.log_every) == 0:
                 values = _check_finite(pending, config)  # raises before a bad state is saved
@@ -240,7 +253,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
                 ckpt.save(step, state, config)
             if stopping:
                 logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same "
-                                "command to resume.", stop.received, step)
+                                "command to resume.", stop.received or "another process's signal",
+                                step)
                 break
     with _StopSignal():  # a SIGTERM now must not cut the last save short
         ckpt.close()
