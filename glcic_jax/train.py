@@ -10,6 +10,7 @@ data stream position and the same mask stream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -63,6 +64,20 @@ class _StopSignal:
 # Multi-process runs agree on a stop signal (SIGTERM reaches the processes at different steps)
 # every this many steps: one tiny cross-process collective, not a per-step host sync.
 STOP_SYNC_EVERY = 10
+
+
+@contextlib.contextmanager
+def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
+    """When training stops with an error, let the asynchronous save in flight finish first:
+    exiting the interpreter mid-save would lose the last good checkpoint."""
+    try:
+        yield
+    except BaseException:
+        try:
+            ckpt.wait()
+        except Exception as e:  # report it, but the original error is the one to raise
+            logging.error("%s", e)
+        raise
 
 
 def make_mesh() -> Mesh:
@@ -220,7 +235,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
     pending: list[tuple[int, str, dict]] = []
     t_last, step_last = time.time(), start
     step = start
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, _saves_finished_on_error(ckpt):
         while step < total:
             images = global_batch(next(data), batch_sharding)
             name, fn = steps_lib.step_fn_for(step, config, steps)
