@@ -1,0 +1,306 @@
+"""Tests of the completion CLI (`complete.py`) and GLCIC's post-processing (`postprocess.py`).
+
+One untrained `:tiny` checkpoint is written per module (state creation + Orbax save; training is
+not needed to test the plumbing), and one `Completer` restored from it is shared, so the network
+is compiled once per image shape. Errors are checked in-process through `complete.run(argv)`, and
+once through a subprocess for the exit status and the one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from glcic_jax import checkpointing, complete, config_lib, postprocess, state
+
+H, W = 257, 301  # odd, not a multiple of 4, not square
+
+
+def _tiny_config():
+    cfg = config_lib.shrink_to_tiny(config_lib.base_config())
+    cfg.data.source = "skimage"
+    return cfg
+
+
+def make_workdir(path: str) -> str:
+    """A workdir holding one untrained `:tiny` checkpoint at step 0.
+
+    The state is filled on the host (He-scaled random kernels, unit BatchNorm variances, zero
+    optimizer state) from `jax.eval_shape(create_state)`: the same pytree as training saves,
+    without compiling the networks' initialisation.
+    """
+    cfg = _tiny_config()
+    nets = state.create_networks(cfg)
+    abstract = jax.eval_shape(
+        lambda: state.create_state(cfg, nets, jax.random.PRNGKey(0), [0.5, 0.4, 0.3]))
+    rng = np.random.default_rng(0)
+
+    def fill(key_path, leaf):
+        name = jax.tree_util.keystr(key_path)
+        if "mean_pixel" in name:
+            return np.asarray([0.5, 0.4, 0.3], leaf.dtype)
+        if "opt_state" not in name and name.endswith("['kernel']"):
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+        if "opt_state" not in name and name.endswith(("['var']", "['scale']")):
+            return np.ones(leaf.shape, leaf.dtype)
+        return np.zeros(leaf.shape, leaf.dtype)
+
+    st = jax.tree_util.tree_map_with_path(fill, abstract)
+    ckpt = checkpointing.Checkpointer(path, cfg)
+    ckpt.save(0, jax.tree_util.tree_map(jax.numpy.asarray, st), cfg)
+    ckpt.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> str:
+    return make_workdir(str(tmp_path_factory.mktemp("tiny_run")))
+
+
+@pytest.fixture(scope="module")
+def completer(workdir) -> complete.Completer:
+    return complete.Completer(workdir)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 301x257 photo in RGB, L and RGBA, and a mask with two holes (one on the border)."""
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (H, W), dtype=np.uint8)
+    hole = np.zeros((H, W), bool)
+    hole[100:150, 40:91] = True
+    hole[0:20, 280:] = True  # touches the top and right borders
+    paths = {
+        "rgb": d / "photo.png",
+        "gray": d / "gray.png",
+        "rgba": d / "rgba.png",
+        "mask": d / "mask.png",
+        "mask_rgba": d / "mask_rgba.png",
+        "small_mask": d / "small_mask.png",
+        "empty_mask": d / "empty_mask.png",
+        "broken": d / "broken.png",
+    }
+    Image.fromarray(rgb).save(paths["rgb"])
+    Image.fromarray(rgb).convert("L").save(paths["gray"])
+    Image.fromarray(np.dstack([rgb, alpha])).save(paths["rgba"])
+    grey = np.where(hole, 200, 60).astype(np.uint8)  # grey values either side of 128
+    Image.fromarray(grey).save(paths["mask"])
+    rgba_mask = np.zeros((H, W, 4), np.uint8)
+    rgba_mask[..., :3] = 255  # white everywhere, but only opaque in the hole
+    rgba_mask[..., 3] = np.where(hole, 255, 0)
+    Image.fromarray(rgba_mask).save(paths["mask_rgba"])
+    Image.fromarray(np.where(hole[:-1, :-1], 255, 0).astype(np.uint8)).save(paths["small_mask"])
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(paths["empty_mask"])
+    paths["broken"].write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return {k: str(v) for k, v in paths.items()}, rgb, alpha, hole
+
+
+def _run(*args) -> int:
+    return complete.run(["complete", *args])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_read_mask_thresholds_grey_and_alpha(files):
+    paths, _, _, hole = files
+    np.testing.assert_array_equal(complete.read_mask(paths["mask"], (H, W)), hole)
+    np.testing.assert_array_equal(complete.read_mask(paths["mask_rgba"], (H, W)), hole)
+
+
+def test_read_photo_keeps_modes(files):
+    paths, rgb, alpha, _ = files
+    assert complete.read_photo(paths["rgb"]).mode == "RGB"
+    gray = complete.read_photo(paths["gray"])
+    assert gray.mode == "L" and gray.rgb().shape == (H, W, 3)
+    rgba = complete.read_photo(paths["rgba"])
+    assert rgba.mode == "RGBA"
+    np.testing.assert_array_equal(rgba.rgb(), rgb)
+
+
+# ----------------------------------------------------------------------------------------------
+# Completing: same size, exact outside the hole
+
+
+@pytest.fixture(scope="module")
+def folder_run(files, workdir, tmp_path_factory):
+    """One CLI call on a folder: the RGB, grayscale and RGBA photos and their masks by stem."""
+    paths = files[0]
+    d = tmp_path_factory.mktemp("folder")
+    images, masks_dir, out = d / "images", d / "masks", d / "out"
+    images.mkdir(), masks_dir.mkdir()
+    for kind in ("rgb", "gray", "rgba"):
+        Image.open(paths[kind]).save(images / f"{kind}.png")
+    for kind, mask in (("rgb", "mask"), ("gray", "mask_rgba"), ("rgba", "mask")):
+        Image.open(paths[mask]).save(masks_dir / f"{kind}.png")
+    Image.open(paths["mask"]).save(masks_dir / "unrelated.png")  # a mask without a photo
+    status = _run(f"--checkpoint={workdir}/checkpoints/0", f"--image={images}",
+                  f"--mask={masks_dir}", f"--output={out}", "--batch_size=2")
+    return status, images, out
+
+
+def test_folder_outputs_one_png_per_photo(folder_run):
+    status, _, out = folder_run
+    assert status == 0
+    assert sorted(os.listdir(out)) == ["gray.png", "rgb.png", "rgba.png"]  # and no masks
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray", "rgba"])
+def test_complete_keeps_size_mode_and_pixels_outside_hole(files, folder_run, kind):
+    _, _, alpha, hole = files
+    _, images, out = folder_run
+    original = Image.open(images / f"{kind}.png")
+    result = Image.open(out / f"{kind}.png")
+    assert result.size == (W, H) and result.mode == original.mode
+    a, b = np.asarray(original), np.asarray(result)
+    np.testing.assert_array_equal(b[~hole], a[~hole])
+    assert (b[hole] != a[hole]).any()  # the hole was actually filled
+    if kind == "rgba":
+        np.testing.assert_array_equal(b[..., 3], alpha)  # alpha untouched, hole included
+
+
+def test_complete_with_postprocess_and_max_size(files, completer):
+    _, rgb, _, hole = files
+    for kwargs in ({"postprocess": True}, {"max_size": 120},
+                   {"max_size": 120, "postprocess": True}):
+        (out,) = completer.complete([rgb], [hole], **kwargs)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[~hole], rgb[~hole])
+
+
+def test_hole_content_is_never_read(files, completer):
+    """Whatever the photo holds inside the hole, the completion is the same."""
+    _, rgb, _, hole = files
+    other = rgb.copy()
+    other[hole] = 255 - other[hole]
+    for kwargs in ({}, {"max_size": 120, "postprocess": True}):
+        a = completer.complete([rgb], [hole], **kwargs)[0]
+        b = completer.complete([other], [hole], **kwargs)[0]
+        np.testing.assert_array_equal(a[hole], b[hole])
+
+
+def test_random_mask_is_saved_beside_output(files, workdir, tmp_path):
+    paths, rgb, _, _ = files
+    out = tmp_path / "random.png"
+    assert _run(f"--workdir={workdir}", f"--image={paths['rgb']}", f"--output={out}",
+                "--seed=3", "--postprocess") == 0
+    hole = np.asarray(Image.open(complete.mask_path_for(str(out)))) >= 128
+    assert hole.shape == (H, W) and 0 < hole.mean() < 0.5
+    np.testing.assert_array_equal(np.asarray(Image.open(out))[~hole], rgb[~hole])
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: one line, exit status 1, nothing written
+
+
+@pytest.mark.parametrize("mask_key, message", [
+    ("small_mask", "must have the image's size"),
+    ("empty_mask", "no hole pixels"),
+    ("broken", "cannot read mask"),
+])
+def test_bad_masks_write_nothing(files, workdir, tmp_path, capsys, mask_key, message):
+    paths = files[0]
+    out = tmp_path / "out.png"
+    assert _run(f"--workdir={workdir}", f"--image={paths['rgb']}", f"--mask={paths[mask_key]}",
+                f"--output={out}") == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_image", "does not exist"),
+    ("broken_image", "cannot read image"),
+    ("missing_checkpoint", "No GLCIC checkpoint"),
+    ("bad_extension", "unknown image extension"),
+    ("folder_without_mask", "no mask with the same file stem"),
+])
+def test_user_errors_write_nothing(files, workdir, tmp_path, capsys, case, message):
+    paths = files[0]
+    out = tmp_path / "out" / "result.png"
+    args = {"workdir": workdir, "image": paths["rgb"], "mask": paths["mask"], "output": str(out)}
+    if case == "missing_image":
+        args["image"] = str(tmp_path / "nope.jpg")
+    elif case == "broken_image":
+        args["image"] = paths["broken"]
+    elif case == "missing_checkpoint":
+        args["workdir"] = str(tmp_path / "no_run")
+    elif case == "bad_extension":
+        args["output"] = str(tmp_path / "out" / "result.xyz")
+    elif case == "folder_without_mask":
+        (tmp_path / "imgs").mkdir(), (tmp_path / "masks").mkdir()
+        Image.open(paths["rgb"]).save(tmp_path / "imgs" / "a.png")
+        args.update(image=str(tmp_path / "imgs"), mask=str(tmp_path / "masks"),
+                    output=str(tmp_path / "out"))
+    assert _run(*(f"--{k}={v}" for k, v in args.items())) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_subprocess_exit_status_and_message(files, workdir, tmp_path):
+    paths = files[0]
+    out = tmp_path / "out.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "glcic_jax.complete", f"--workdir={workdir}",
+         f"--image={paths['rgb']}", f"--mask={paths['small_mask']}", f"--output={out}"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: mask ")
+    assert "must have the image's size" in proc.stderr
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-processing
+
+
+def _smooth(h: int = 60, w: int = 70) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([100 + 60 * np.sin(x / 7.0) + 30 * np.cos(y / 5.0),
+                    120 + 0.02 * (x - 30.0) ** 2, 50 + 2.0 * y], axis=-1)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("box", [(20, 20, 15, 16), (0, 0, 10, 10), (50, 60, 10, 10),
+                                 (0, 30, 60, 8), (10, 10, 2, 30), (5, 5, 1, 1)])
+def test_postprocess_exact_outside_and_smooth_inside(box):
+    """Any hole (inside, on corners, spanning the image, thinner than 3 px) is blended."""
+    img = _smooth()
+    t, l, h, w = box
+    hole = np.zeros(img.shape[:2], bool)
+    hole[t : t + h, l : l + w] = True
+    damaged = img.copy()
+    damaged[hole] = 0  # a completion that got the hole entirely wrong
+    out = postprocess.postprocess(damaged, hole)
+    np.testing.assert_array_equal(out[~hole], img[~hole])
+    # Fast marching + blending recover a smooth image from its surroundings.
+    assert np.abs(out.astype(int) - img)[hole].mean() < 8
+
+
+def test_postprocess_places_the_clone_where_it_was_taken():
+    """Texture inside a hole in flat surroundings is blended back unchanged, unshifted.
+
+    Fast marching fills the hole with the flat colour, so the ring's gradients are the true
+    ones and the Poisson solution is the completed image itself; a region placed one pixel off
+    (the usual `(min + max) // 2` centre, with these even sizes) would move the texture.
+    """
+    img = np.full((40, 50, 3), 128, np.uint8)
+    img[14:22, 16:24] = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    hole = np.zeros((40, 50), bool)
+    hole[10:26, 12:28] = True
+    out = postprocess.postprocess(img, hole)
+    assert np.abs(out.astype(int) - img).max() <= 1

@@ -1,0 +1,150 @@
+"""Tests of the evaluation metrics, the baselines and `--mode=eval` (`evaluate.py`).
+
+The metrics are checked on inputs with textbook answers and against scikit-image's SSIM. The
+end-to-end evaluation runs once on a workdir holding one untrained `:tiny` checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from glcic_jax import checkpointing, config_lib, evaluate
+from test_complete import make_workdir  # one shared recipe for a tiny checkpoint
+
+
+def _skimage_ssim(a, b, full=False):
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, data_range=255, channel_axis=-1,
+                                 full=full)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two random [2, 40, 37, 3] uint8 batches, the second a noisy copy, and a hole mask."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 40, 37, 3)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+    hole = np.zeros((2, 40, 37), bool)
+    hole[:, 10:25, 5:20] = True
+    return a, b, hole
+
+
+def test_identical_images(pair):
+    a, _, hole = pair
+    m = evaluate.image_metrics(a, a, hole)
+    for k in ("l1", "l1_hole"):
+        np.testing.assert_array_equal(m[k], 0.0)
+    for k in ("ssim", "ssim_hole"):
+        np.testing.assert_allclose(m[k], 1.0, atol=1e-12)
+    for k in ("psnr", "psnr_hole"):  # MSE = 0: capped, finite, so it can be averaged
+        np.testing.assert_array_equal(m[k], evaluate.PSNR_CAP)
+
+
+def test_constant_error_gives_textbook_values(pair):
+    a, _, hole = pair
+    a = np.minimum(a, 245)
+    m = evaluate.image_metrics(a + 10, a, hole)
+    expected_psnr = 10.0 * np.log10(255.0**2 / 100.0)  # 28.13 dB
+    for k in ("l1", "l1_hole"):
+        np.testing.assert_allclose(m[k], 10.0)
+    for k in ("psnr", "psnr_hole"):
+        np.testing.assert_allclose(m[k], expected_psnr)
+
+
+def test_hole_metrics_only_see_the_hole(pair):
+    a, _, hole = pair
+    b = a.astype(np.int64)
+    b[hole] += 20
+    b = np.clip(b, 0, 255)
+    err = np.abs(b - a)
+    frac = hole[0].mean()
+    np.testing.assert_allclose(evaluate.l1(b, a, hole), [err[i][hole[i]].mean() for i in range(2)])
+    np.testing.assert_allclose(evaluate.l1(b, a), np.array([err[i].mean() for i in range(2)]))
+    np.testing.assert_allclose(evaluate.l1(b, a), evaluate.l1(b, a, hole) * frac)
+    mse_hole = np.array([np.square(err[i][hole[i]]).mean() for i in range(2)])
+    np.testing.assert_allclose(evaluate.psnr(b, a, hole), 10 * np.log10(255.0**2 / mse_hole))
+
+
+def test_ssim_matches_skimage(pair):
+    a, b, hole = pair
+    ours = evaluate.ssim(b, a)
+    ref = [_skimage_ssim(b[i], a[i]) for i in range(2)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+    # Inside the hole: the mean of skimage's full SSIM map over the hole pixels.
+    ours_hole = evaluate.ssim(b, a, hole)
+    ref_hole = [_skimage_ssim(b[i], a[i], full=True)[1][hole[i]].mean() for i in range(2)]
+    np.testing.assert_allclose(ours_hole, ref_hole, rtol=1e-10)
+    assert 0.0 < ours.min() < 1.0
+
+
+def test_baselines_keep_pixels_outside_the_hole(pair):
+    a, _, hole = pair
+    outs = [evaluate.mean_fill(a, hole, [0.5, 0.4, 0.3]),
+            evaluate.opencv_inpaint(a, hole, "telea"),
+            evaluate.opencv_inpaint(a, hole, "navier_stokes")]
+    for out in outs:
+        assert out.dtype == np.uint8 and out.shape == a.shape
+        np.testing.assert_array_equal(out[~hole], a[~hole])
+    np.testing.assert_array_equal(outs[0][hole], np.broadcast_to([128, 102, 76], (hole.sum(), 3)))
+
+
+def test_table_has_one_row_per_method():
+    results = {name: dict.fromkeys(evaluate.METRICS, 1.0) for name in evaluate.METHODS}
+    table = evaluate.format_table(results).splitlines()
+    assert len(table) == 2 + len(evaluate.METHODS)
+    assert all(name in "\n".join(table) for name in evaluate.METHODS)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = config_lib.shrink_to_tiny(config_lib.base_config())
+    cfg.data.source = "skimage"
+    return cfg, make_workdir(str(tmp_path_factory.mktemp("tiny_eval_run")))
+
+
+@pytest.fixture(scope="module")
+def eval_run(tiny):
+    cfg, workdir = tiny
+    return evaluate.evaluate(cfg, workdir)
+
+
+def test_mode_eval_writes_json_with_model_and_baselines(tiny, eval_run):
+    cfg, workdir = tiny
+    path = os.path.join(workdir, "eval_0.json")
+    with open(path) as f:
+        stored = json.load(f)
+    assert stored["results"] == eval_run["results"]
+    assert stored["num_images"] == cfg.num_eval_batches * cfg.batch_size
+    assert set(stored["results"]) == set(evaluate.METHODS)
+    for row in stored["results"].values():
+        assert set(row) == set(evaluate.METRICS)
+        assert all(np.isfinite(v) for v in row.values())
+        assert row["l1"] <= row["l1_hole"]  # outside the hole every method is exact
+
+
+def test_training_eval_matches_mode_eval(tiny, eval_run):
+    """The eval_every hook reports the model row of --mode=eval (same images, same holes)."""
+    cfg, workdir = tiny
+    _, nets, st = checkpointing.restore_for_inference(workdir)
+    values = evaluate.TrainingEval(cfg, nets)(st)
+    model = eval_run["results"]["model"]
+    assert set(values) == {f"eval/{k}" for k in evaluate.METRICS}
+    for k in evaluate.METRICS:
+        np.testing.assert_allclose(values[f"eval/{k}"], model[k], rtol=1e-6)
+
+
+def test_eval_masks_are_fixed(tiny):
+    cfg, _ = tiny
+    a = evaluate.eval_masks(cfg, 4, 32, 32)
+    b = evaluate.eval_masks(cfg, 4, 32, 32)
+    np.testing.assert_array_equal(a, b)
+    assert a.any(axis=(1, 2)).all()
