@@ -1,0 +1,308 @@
+"""Networks: parameter count, shapes, value ranges, dtype policy, options, receptive field."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glcic_jax import models
+
+KEY = jax.random.PRNGKey(0)
+
+
+def abstract_init(module, *inputs):
+    """Shapes and dtypes of a module's variables, without running the initialisers."""
+    return jax.eval_shape(lambda: module.init(KEY, *inputs, train=False))
+
+
+def cheap_variables(module, *inputs, seed: int = 0):
+    """Concrete variables with the shapes `module.init` gives, filled from numpy.
+
+    Random initialisation of the 6M-parameter networks takes seconds to compile on CPU; tests that
+    only need *some* sensible weights use fan-in-scaled normal kernels, unit scales/variances and
+    zero biases/means instead.
+    """
+    shapes = abstract_init(module, *inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path[-1:])
+        if "kernel" in name:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape)
+        elif "scale" in name or "var" in name:
+            value = np.ones(leaf.shape)
+        else:
+            value = np.zeros(leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def apply(module, variables, *inputs, train: bool = False):
+    """`module.apply` under jit: one compilation is much cheaper than op-by-op dispatch on CPU."""
+    fn = functools.partial(module.apply, train=train, mutable=["batch_stats"] if train else False)
+    return jax.jit(fn)(variables, *inputs)
+
+
+def gen_input(batch, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, (batch, height, width, 4)).astype(np.float32)
+    x[..., 3] = (x[..., 3] > 0.5).astype(np.float32)  # a binary mask channel
+    return jnp.asarray(x)
+
+
+def all_leaves_dtype(tree, dtype) -> bool:
+    return all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(tree))
+
+
+# ----------------------------------------------------------------------------------------------
+# Completion network
+# ----------------------------------------------------------------------------------------------
+
+
+def test_completion_network_has_paper_parameter_count():
+    shapes = abstract_init(models.CompletionNetwork(), jnp.zeros((1, 256, 256, 4)))
+    assert models.count_params(shapes["params"]) == 6_072_131
+
+
+def test_count_params_counts_scalars():
+    tree = {"a": jnp.zeros((2, 3)), "b": [jnp.zeros((4,)), jnp.zeros(())]}
+    assert models.count_params(tree) == 11
+
+
+@pytest.mark.parametrize("height,width", [(256, 256), (200, 296)])
+def test_completion_output_shape_and_dtype(height, width):
+    net = models.CompletionNetwork()
+    x = jax.ShapeDtypeStruct((2, height, width, 4), jnp.float32)
+    variables = abstract_init(net, jnp.zeros((1, 32, 32, 4)))
+    for train in (False, True):
+        fn = functools.partial(net.apply, train=train,
+                               mutable=["batch_stats"] if train else False)
+        out = jax.eval_shape(fn, variables, x)
+        out = out[0] if train else out
+        assert out.shape == (2, height, width, 3)
+        assert out.dtype == jnp.float32
+
+
+def test_completion_output_in_unit_interval():
+    net = models.CompletionNetwork()
+    variables = cheap_variables(net, jnp.zeros((1, 32, 32, 4)))
+    x = gen_input(2, 32, 40)
+    # Large inputs push the sigmoid into saturation: the output must still stay in [0, 1].
+    x_big = x.at[..., :3].multiply(1e3)
+    out = np.asarray(apply(net, variables, jnp.concatenate([x, x_big])))
+    assert out.shape == (4, 32, 40, 3)
+    assert np.all(np.isfinite(out))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # ... and it is not a constant.
+    assert out[:2].std() > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 30, 32, 4), (1, 32, 34, 4), (1, 257, 256, 4)])
+def test_completion_rejects_sizes_not_divisible_by_4(shape):
+    net = models.CompletionNetwork()
+    variables = abstract_init(net, jnp.zeros((1, 32, 32, 4)))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        jax.eval_shape(lambda v, x: net.apply(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+def test_completion_rejects_wrong_channel_count():
+    with pytest.raises(ValueError, match=r"\[B, H, W, 4\]"):
+        abstract_init(models.CompletionNetwork(), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_completion_reflect_padding_builds_and_runs():
+    net = models.CompletionNetwork(padding="reflect")
+    variables = cheap_variables(net, jnp.zeros((1, 32, 32, 4)))
+    # Same parameters as zero padding: padding mode changes no shapes.
+    assert models.count_params(variables["params"]) == 6_072_131
+    x = gen_input(2, 32, 32)
+    out = np.asarray(apply(net, variables, x))
+    assert out.shape == (2, 32, 32, 3)
+    assert np.all(np.isfinite(out)) and out.min() >= 0.0 and out.max() <= 1.0
+    # And it is a different network function from zero padding.
+    zero = np.asarray(apply(models.CompletionNetwork(), variables, x))
+    assert not np.allclose(out, zero)
+
+
+def test_completion_bfloat16_keeps_float32_params_and_output():
+    net = models.CompletionNetwork(dtype=jnp.bfloat16)
+    shapes = abstract_init(net, jnp.zeros((1, 32, 32, 4)))
+    assert all_leaves_dtype(shapes, jnp.float32)
+    variables = cheap_variables(net, jnp.zeros((1, 32, 32, 4)))
+    out = apply(net, variables, gen_input(2, 32, 32))
+    assert out.dtype == jnp.float32
+    out = np.asarray(out)
+    assert np.all(np.isfinite(out)) and out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("padding", ["same", "circular", ""])
+def test_completion_invalid_padding_raises(padding):
+    with pytest.raises(ValueError, match=r"model\.padding.*not supported.*'zero', 'reflect'"):
+        abstract_init(models.CompletionNetwork(padding=padding), jnp.zeros((1, 32, 32, 4)))
+
+
+def test_two_stage_generator_returns_refined_and_coarse(tiny_config):
+    assert isinstance(models.make_generator(tiny_config.model), models.CompletionNetwork)
+    tiny_config.model.two_stage = True
+    net = models.make_generator(tiny_config.model)
+    assert isinstance(net, models.TwoStageCompletion)
+    shapes = abstract_init(net, jnp.zeros((1, 32, 32, 4)))
+    assert models.count_params(shapes["params"]) == 2 * 6_072_131
+    refined, coarse = jax.eval_shape(lambda v, x: net.apply(v, x, train=False), shapes,
+                                     jax.ShapeDtypeStruct((2, 64, 48, 4), jnp.float32))
+    assert refined.shape == coarse.shape == (2, 64, 48, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Discriminators
+# ----------------------------------------------------------------------------------------------
+
+
+def disc_inputs(batch, global_size, local_size, seed=0):
+    rng = np.random.default_rng(seed)
+    g = jnp.asarray(rng.uniform(0, 1, (batch, global_size, global_size, 3)), jnp.float32)
+    loc = jnp.asarray(rng.uniform(0, 1, (batch, local_size, local_size, 3)), jnp.float32)
+    return g, loc
+
+
+def test_context_discriminator_logits_shape_small():
+    d = models.ContextDiscriminator()
+    g, loc = disc_inputs(3, 64, 32)
+    variables = cheap_variables(d, g[:1], loc[:1])
+    logits = apply(d, variables, g, loc)
+    assert logits.shape == (3, 1) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_context_discriminator_logits_shape_paper_size():
+    d = models.ContextDiscriminator()
+    variables = abstract_init(d, jnp.zeros((1, 256, 256, 3)), jnp.zeros((1, 128, 128, 3)))
+    logits = jax.eval_shape(
+        lambda v, g, loc: d.apply(v, g, loc, train=False),
+        variables,
+        jax.ShapeDtypeStruct((5, 256, 256, 3), jnp.float32),
+        jax.ShapeDtypeStruct((5, 128, 128, 3), jnp.float32),
+    )
+    assert logits.shape == (5, 1) and logits.dtype == jnp.float32
+    assert set(variables["params"]) == {"global", "local", "head"}
+    # Both branches give 1024-d features: the head maps 2048 -> 1.
+    assert variables["params"]["head"]["kernel"].shape == (2048, 1)
+
+
+def test_local_only_discriminator():
+    d = models.ContextDiscriminator(use_global=False)
+    _, loc = disc_inputs(3, 64, 32)
+    variables = cheap_variables(d, None, loc[:1])
+    assert "global" not in variables["params"]
+    assert variables["params"]["head"]["kernel"].shape == (1024, 1)
+    logits = apply(d, variables, None, loc)
+    assert logits.shape == (3, 1) and logits.dtype == jnp.float32
+
+
+# Every norm and activation value at least once (the branches share one conv-stack class, so the
+# cheaper local-only critic stands for both).
+@pytest.mark.parametrize(
+    "norm,activation", [("batch", "leaky_relu"), ("layer", "relu"), ("none", "leaky_relu")]
+)
+def test_discriminator_options_build_and_run(norm, activation):
+    d = models.ContextDiscriminator(norm=norm, activation=activation, use_global=False)
+    _, loc = disc_inputs(2, 64, 32)
+    variables = cheap_variables(d, None, loc[:1])
+    # Only BatchNorm keeps running statistics; layer norm has a scale and a bias per layer.
+    assert bool(variables.get("batch_stats")) == (norm == "batch")
+    has_layer_norm = any("LayerNorm" in k for k in variables["params"]["local"])
+    assert has_layer_norm == (norm == "layer")
+    logits, _ = apply(d, variables, None, loc, train=True)
+    assert logits.shape == (2, 1)
+    assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_discriminator_activation_option_is_applied():
+    _, loc = disc_inputs(2, 64, 32)
+    relu = models.ContextDiscriminator(norm="none", activation="relu", use_global=False)
+    leaky = models.ContextDiscriminator(norm="none", activation="leaky_relu", use_global=False)
+    variables = cheap_variables(relu, None, loc[:1])
+    assert not np.allclose(np.asarray(apply(relu, variables, None, loc)),
+                           np.asarray(apply(leaky, variables, None, loc)))
+
+
+def test_discriminator_bfloat16_keeps_float32_params_and_output():
+    d = models.ContextDiscriminator(dtype=jnp.bfloat16)
+    g, loc = disc_inputs(2, 64, 32)
+    shapes = abstract_init(d, g[:1], loc[:1])
+    assert all_leaves_dtype(shapes, jnp.float32)
+    variables = cheap_variables(d, g[:1], loc[:1])
+    logits = apply(d, variables, g, loc)
+    assert logits.dtype == jnp.float32 and logits.shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"norm": "group"}, r"model\.d_norm='group' is not supported.*'batch', 'layer', 'none'"),
+        ({"activation": "gelu"},
+         r"model\.d_activation='gelu' is not supported.*'relu', 'leaky_relu'"),
+    ],
+)
+def test_discriminator_invalid_option_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        abstract_init(models.ContextDiscriminator(**kwargs), jnp.zeros((1, 64, 64, 3)),
+                      jnp.zeros((1, 32, 32, 3)))
+
+
+def test_make_discriminator_from_config(tiny_config):
+    tiny_config.model.discriminator = "local"
+    tiny_config.model.d_norm = "layer"
+    d = models.make_discriminator(tiny_config.model)
+    assert isinstance(d, models.ContextDiscriminator) and not d.use_global and d.norm == "layer"
+    tiny_config.model.discriminator = "patch"
+    with pytest.raises(ValueError, match=r"model\.discriminator='patch'.*'context', 'local'"):
+        models.make_discriminator(tiny_config.model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Receptive field (GLCIC 3.1: dilated convolutions give each output pixel a ~300 px field)
+# ----------------------------------------------------------------------------------------------
+
+RF_SIZE = 320  # the smallest multiple of 32 that holds the whole ~300 px field of the centre pixel
+
+
+def test_completion_receptive_field(tiny_state, capsys):
+    """Gradient of one central output pixel w.r.t. the input is non-zero over ~300 px.
+
+    The paper quotes 307 x 307. Counting kernel extents layer by layer for Table 1 (with the
+    4x4 stride-2 deconvolutions contributing 2 input pixels each) gives ~301; the measured span
+    is what the randomly initialised network actually depends on. Parameters do not depend on the
+    image size, so the (already initialised) tiny state's generator is reused.
+    """
+    net = models.CompletionNetwork()
+    variables = {"params": tiny_state.g.params, "batch_stats": tiny_state.g.batch_stats}
+    x = jax.random.uniform(jax.random.PRNGKey(1), (1, RF_SIZE, RF_SIZE, 4), jnp.float32)
+    c = RF_SIZE // 2
+
+    @jax.jit
+    def grad_of_centre(x):
+        return jax.grad(lambda x: net.apply(variables, x, train=False)[0, c, c, 0])(x)
+
+    g = np.abs(np.asarray(grad_of_centre(x))).sum(axis=(0, 3))  # [H, W]
+    rows = np.nonzero(g.sum(axis=1) > 0)[0]
+    cols = np.nonzero(g.sum(axis=0) > 0)[0]
+    span_rows = int(rows.max() - rows.min() + 1)
+    span_cols = int(cols.max() - cols.min() + 1)
+    with capsys.disabled():
+        print(f"\nreceptive field: {span_rows} x {span_cols} px "
+              f"(rows {rows.min()}..{rows.max()}, cols {cols.min()}..{cols.max()}, centre {c})")
+    # The field must lie strictly inside the input, or the measure would be truncated.
+    assert rows.min() > 0 and rows.max() < RF_SIZE - 1
+    assert cols.min() > 0 and cols.max() < RF_SIZE - 1
+    assert 280 <= span_rows <= 320
+    assert 280 <= span_cols <= 320
+    # The field contains the centre pixel.
+    assert rows.min() <= c <= rows.max() and cols.min() <= c <= cols.max()
