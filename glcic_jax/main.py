@@ -83,6 +83,8 @@ def main(argv) -> None:
             FileNotFoundError, train.NonFiniteError, OSError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
+        # Keep this line last: a failed Orbax write (disk full) logs asyncio task errors at exit.
+        logging.disable(logging.CRITICAL)
         sys.exit(1)
 
 
