@@ -40,7 +40,6 @@ Guarantees:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 import tempfile
@@ -190,25 +189,6 @@ def _resize(arr: np.ndarray, size_hw: tuple[int, int], resample) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((w, h), resample))
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_completion():
-    """`steps.complete_images` jitted with the generator module as a static argument.
-
-    flax modules hash and compare by their fields, so every Completer of the same architecture
-    (e.g. one per command in a test session) shares the compilations for an input shape.
-    """
-    import jax
-
-    from glcic_jax import state as state_lib
-    from glcic_jax import steps
-
-    def fn(generator, g_vars, images, mask, mean_pixel):
-        nets = state_lib.Networks(generator, None, None, None)  # only the generator is used
-        return steps.complete_images(nets, g_vars, images, mask, mean_pixel)
-
-    return jax.jit(fn, static_argnums=0)
-
-
 class Completer:
     """A restored checkpoint's completion network, ready for photos of any size.
 
@@ -232,7 +212,7 @@ class Completer:
         self.g_vars = evaluate.generator_variables(state)
         self.mean_pixel = np.asarray(jax.device_get(state.mean_pixel), np.float32)
         self.mean_u8 = evaluate.to_uint8(self.mean_pixel)
-        self._fn = functools.partial(_compiled_completion(), nets.generator)
+        self._fn = evaluate.completion_fn(nets)
 
     def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int):
         """(padded uint8 input, padded float mask, size the network works at)."""

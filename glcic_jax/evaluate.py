@@ -186,6 +186,27 @@ def generator_variables(state) -> dict:
     return v
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_completion():
+    """`steps.complete_images` jitted with the generator module as a static argument.
+
+    flax modules hash and compare by their fields, so every caller with the same architecture
+    (each `complete.Completer`, each `evaluate` call) shares the compilations for an input shape.
+    """
+    from glcic_jax import state as state_lib
+
+    def fn(generator, g_vars, images, mask, mean_pixel):
+        nets = state_lib.Networks(generator, None, None, None)  # only the generator is used
+        return steps.complete_images(nets, g_vars, images, mask, mean_pixel)
+
+    return jax.jit(fn, static_argnums=0)
+
+
+def completion_fn(nets) -> Callable:
+    """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for these networks' generator."""
+    return functools.partial(_compiled_completion(), nets.generator)
+
+
 def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndarray,
                       hole: np.ndarray, chunk: int) -> np.ndarray:
     """The network's completions in chunks of `chunk` images (one compiled shape), as uint8.
@@ -236,12 +257,12 @@ class TrainingEval:
         h, w = self.images.shape[1:3]
         self.hole = eval_masks(config, len(self.images), h, w)
         self.chunk = max(1, min(len(self.images), int(config.batch_size) // jax.device_count()))
-        fn = functools.partial(steps.complete_images, nets)
         if mesh is None:
-            self._complete = jax.jit(fn)
+            self._complete = completion_fn(nets)
         else:  # the training mesh: inputs and outputs replicated, as the training samples are
             rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self._complete = jax.jit(fn, in_shardings=rep, out_shardings=rep)
+            self._complete = jax.jit(functools.partial(steps.complete_images, nets),
+                                     in_shardings=rep, out_shardings=rep)
 
     def __call__(self, state) -> dict[str, float]:
         pred = model_completions(self._complete, generator_variables(state), state.mean_pixel,
@@ -285,7 +306,7 @@ def evaluate(config, workdir: str) -> dict:
     logging.info("Evaluating step %d on %d held-out %dx%d images (hole fraction %.3f).", step, n,
                  h, w, hole.mean())
 
-    complete_fn = jax.jit(functools.partial(steps.complete_images, nets))
+    complete_fn = completion_fn(nets)
     chunk = min(n, int(config.batch_size))
     results, timings = {}, {}
 
