@@ -259,9 +259,13 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
               f"{time.monotonic() - run.t0:5.1f} s; complete checkpoints {after}, unfinished "
               f"{unfinished_saves(workdir)}")
 
+    leftover = unfinished_saves(workdir)
     final = Training(workdir, *FAULT_FLAGS, log_path=str(tmp_path / "final.log"))
     rc = final.finish()
     assert rc == 0, final.text()[-6000:]
+    if leftover:
+        restarts_over_leftover_tmp += 1
+        assert final.seen(r"Removing .*orbax-checkpoint-tmp"), final.text()[-3000:]
     assert not unfinished_saves(workdir)
     assert finished_steps(workdir)[-1] == FAULT_STEPS
     print(f"kills landed: {landed}; resumed from steps {sorted(resumed_from)}; restarts over a "
