@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -56,9 +57,15 @@ def make_workdir(workdir: str) -> None:
 
 
 def _short(e: BaseException, limit: int = 400) -> str:
-    """One line of an exception; long (tensorstore) messages keep their start and end."""
+    """One line of an exception, led by the OS error it carries (tensorstore buries it as
+    `os_error_code='28'` in a long message); long messages keep their start and end."""
     text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[:150] + " ... " + text[-(limit - 155):]
+    if len(text) > limit:
+        text = text[:150] + " ... " + text[-(limit - 155):]
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    if code:
+        return f"{os.strerror(int(code.group(1)))} ({text})"
+    return text
 
 
 def checkpoint_dir(workdir: str) -> str:
