@@ -82,9 +82,18 @@ def main(argv) -> None:
     except (input_pipeline.DataError, checkpointing.IncompatibleCheckpointError, ValueError,
             FileNotFoundError, train.NonFiniteError, OSError) as e:
         logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        # Keep this line last: a failed Orbax write (disk full) logs asyncio task errors at exit.
+        # One write call, so that no other thread's output lands inside the line (print() writes
+        # the text and the newline separately).
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
         logging.disable(logging.CRITICAL)
+        if isinstance(e, checkpointing.CheckpointWriteError):
+            # After a failed Orbax write (disk full), tensorstore's I/O threads still complete into
+            # Orbax's closed event loop and print a traceback each at interpreter shutdown. The
+            # error is reported and earlier checkpoints are intact: leave without that noise.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(1)
         sys.exit(1)
 
 

@@ -545,11 +545,12 @@ def test_failing_checkpoint_write_is_a_clear_error_and_keeps_the_last_checkpoint
     proc = run_cli(workdir, *FAULT_FLAGS[:-1], f"--config.num_train_steps={last + 1}",
                    shell_prefix="ulimit -f 1024")  # 1 MiB
     assert proc.returncode == 1, report(proc)
-    # Orbax's and tensorstore's I/O threads print tracebacks of their own (before and, as they
-    # wind down, after it), but one line says what happened and what to do.
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: Could not write the "), report(proc)
-    error = errors[0]
+    # Orbax's and tensorstore's I/O threads may print tracebacks of their own while the save
+    # fails (their partial lines can precede ours), but one line says what happened and what to
+    # do, written whole.
+    marker = "error: Could not write the "
+    assert proc.stderr.count(marker) == 1, report(proc)
+    error = proc.stderr[proc.stderr.index(marker):].split("\n", 1)[0]
     assert "File too large" in error and "Free disk space" in error, error
     assert f"resumes from the last complete checkpoint (step {last}), which is intact" in error
     assert finished_steps(workdir) == finished_steps(reference)  # nothing rotated out
