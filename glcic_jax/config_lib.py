@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resize_max = 384
     c.data.flip = True  # random horizontal flips
     c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (images)
+    c.data.num_workers = 0  # folder/skimage decode threads per host; 0 = min(32, 2 x CPUs)
     c.data.eval_fraction = 0.05  # folder source: share of files held out (deterministic by name)
     c.data.mean_pixel_images = 2_000  # images sampled to estimate the mean pixel (cached)
     c.data.num_eval_images = 8  # fixed evaluation batch for sample grids
@@ -122,6 +123,8 @@ def validate(config, num_devices: int = 1) -> None:
             "data.source='folder' needs the photos' folder: add --config.data.path=DIR "
             "(JPEG/PNG/... files, searched recursively)."
         )
+    if int(config.data.get("num_workers", 0)) < 0:
+        raise ValueError(f"data.num_workers={config.data.num_workers} must be >= 0 (0 = auto).")
     if config.batch_size < 1 or config.batch_size % num_devices:
         raise ValueError(
             f"batch_size={config.batch_size} is not divisible by the {num_devices} devices; "

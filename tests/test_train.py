@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, input_pipeline, train
+from glcic_jax import checkpointing, config_lib, input_pipeline, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,6 +101,68 @@ def test_stream_is_a_pure_function_of_position(tmp_path):
     assert not np.array_equal(batches[0], batches[1])
     full.close()
     resumed.close()
+    # ... whatever the number of decoding threads.
+    with config.unlocked():
+        config.data.num_workers = 1
+    one_thread = input_pipeline.train_iterator(config, 4, start_step=1)
+    assert one_thread._pool._max_workers == 1
+    np.testing.assert_array_equal(next(one_thread), batches[1])
+    one_thread.close()
+    config.data.num_workers = -1
+    with pytest.raises(ValueError, match="num_workers=-1 must be >= 0"):
+        config_lib.validate(config, num_devices=1)
+
+
+def _full_resize_then_crop(image, rng, size, resize_min, resize_max):
+    """The textbook augmentation: resize the whole image, then crop (no flip)."""
+    short = int(rng.integers(resize_min, resize_max + 1))
+    h, w = image.shape[:2]
+    new_w = max(short, round(w * short / min(h, w)))
+    new_h = max(short, round(h * short / min(h, w)))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+    top = int(rng.integers(0, new_h - size + 1))
+    left = int(rng.integers(0, new_w - size + 1))
+    return resized[top : top + size, left : left + size]
+
+
+def test_augment_resamples_only_the_crop_yet_matches_resizing_the_whole_image():
+    import skimage.data
+
+    photo = skimage.data.astronaut()  # 512 x 512, textured
+    tall = np.ascontiguousarray(photo[:, 100:420])  # 512 x 320, non-square
+    for image, (rmin, rmax) in ((photo, (40, 90)), (tall, (48, 64)), (photo, (600, 700))):
+        for seed in range(6):
+            got = input_pipeline.augment(image, np.random.default_rng(seed), 32, rmin, rmax, False)
+            want = _full_resize_then_crop(image, np.random.default_rng(seed), 32, rmin, rmax)
+            assert got.shape == want.shape == (32, 32, 3) and got.dtype == np.uint8
+            # Same crop of the same resampled image: only the 2-step reduction (reducing_gap)
+            # differs, by rounding. A crop one pixel off differs by tens of grey levels.
+            diff = np.abs(got.astype(int) - want.astype(int))
+            assert diff.mean() < 2.0 and np.percentile(diff, 95) <= 4, (seed, diff.mean())
+    shifted = _full_resize_then_crop(photo, np.random.default_rng(0), 32, 40, 90)
+    got = input_pipeline.augment(photo, np.random.default_rng(0), 32, 40, 90, False)
+    assert np.abs(got[:, 1:].astype(int) - shifted[:, :-1].astype(int)).mean() > 4.0
+
+
+def test_large_jpegs_decode_at_reduced_scale_but_never_below_the_needed_size(tmp_path):
+    import skimage.data
+
+    big = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((1200, 900)))
+    path = str(tmp_path / "big.jpg")
+    Image.fromarray(big).save(path, quality=95)
+    full = input_pipeline.load_image(path)
+    assert full.shape == (900, 1200, 3)
+    for need, want in ((96, (113, 150)), (200, (225, 300)), (256, (450, 600)), (600, (900, 1200))):
+        img = input_pipeline.load_image(path, min_short=need)
+        assert img.shape == (*want, 3), (need, img.shape)  # libjpeg scales by 1/8, 1/4, 1/2, 1
+        assert min(img.shape[:2]) >= need
+    # The reduced decode is the same picture: close to resizing the full decode.
+    small = input_pipeline.load_image(path, min_short=200)
+    ref = np.asarray(Image.fromarray(full).resize((300, 225), Image.BOX))
+    assert np.abs(small.astype(int) - ref.astype(int)).mean() < 4.0
+    png = str(tmp_path / "big.png")
+    Image.fromarray(big).save(png)
+    assert input_pipeline.load_image(png, min_short=96).shape == (900, 1200, 3)
 
 
 def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path):
