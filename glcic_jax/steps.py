@@ -115,7 +115,10 @@ def _apply_updates(tx, ms: ModelState, grads, new_stats) -> ModelState:
 
 
 def _all_finite(*trees) -> jax.Array:
-    leaves = [x for t in trees for x in jax.tree_util.tree_leaves(t)]
+    """Losses, gradients and the updated model state (params, statistics, optimizer state): an
+    update can overflow although the loss and gradients that made it were finite."""
+    leaves = [x for t in trees for x in jax.tree_util.tree_leaves(t)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
@@ -213,8 +216,8 @@ def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    ok = _all_finite(loss, grads)
     new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
+    ok = _all_finite(loss, grads, new.g)
     metrics.update(g_loss=loss, nonfinite=1.0 - ok.astype(jnp.float32))
     return _guard(settings, state, new, ok), metrics
 
@@ -229,8 +232,8 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
         lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
     )
     (loss, (stats, metrics)), grads = grad_fn(state.d.params)
-    ok = _all_finite(loss, grads)
     new = state.replace(step=state.step + 1, d=_apply_updates(nets.d_tx, state.d, grads, stats))
+    ok = _all_finite(loss, grads, new.d)
     metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
     return _guard(settings, state, new, ok), metrics
 
@@ -268,7 +271,7 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     (g_grads,) = g_vjp(d_outs)
     new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats)
     metrics.update(g_metrics)
-    ok = _all_finite(d_loss, g_loss, d_grads, g_grads)
+    ok = _all_finite(d_loss, g_loss, d_grads, g_grads, new_d, new_g)
     metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
     new = state.replace(step=state.step + 1, g=new_g, d=new_d)
     return _guard(settings, state, new, ok), metrics
@@ -283,8 +286,8 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    ok = _all_finite(loss, grads)
     new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
+    ok = _all_finite(loss, grads, new.g)
     metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
     return _guard(settings, state, new, ok), metrics
 

@@ -103,6 +103,9 @@ def _format_metrics(values: dict[str, float]) -> str:
     return " ".join(f"{k}={values[k]:.4g}" for k in keys)
 
 
+_NOT_THE_LOSSES = "gradients or updated weights (the losses were finite)"
+
+
 def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, float]:
     """Fetch the pending per-step metrics; stop (or count) on non-finite values; return means."""
     fetched = jax.device_get([m for _, _, m in pending])
@@ -114,11 +117,11 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
             if config.nan_policy == "skip":
                 skipped += 1
                 logging.warning("Non-finite values at step %d (%s update): %s; update skipped "
-                                "(nan_policy=skip).", step + 1, name, ", ".join(bad) or "gradients")
+                                "(nan_policy=skip).", step + 1, name, ", ".join(bad) or _NOT_THE_LOSSES)
             else:
                 raise NonFiniteError(
                     f"Non-finite values at step {step + 1} ({name} update): "
-                    f"{', '.join(bad) or 'gradients'}. The state of that step was not saved; "
+                    f"{', '.join(bad) or _NOT_THE_LOSSES}. The state of that step was not saved; "
                     f"the last good checkpoint is kept. Lower the learning rate, check the data, "
                     f"or set --config.nan_policy=skip to skip such updates."
                 )

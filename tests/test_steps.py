@@ -268,6 +268,30 @@ def test_gradient_ascent_fails_the_learning_check(tiny_state, tiny_images, hole_
     assert after > before
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 -> inf
+def test_an_overflowing_update_is_flagged_and_skipped_although_loss_and_grads_are_finite(
+        tiny_state, tiny_images):
+    """An infinite learning rate turns finite gradients into non-finite weights: the step must say
+    so (nonfinite=1), and with nan_policy='skip' leave the state as it was."""
+    config = make_tiny_config()
+    config.optimizer.learning_rate = 1e39  # inf in float32; same optimizer state structure
+    config.nan_policy = "skip"
+    step_fns = steps.make_steps(config, state.create_networks(config), donate=False)
+    new, metrics = jax.device_get(step_fns.completion(tiny_state, tiny_images))
+    assert np.isfinite(metrics["g_loss"]) and np.isfinite(metrics["mse"])
+    assert float(metrics["nonfinite"]) == 1.0
+    old = jax.device_get(tiny_state)
+    assert tree_equal(new.g, old.g) and tree_equal(new.d, old.d)
+    assert int(new.step) == int(old.step) + 1
+    # Without the skip policy the step still flags it (training then stops), and the weights it
+    # returns are indeed non-finite: the flag is not a false alarm.
+    config.nan_policy = "stop"
+    step_fns = steps.make_steps(config, state.create_networks(config), donate=False)
+    new, metrics = jax.device_get(step_fns.completion(tiny_state, tiny_images))
+    assert float(metrics["nonfinite"]) == 1.0 and np.isfinite(metrics["g_loss"])
+    assert not all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(new.g.params))
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimizers
 # ----------------------------------------------------------------------------------------------
