@@ -1,4 +1,5 @@
-"""Host input-pipeline throughput: can the CPUs decode and augment images as fast as a step eats them?
+"""Host input-pipeline throughput: can the CPUs decode and augment images as fast as a step eats
+them?
 
 Writes N JPEGs that look like Places365-small's to a temporary folder (smooth random content plus
 noise, shortest side 256, longest side 256..400, JPEG quality 75..95), then measures images/s of

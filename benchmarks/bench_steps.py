@@ -228,7 +228,10 @@ def run_train_job(job: dict, opts: dict) -> dict:
         fns = distributed.shard_steps(fns, mesh)
         st = jax.device_put(st, distributed.replicated(mesh))
         sharding = distributed.batch_sharded(mesh)
-        put = lambda x: jax.device_put(x, sharding)
+
+        def put(x):
+            return jax.device_put(x, sharding)
+
         path = f"distributed.shard_steps over {mesh.size} device(s)"
     except (ImportError, AttributeError):  # a package without distributed.py
         pass

@@ -142,7 +142,8 @@ def sample_masks(torch, batch, size, local, hole_min, hole_max, device):
 
 
 def crop(torch, x, top, left, local):
-    """Per-sample local x local windows of x [B, C, H, W] -> [B, C, local, local] (differentiable)."""
+    """Per-sample local x local windows of x [B, C, H, W] -> [B, C, local, local]
+    (differentiable)."""
     ar = torch.arange(local, device=x.device)
     rows = (top[:, None] + ar)[:, :, None]  # [B, L, 1]
     cols = (left[:, None] + ar)[:, None, :]  # [B, 1, L]

@@ -175,7 +175,8 @@ def _stream_item(source_len: int, seed: int, host: int, k: int) -> tuple[int, np
 
 
 class StreamIterator:
-    """Batches of a deterministic augmented stream, decoded by a thread pool, prefetched in order."""
+    """Batches of a deterministic augmented stream, decoded by a thread pool, prefetched in
+    order."""
 
     def __init__(self, source: IndexedSource, config, batch: int, start: int = 0, seed: int = 0,
                  host: int = 0, workers: int | None = None, prefetch: int = 4):
@@ -234,7 +235,8 @@ def list_images(root: str) -> list[str]:
 
 
 def split_files(files: Sequence[str], eval_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic train/test split by a hash of each relative path (stable as files are added)."""
+    """Deterministic train/test split by a hash of each relative path (stable as files are
+    added)."""
     train, test = [], []
     for f in files:
         h = int(hashlib.sha1(f.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -372,7 +374,8 @@ def _tf_center_crop(tf, image, size: int):
 
 def train_iterator(config, local_batch: int, start_step: int = 0, host: int = 0,
                    hosts: int = 1) -> Iterator[np.ndarray]:
-    """This host's training batches from global step `start_step` on: uint8 [local_batch, S, S, 3]."""
+    """This host's training batches from global step `start_step` on: uint8
+    [local_batch, S, S, 3]."""
     start = start_step * local_batch
     seed = int(config.seed)
     if config.data.source == "tfds":

@@ -88,7 +88,10 @@ def center_corners(batch: int, height: int, width: int, size: int) -> jax.Array:
 
 
 def render_boxes(boxes: jax.Array, active: jax.Array, height: int, width: int) -> jax.Array:
-    """Rasterise rectangles to a mask. boxes [B, N, 4] (top, left, h, w), active [B, N] -> [B, H, W, 1]."""
+    """Rasterise rectangles to a mask.
+
+    boxes [B, N, 4] (top, left, h, w), active [B, N] -> [B, H, W, 1].
+    """
     ys = jnp.arange(height)[None, None, :, None]  # [1, 1, H, 1]
     xs = jnp.arange(width)[None, None, None, :]  # [1, 1, 1, W]
     top, left, h, w = (boxes[..., i][..., None, None] for i in range(4))  # each [B, N, 1, 1]

@@ -123,7 +123,8 @@ def _all_finite(*trees) -> jax.Array:
 
 
 def _guard(settings: StepSettings, old: GANState, new: GANState, ok: jax.Array) -> GANState:
-    """With nan_policy='skip', a non-finite update leaves the state as it was (but counts the step)."""
+    """With nan_policy='skip', a non-finite update leaves the state as it was (the step counter
+    still advances)."""
     if not settings.skip_nonfinite:
         return new
     kept = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)

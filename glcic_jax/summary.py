@@ -81,7 +81,8 @@ class Writer:
             self._tb.add_scalar(k, float(v), step)
         self._tb.flush()
 
-    def sample_grid(self, step: int, originals: np.ndarray, out: dict[str, np.ndarray]) -> str | None:
+    def sample_grid(self, step: int, originals: np.ndarray,
+                    out: dict[str, np.ndarray]) -> str | None:
         """Write the grid for the fixed evaluation batch; returns the PNG path."""
         if not self.enabled:
             return None

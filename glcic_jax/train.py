@@ -117,7 +117,8 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
             if config.nan_policy == "skip":
                 skipped += 1
                 logging.warning("Non-finite values at step %d (%s update): %s; update skipped "
-                                "(nan_policy=skip).", step + 1, name, ", ".join(bad) or _NOT_THE_LOSSES)
+                                "(nan_policy=skip).", step + 1, name,
+                                ", ".join(bad) or _NOT_THE_LOSSES)
             else:
                 raise NonFiniteError(
                     f"Non-finite values at step {step + 1} ({name} update): "
@@ -154,8 +155,10 @@ def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
                     ckpt: checkpointing.Checkpointer) -> Any:
     """The latest checkpoint's state (after a compatibility check) or a fresh one."""
     replicated = NamedSharding(mesh, P())
-    init = lambda: state_lib.create_state(config, nets, jax.random.PRNGKey(int(config.seed)),
-                                          mean_px)
+
+    def init():
+        return state_lib.create_state(config, nets, jax.random.PRNGKey(int(config.seed)), mean_px)
+
     latest = ckpt.latest_step()
     if latest is None:
         # Created replicated under jit: each process fills its own devices, nothing is copied.

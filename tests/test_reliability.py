@@ -1,4 +1,5 @@
-"""Reliability (issue 8): preemption, kill -9, non-finite losses, bad data, bad settings, full disks.
+"""Reliability (issue 8): preemption, kill -9, non-finite losses, bad data, bad settings, full
+disks.
 
 Training runs go through the real command line (`python -m glcic_jax.main`) in subprocesses, as a
 user or a cluster scheduler would start them, and are signalled or killed from outside. They all
@@ -226,7 +227,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
         if target <= start:
             kind = "startup"
         run = Training(workdir, *FAULT_FLAGS, log_path=str(tmp_path / f"run{i:02d}.log"))
-        training_started = lambda run=run: run.seen(r"Training steps") is not None
+
+        def training_started(run=run):
+            return run.seen(r"Training steps") is not None
+
         if kind == "startup":
             # A random moment before training starts (imports, mean pixel, restore, compile).
             run.wait_for(training_started, timeout=rng.uniform(0.3, startup_estimate))
@@ -323,7 +327,8 @@ def test_nan_loss_stops_naming_step_and_losses_and_keeps_last_good_checkpoint(tm
     assert proc.returncode == 1, report(proc)
     assert "Traceback" not in proc.stderr, report(proc)
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: Non-finite values at step 2 (completion update): g_loss, mse."), \
+    expected = "error: Non-finite values at step 2 (completion update): g_loss, mse."
+    assert last.startswith(expected), \
         report(proc)
     assert "last good checkpoint is kept" in last and "nan_policy=skip" in last
     assert finished_steps(workdir) == [1] and not unfinished_saves(workdir)

@@ -2,7 +2,8 @@
 
 Usage (on a machine with torch, torchvision and internet; the output is ~59 MB):
   python tools/convert_vgg16_weights.py vgg16.npz
-  python -m glcic_jax.main ... --config.loss.perceptual_weight=0.01 --config.loss.vgg_weights=vgg16.npz
+  python -m glcic_jax.main ... --config.loss.perceptual_weight=0.01 \
+      --config.loss.vgg_weights=vgg16.npz
 
 The keys are `block1_conv1/kernel` [3, 3, in, out] (HWIO), `block1_conv1/bias` [out], ... up to
 `block5_conv3`, plus `preprocessing='torch'` so the loss normalises inputs the torchvision way.
