@@ -97,6 +97,21 @@ def check_compatible(stored: dict, config) -> None:
         )
 
 
+def _finished_steps_in(directory: str) -> list[int]:
+    """Unfinished saves are `*.orbax-checkpoint-tmp*` folders, which Orbax renames only once
+    everything is written: the digit-only names are the complete checkpoints."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def finished_steps(workdir: str) -> list[int]:
+    """Steps with a complete checkpoint in WORKDIR/checkpoints ([] if there is none)."""
+    return _finished_steps_in(checkpoint_dir(workdir))
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with GLCIC's state and metadata."""
 
@@ -127,13 +142,8 @@ class Checkpointer:
         return dict(out["meta"])
 
     def finished_steps(self) -> list[int]:
-        """Steps with a complete checkpoint on disk (unfinished saves are `*.orbax-checkpoint-tmp*`
-        folders, which Orbax renames only once everything is written)."""
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return []
-        return sorted(int(n) for n in names if n.isdigit())
+        """Steps with a complete checkpoint on disk."""
+        return _finished_steps_in(self.directory)
 
     def _write_error(self, what: str, e: BaseException) -> CheckpointWriteError:
         done = self.finished_steps()

@@ -95,6 +95,16 @@ def main(argv) -> None:
             sys.stdout.flush()
             os._exit(1)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # Ctrl-C before training started, or a second Ctrl-C during training (the first one
+        # finishes the step and checkpoints). Saves are atomic: an interrupted one is discarded.
+        done = checkpointing.finished_steps(FLAGS.workdir)
+        where = (f"the last complete checkpoint (step {done[-1]}) is intact: rerun the same "
+                 f"command to resume from it" if done else "no checkpoint had been written")
+        sys.stderr.write(f"error: Interrupted (Ctrl-C); {where}.\n")
+        sys.stderr.flush()
+        logging.disable(logging.CRITICAL)
+        sys.exit(130)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

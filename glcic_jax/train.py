@@ -49,11 +49,19 @@ class _StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.received:  # a second Ctrl-C: stop now
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+            logging.warning("%s received: finishing this step, then checkpointing and exiting "
+                            "(a second Ctrl-C stops at once, without saving).", name)
+        elif signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        logging.warning("%s received: finishing this step, then checkpointing and exiting.",
-                        self.received)
+        else:
+            # Launchers and schedulers forward SIGTERM to every process, sometimes more than once
+            # (srun, a process-group kill plus a launcher's forwarding): never let a repeat cut
+            # short the save the first one asked for.
+            logging.warning("%s received again: already stopping after this step's checkpoint.",
+                            name)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

@@ -288,10 +288,15 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     run = Training(workdir, *flags, log_path=str(tmp_path / "run.log"))
     assert run.wait_for(lambda: run.seen(r"\] step 2/8") is not None, timeout=600), run.text()
     run.proc.send_signal(signal.SIGTERM)
+    # Launchers and schedulers may deliver SIGTERM twice (a process-group kill plus forwarding):
+    # the repeat must not cut the save short.
+    assert run.wait_for(lambda: run.seen(r"SIGTERM received:") is not None, timeout=60)
+    run.proc.send_signal(signal.SIGTERM)
     rc = run.finish()
     log = run.text()
     assert rc == 0, log[-4000:]
-    assert "SIGTERM received" in log
+    assert "SIGTERM received again: already stopping" in log, log[-4000:]
+    assert "Traceback" not in log, log[-4000:]
     match = re.search(r"Stopped by SIGTERM at step (\d+); checkpoint saved", log)
     assert match, log[-4000:]
     step = int(match.group(1))
@@ -301,16 +306,47 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     assert int(state.step) == step and all_finite(state)
 
 
-def test_signal_handler_defers_the_first_signal_and_a_second_stops_now():
-    previous = signal.getsignal(signal.SIGINT)
+def test_signal_handler_defers_signals_and_only_a_second_ctrl_c_stops_now():
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with train._StopSignal() as stop:
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt, just a flag
+        os.kill(os.getpid(), signal.SIGTERM)  # no exception, just a flag
+        time.sleep(0.01)
+        assert stop.received == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM is not an emergency
+        time.sleep(0.01)
+        assert stop.received == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after a signal: stop now
+            time.sleep(0.01)
+    with train._StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C only sets the flag
         time.sleep(0.01)
         assert stop.received == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is previous
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
+
+
+def test_second_ctrl_c_stops_at_once_with_a_message_and_keeps_complete_checkpoints(tmp_path):
+    workdir = tmp_path / "run"
+    flags = ("--config.num_train_steps=400", "--config.checkpoint_every=2",
+             "--config.sample_every=100000")
+    run = Training(workdir, *flags, log_path=str(tmp_path / "run.log"))
+    assert run.wait_for(lambda: run.seen(r"\] step 4/400") is not None, timeout=600), run.text()
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait_for(lambda: run.seen(r"SIGINT received:") is not None, timeout=60)
+    run.proc.send_signal(signal.SIGINT)
+    rc = run.finish()
+    log = run.text()
+    assert rc == 130, log[-4000:]
+    assert "Traceback" not in log, log[-4000:]
+    done = finished_steps(workdir)
+    assert done and done[-1] < 400
+    assert (f"error: Interrupted (Ctrl-C); the last complete checkpoint (step {done[-1]}) is "
+            "intact: rerun the same command to resume from it." in log), log[-4000:]
+    state = restore_state(workdir)
+    assert int(state.step) == done[-1] and all_finite(state)
 
 
 # ------------------------------------------------------------------------------------------------
