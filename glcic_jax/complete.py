@@ -423,6 +423,11 @@ def run(argv: Sequence[str]) -> int:
     except CompletionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Outputs are written atomically: each one is either complete or absent.
+        print("error: Interrupted (Ctrl-C); outputs already written are complete, none is "
+              "partial.", file=sys.stderr)
+        return 130
     return 0
 
 

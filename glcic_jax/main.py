@@ -98,10 +98,14 @@ def main(argv) -> None:
     except KeyboardInterrupt:
         # Ctrl-C before training started, or a second Ctrl-C during training (the first one
         # finishes the step and checkpoints). Saves are atomic: an interrupted one is discarded.
-        done = checkpointing.finished_steps(FLAGS.workdir)
-        where = (f"the last complete checkpoint (step {done[-1]}) is intact: rerun the same "
-                 f"command to resume from it" if done else "no checkpoint had been written")
-        sys.stderr.write(f"error: Interrupted (Ctrl-C); {where}.\n")
+        if FLAGS.mode == "train":
+            done = checkpointing.finished_steps(FLAGS.workdir)
+            where = (f"; the last complete checkpoint (step {done[-1]}) is intact: rerun the "
+                     f"same command to resume from it" if done else
+                     "; no checkpoint had been written")
+        else:
+            where = ""
+        sys.stderr.write(f"error: Interrupted (Ctrl-C){where}.\n")
         sys.stderr.flush()
         logging.disable(logging.CRITICAL)
         sys.exit(130)

@@ -304,3 +304,13 @@ def test_postprocess_places_the_clone_where_it_was_taken():
     hole[10:26, 12:28] = True
     out = postprocess.postprocess(img, hole)
     assert np.abs(out.astype(int) - img).max() <= 1
+
+
+def test_ctrl_c_is_a_one_line_message_and_exit_130(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(complete, "_run", interrupted)
+    assert complete.run(["glcic_jax.complete", "--workdir=x", "--image=a.png"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: Interrupted (Ctrl-C)") and "Traceback" not in err
