@@ -36,8 +36,8 @@ class NonFiniteError(FloatingPointError):
 class _StopSignal:
     """SIGTERM / SIGINT: finish the current step, checkpoint, exit cleanly."""
 
-    def __init__(self):
-        self.received: str | None = None
+    def __init__(self, received: str | None = None):
+        self.received = received  # a signal already being honoured: the next Ctrl-C stops now
         self._previous = {}
 
     def __enter__(self):
@@ -285,7 +285,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
                                 "command to resume.", stop.received or "another process's signal",
                                 step)
                 break
-    with _StopSignal():  # a SIGTERM now must not cut the last save short
+    # A SIGTERM now must not cut the last save short; a second Ctrl-C still stops at once.
+    with _StopSignal(stop.received):
         ckpt.close()
     writer.close()
     if hasattr(data, "close"):
