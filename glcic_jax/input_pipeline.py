@@ -88,15 +88,6 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
         return to_rgb_uint8(img)
 
 
-def _resize_short_side(image: np.ndarray, short: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    size = (max(short, round(w * scale)), max(short, round(h * scale)))  # PIL: (W, H)
-    if size == (w, h):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, reducing_gap=3.0))
-
-
 def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
             resize_max: int, flip: bool) -> np.ndarray:
     """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop, flip.
@@ -121,14 +112,6 @@ def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: 
     if flip and rng.random() < 0.5:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
-
-
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Shortest side resized to `size`, then the central size x size crop."""
-    image = _resize_short_side(image, size)
-    h, w = image.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
 # ----------------------------------------------------------------------------------------------
