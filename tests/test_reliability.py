@@ -234,14 +234,17 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
         if kind == "startup":
             # A random moment before training starts (imports, mean pixel, restore, compile).
             run.wait_for(training_started, timeout=rng.uniform(0.3, startup_estimate))
-        else:
+        elif kind == "step":
+            # Inside this run's first training step, before its first save. Later on,
+            # checkpoint_every=1 keeps a save in flight nearly all the time (saves outlast the tiny
+            # steps), so a kill after a later step line lands in a checkpoint write.
+            run.wait_for(training_started, timeout=600)
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:  # as soon as the next Orbax temporary folder appears after the target step
             line = rf"\] step {target}/"
             run.wait_for(lambda run=run, line=line: run.seen(line) is not None, timeout=600)
-            if kind == "step":
-                time.sleep(rng.uniform(0.0, 0.5))
-            else:  # as soon as the next Orbax temporary folder appears
-                run.wait_for(lambda: bool(unfinished_saves(workdir)), timeout=600, poll=0.005)
-                time.sleep(rng.uniform(0.0, 0.02))
+            run.wait_for(lambda: bool(unfinished_saves(workdir)), timeout=600, poll=0.005)
+            time.sleep(rng.uniform(0.0, 0.02))
         alive = run.proc.poll() is None
         phase = ("startup" if not training_started() else
                  "checkpoint write" if unfinished_saves(workdir) else "step")
