@@ -399,6 +399,11 @@ def test_page_completes_a_painted_stroke_in_a_headless_browser(server, service, 
             page.goto(server)
             page.set_input_files("#file", str(path))
             page.wait_for_function("document.body.dataset.state === 'photo'", timeout=30_000)
+            # Complete before painting anything: the server's words appear on the page.
+            page.click("#complete")
+            page.wait_for_function("document.body.dataset.state === 'error'", timeout=30_000)
+            assert "has no hole pixels" in page.inner_text("#status")
+
             box = page.locator("#overlay").bounding_box()
             scale = box["width"] / w
             assert scale > 2  # a small photo is shown enlarged
