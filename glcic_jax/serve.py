@@ -479,6 +479,9 @@ def run(argv: Sequence[str]) -> int:
     except CompletionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("Stopped while loading (Ctrl-C).", file=sys.stderr)
+        return 130
     service.model = model
     import jax
 
