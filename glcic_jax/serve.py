@@ -327,7 +327,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _error(self, status: int, message: str, t0: float) -> None:
-        self._send_json(status, {"error": message})
+        try:
+            self._send_json(status, {"error": message})
+        except ConnectionError:  # the client left before the answer
+            self.close_connection = True
+            message += " (the client had gone)"
         self._log(status, f"error: {message}", t0)
 
     def _discard(self, length: int) -> None:
@@ -382,11 +386,20 @@ class Handler(BaseHTTPRequestHandler):
         except CompletionError as e:
             self._error(400, str(e), t0)
             return
+        except (TimeoutError, ConnectionError) as e:  # the client stalled or went away
+            self.close_connection = True
+            self._log(0, f"connection lost: {type(e).__name__}", t0)
+            return
         except Exception as e:  # a bug, not the user's: keep serving, keep the traceback
             traceback.print_exc()
             self._error(500, f"internal error: {type(e).__name__}: {e}", t0)
             return
-        self._send(200, result.png, "image/png", result.headers)
+        try:
+            self._send(200, result.png, "image/png", result.headers)
+        except ConnectionError:  # the client left before the answer (e.g. a closed tab)
+            self.close_connection = True
+            self._log(200, result.summary + " (the client had gone)", t0)
+            return
         self._log(200, result.summary, t0)
 
 

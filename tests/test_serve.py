@@ -281,6 +281,25 @@ def test_bad_requests_answer_400_with_the_clis_words_and_the_server_keeps_servin
     assert get(server + "api/info")[0] == 200
 
 
+def test_cut_off_and_abandoned_uploads_leave_the_server_serving(server):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = (urlsplit(server).hostname, urlsplit(server).port)
+    head = (b"POST /api/complete HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+    with socket.create_connection(address, timeout=30) as s:  # the body ends early
+        s.sendall(head)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"cut off" in answer
+    with socket.create_connection(address, timeout=30) as s:  # the client leaves mid-upload
+        s.sendall(head)
+    assert get(server + "api/info")[0] == 200
+
+
 def test_other_requests_answer_json_errors(server):
     status, _, data = post(server.rstrip("/") + "/nothing/", b"x", "text/plain")
     assert status == 404 and "POST to /api/complete" in json.loads(data)["error"]
