@@ -1,12 +1,12 @@
 """Tests of the web server (`serve.py`): its multipart parser, the HTTP API and the page in a
 real headless browser.
 
-One untrained `:tiny` checkpoint (the `test_complete` recipe: the networks are the full GLCIC
-ones, only training is skipped) is served in-process on a free loopback port. Every photo here is
-at most 64 pixels on a side, so they all fall in the 64x64 bucket and the network compiles once
-for the whole module. The browser test needs Debian's `chromium` and the `playwright` Python
-package (which drives that chromium; it never downloads a browser): it is skipped, saying why,
-where either is missing. `.ci/run` installs both.
+A `:tiny` run trained for two steps in-process (the full GLCIC networks; the session's shared
+state and jitted step from conftest) is served in-process on a free loopback port. Every photo
+here is at most 64 pixels on a side, so they all fall in the 64x64 bucket and the network
+compiles once for the whole module. The browser test needs Debian's `chromium` and the
+`playwright` Python package (which drives that chromium; it never downloads a browser): it is
+skipped, saying why, where either is missing; `.ci/run` installs both and makes that a failure.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ import urllib.error
 import urllib.request
 import uuid
 
+import jax
 import numpy as np
 import pytest
-from conftest import smooth_images
+from conftest import make_tiny_config, smooth_images
 from PIL import Image
-from test_complete import make_workdir  # one shared recipe for a tiny checkpoint
 
-from glcic_jax import complete, evaluate, serve
+from glcic_jax import checkpointing, complete, evaluate, serve
 
+TRAINED_STEPS = 2
 MAX_UPLOAD = 64 * 1024  # bytes; small, so a "too large" upload is cheap to build
 CHROMIUM = os.environ.get("GLCIC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -117,8 +118,18 @@ def assert_completed(data: bytes, image: np.ndarray, hole: np.ndarray) -> np.nda
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> str:
-    return make_workdir(str(tmp_path_factory.mktemp("tiny_serve_run")))
+def workdir(tmp_path_factory, tiny_steps, tiny_state, tiny_images) -> str:
+    """A tiny run trained in-process: two phase-1 steps of the session's `:tiny` state (with the
+    session's jitted step, which test_steps compiles too), saved as training saves it."""
+    st = tiny_state
+    for _ in range(TRAINED_STEPS):
+        st, _ = tiny_steps.completion(st, tiny_images)
+    path = str(tmp_path_factory.mktemp("tiny_serve_run"))
+    cfg = make_tiny_config()
+    ckpt = checkpointing.Checkpointer(path, cfg)
+    ckpt.save(int(jax.device_get(st.step)), st, cfg)
+    ckpt.close()
+    return path
 
 
 class RecordingService(serve.Service):
@@ -199,8 +210,8 @@ def test_page_and_info_are_served_and_self_contained(server):
     for outside in ('src="http', "src='http", 'href="http', "@import", "url(http", "//cdn"):
         assert outside not in text
     status, _, data = get(server + "api/info")
-    assert json.loads(data) == {"step": 0, "max_size": 64, "max_upload_bytes": MAX_UPLOAD,
-                                "bucket": 64}
+    assert json.loads(data) == {"step": TRAINED_STEPS, "max_size": 64,
+                                "max_upload_bytes": MAX_UPLOAD, "bucket": 64}
 
 
 def test_completion_is_exact_outside_the_hole_and_compiles_once_per_bucket(server):
