@@ -44,7 +44,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import IO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -98,16 +98,24 @@ class Photo:
         return out
 
 
-def _open(path: str, what: str) -> Image.Image:
-    """Decode an image file fully (EXIF orientation applied); CompletionError if impossible."""
-    if not os.path.isfile(path):
-        raise CompletionError(f"{what} {path!r} does not exist (or is not a file).")
+def _name(path: str | IO[bytes], name: str | None) -> str:
+    """What messages call an input: `name`, else the path (an upload has no path)."""
+    return name if name is not None else str(path)
+
+
+def _open(path: str | IO[bytes], what: str, name: str | None = None) -> Image.Image:
+    """Decode an image file fully (EXIF orientation applied); CompletionError if impossible.
+
+    `path` may also be a binary file object (the web server's uploads never touch the disk).
+    """
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+        raise CompletionError(f"{what} {_name(path, name)!r} does not exist (or is not a file).")
     try:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise CompletionError(f"cannot read {what} {path!r}: {e}") from e
+        raise CompletionError(f"cannot read {what} {_name(path, name)!r}: {e}") from e
 
 
 def _sixteen_bit_to_l(img: Image.Image) -> np.ndarray:
@@ -116,9 +124,12 @@ def _sixteen_bit_to_l(img: Image.Image) -> np.ndarray:
     return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def read_photo(path: str) -> Photo:
-    """Read a photo, keeping L / LA / RGB / RGBA as they are and converting other modes."""
-    img = _open(path, "image")
+def read_photo(path: str | IO[bytes], name: str | None = None) -> Photo:
+    """Read a photo, keeping L / LA / RGB / RGBA as they are and converting other modes.
+
+    `path` may be a binary file object; `name` then names it in messages.
+    """
+    img = _open(path, "image", name)
     icc = img.info.get("icc_profile")
     mode, note = img.mode, ""
     if mode in ("L", "LA", "RGB", "RGBA"):
@@ -134,12 +145,17 @@ def read_photo(path: str) -> Photo:
         icc = None if img.mode == "CMYK" else icc  # a CMYK profile does not describe RGB
     if arr.ndim == 2:
         arr = arr[..., None]
-    return Photo(path, np.ascontiguousarray(arr, np.uint8), mode, icc, note)
+    return Photo(_name(path, name), np.ascontiguousarray(arr, np.uint8), mode, icc, note)
 
 
-def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
-    """Read a hole mask (white >= 128 = hole) that must be `size` = (H, W); bool `[H, W]`."""
-    img = _open(path, "mask")
+def read_mask(path: str | IO[bytes], size: tuple[int, int], name: str | None = None
+              ) -> np.ndarray:
+    """Read a hole mask (white >= 128 = hole) that must be `size` = (H, W); bool `[H, W]`.
+
+    `path` may be a binary file object; `name` then names it in messages.
+    """
+    img = _open(path, "mask", name)
+    label = _name(path, name)
     if img.mode in ("LA", "RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent = not a hole, whatever colour the transparent pixels store.
         rgba = img.convert("RGBA")
@@ -152,13 +168,13 @@ def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if grey.shape != (h, w):
         raise CompletionError(
-            f"mask {path!r} is {grey.shape[1]}x{grey.shape[0]} but the image is {w}x{h} "
+            f"mask {label!r} is {grey.shape[1]}x{grey.shape[0]} but the image is {w}x{h} "
             f"(width x height); the mask must have the image's size."
         )
     hole = grey >= HOLE_THRESHOLD
     if not hole.any():
         raise CompletionError(
-            f"mask {path!r} has no hole pixels (white, grey >= {HOLE_THRESHOLD}): nothing to "
+            f"mask {label!r} has no hole pixels (white, grey >= {HOLE_THRESHOLD}): nothing to "
             f"complete. Paint the region to fill in white on black."
         )
     return hole

@@ -115,3 +115,8 @@ def tiny_state(tiny_nets, tiny_images) -> state.GANState:
 def tiny_steps(tiny_nets) -> steps.Steps:
     """Jitted steps without buffer donation (compiled lazily, once per session)."""
     return steps.make_steps(make_tiny_config(), tiny_nets, donate=False)
+
+
+def pytest_configure(config):
+    # End-to-end subprocess runs; deselect with -m "not slow" for a fast everyday tier.
+    config.addinivalue_line("markers", "slow: an end-to-end subprocess run (seconds to minutes)")

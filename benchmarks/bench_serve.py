@@ -1,0 +1,128 @@
+"""First vs. later requests to the web server (`glcic_jax.serve`) for a 512 px photo.
+
+Starts the server in-process on a free loopback port and POSTs photos to /api/complete, timing
+each request end to end (upload, decoding, completion, PNG encoding) as a client sees it:
+
+  1. a 512x512 photo: the 512x512 bucket is compiled first;
+  2. another 512x512 photo: the network's forward pass only;
+  3. a 500x470 photo: the same 512x512 bucket, so no compilation either.
+
+Without --workdir the full GLCIC completion network is served from an untrained checkpoint
+(`tests/test_complete.make_workdir`; the weights do not change the speed). The persistent
+compilation cache is switched off so that the first request pays the whole compilation.
+
+  JAX_PLATFORMS=cpu python benchmarks/bench_serve.py [--workdir=runs/quickstart]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # time cold compilation
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np
+from PIL import Image
+
+from glcic_jax import serve
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([np.sin(6 * (yy * rng.random() + xx * rng.random()) + c) for c in range(3)],
+                   -1) * 0.4 + 0.5
+    return (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
+
+
+def _request(url: str, image: np.ndarray, hole: np.ndarray) -> tuple[float, dict]:
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, data in (("image", _png(image)), ("mask", _png(hole.astype(np.uint8) * 255))):
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                 f'filename="{name}.png"\r\n\r\n').encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "api/complete", data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=1800) as r:
+        r.read()
+        headers = dict(r.headers)
+    return time.perf_counter() - t0, headers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", help="a workdir to serve (default: an untrained checkpoint)")
+    args = parser.parse_args()
+
+    import jax
+
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        from test_complete import make_workdir
+
+        tmp = tempfile.TemporaryDirectory()
+        workdir = make_workdir(tmp.name)
+    t0 = time.perf_counter()
+    service = serve.Service(serve.Model(workdir), max_size=1024)
+    load_s = time.perf_counter() - t0
+    server = serve.make_server(service, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = serve.url_of(server)
+
+    # XLA compilation time per request, from JAX's own monitoring events.
+    compile_s = [0.0]
+
+    def on_duration(event: str, duration: float, **kwargs) -> None:
+        if event.endswith("backend_compile_duration"):
+            compile_s[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+
+    rows = []
+    for label, (h, w), seed in (("first 512x512 (compiles)", (512, 512), 0),
+                                ("second 512x512", (512, 512), 1),
+                                ("500x470, same bucket", (470, 500), 2)):
+        hole = np.zeros((h, w), bool)
+        hole[h // 3 : h // 3 + 128, w // 4 : w // 4 + 160] = True
+        compile_s[0] = 0.0
+        secs, headers = _request(url, _photo(h, w, seed), hole)
+        rows.append({"request": label, "wall_s": round(secs, 2),
+                     "completing_s": float(headers["X-Completion-Seconds"]),
+                     "xla_compile_s": round(compile_s[0], 2), "bucket": headers["X-Bucket"]})
+        print(f"{label:28s} {secs:7.2f} s end to end, {rows[-1]['completing_s']:7.2f} s "
+              f"completing, of which {compile_s[0]:.2f} s compiling", flush=True)
+    server.shutdown()
+    server.server_close()
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+               "device": jax.devices()[0].platform, "jax": jax.__version__}
+    print(json.dumps({"load_s": round(load_s, 2), "requests": rows, "machine": machine},
+                     indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
