@@ -96,6 +96,8 @@ def main(argv) -> None:
 
     # Keep TensorFlow (input pipeline only) away from the GPU and quiet.
     console.quiet_native_logs(_verbose())
+    # Our lines only (--verbosity: all), set before jax's backends start and log.
+    console.configure(_verbose(), logging.INFO)
     import jax
 
     if _want_distributed():
@@ -108,8 +110,8 @@ def main(argv) -> None:
         )
     from glcic_jax import checkpointing, input_pipeline, train
 
-    # Our lines only (process 0: INFO; the others: warnings and errors); --verbosity: all.
-    console.configure(_verbose(), logging.INFO if jax.process_index() == 0 else logging.WARNING)
+    if jax.process_index() != 0 and not _verbose():  # the others: warnings and errors only
+        logging.getLogger().setLevel(logging.WARNING)
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
     config = FLAGS.config
