@@ -124,8 +124,9 @@ def main(argv) -> None:
             evaluate.evaluate(config, FLAGS.workdir)
     except (input_pipeline.DataError, checkpointing.IncompatibleCheckpointError, ValueError,
             FileNotFoundError, train.NonFiniteError, OSError) as e:
-        # Printed once, here (no log record besides it). One write call, so that no other thread's output lands inside the line (print() writes
-        # the text and the newline separately).
+        # Printed once, here (no log record besides it). One write call, so that no other
+        # thread's output lands inside the line (print() writes the text and the newline
+        # separately).
         sys.stderr.write(f"error: {e}\n")
         sys.stderr.flush()
         logging.disable(logging.CRITICAL)

@@ -120,6 +120,6 @@ def test_a_dead_process_stops_the_stuck_survivor_within_seconds_with_one_line(tm
     assert rc == 128 + signal.SIGKILL, text
     assert time.time() - t0 < 10, text  # 1 s to the kill, then the 2 s grace, not 30 s
     errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: process 1 was killed by SIGKILL; stopping the other processes; "
-                      f"the last complete checkpoint is w/checkpoints/6 (rerun the same command "
-                      f"to resume from it)."], text
+    assert errors == ["error: process 1 was killed by SIGKILL; stopping the other processes; "
+                      "the last complete checkpoint is w/checkpoints/6 (rerun the same command "
+                      "to resume from it)."], text
