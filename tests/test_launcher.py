@@ -123,3 +123,52 @@ def test_a_dead_process_stops_the_stuck_survivor_within_seconds_with_one_line(tm
     assert errors == ["error: process 1 was killed by SIGKILL; stopping the other processes; "
                       "the last complete checkpoint is w/checkpoints/6 (rerun the same command "
                       "to resume from it)."], text
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.slow
+def test_a_killed_training_process_stops_its_peer_within_seconds_with_one_line(tmp_path):
+    """Two real processes (`:tiny`, phase 1): SIGKILL process 1 mid-run; the launcher and the
+    survivor stop within seconds, without a traceback, naming the last complete checkpoint."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHON=sys.executable, GLCIC_LOG_DIR=str(tmp_path / "logs"), JAX_PLATFORMS="cpu")
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        ["bash", LAUNCHER, "2", "--config=configs/quickstart.py:tiny", f"--workdir={workdir}",
+         "--config.num_train_steps=2000", "--config.schedule.tc=2000",
+         "--config.checkpoint_every=2", "--config.sample_every=100000"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    log0 = tmp_path / "logs" / "process_0.log"
+    try:
+        assert wait_for(lambda: log0.exists() and "] step 3/2000" in log0.read_text(), 900), \
+            log0.read_text() if log0.exists() else "no log"
+        victim = [p for p in _children(proc.pid) if "--process_id=1" in _cmdline(p)]
+        assert len(victim) == 1
+        os.kill(victim[0], signal.SIGKILL)
+        t_kill = time.time()
+        rc, text, _ = finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            for child in _children(proc.pid):
+                os.kill(child, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert time.time() - t_kill < 20, text  # seconds, not the old 30 s + hang
+    assert rc == 128 + signal.SIGKILL, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: process 1 was killed by SIGKILL"), text
+    assert re.search(r"the last complete checkpoint is \S+/checkpoints/\d+", errors[0]), text
+    survivor = log0.read_text()
+    assert "Traceback" not in survivor, survivor[-3000:]
