@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import config_lib, console, input_pipeline, summary, train
+from glcic_jax import config_lib, input_pipeline, summary, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,6 +86,8 @@ def test_the_readmes_tensorboard_command_starts_and_serves_a_run(tmp_path):
 
 
 def test_console_shows_our_records_only_unless_verbose():
+    from glcic_jax import console
+
     root = logging.getLogger()
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
