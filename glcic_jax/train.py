@@ -358,8 +358,12 @@ def train_and_evaluate(config, workdir: str) -> Any:
                     throughput.exclude(time.time() - t_eval)
                     compiled.add("eval")
             if save_now:
+                t_save = time.time()
                 _check_state_finite(state, step)
                 ckpt.save(step, state, config)
+                if "checkpoint" not in compiled:  # its check compiles; Orbax's first save is slow
+                    throughput.exclude(time.time() - t_save)
+                    compiled.add("checkpoint")
             if stopping:
                 logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same "
                                 "command to resume.", stop.received or "another process's signal",
