@@ -135,7 +135,6 @@ class _Throughput:
     def __init__(self, batch_size: int, now: float):
         self.batch_size = batch_size
         self.start = now
-        self.steps = 0
         self.excluded_s = 0.0
         self.excluded_steps = 0
 
@@ -156,10 +155,10 @@ class _Throughput:
 
 
 _FIRST_CALL = {
-    "completion": "the completion step (phase 1)",
-    "discriminator": "the discriminator step (phase 2)",
-    "joint": "the joint step (phase 3)",
-    "generator": "the generator step (phase 3)",
+    "completion": "the phase-1 completion step",
+    "discriminator": "the phase-2 discriminator step",
+    "joint": "the phase-3 joint step",
+    "generator": "the phase-3 generator step",
 }
 
 

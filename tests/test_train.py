@@ -87,8 +87,8 @@ def test_folder_source_trains_end_to_end(tmp_path, caplog):
     # What the console said (issue 19): the split, each first compilation, the window's updates.
     text = caplog.text
     assert re.search(r"12 images found, \d+ used for training, \d+ held out", text), text
-    for kind in ("completion step (phase 1)", "discriminator step (phase 2)",
-                 "joint step (phase 3)", "sample-grid completion"):
+    for kind in ("phase-1 completion step", "phase-2 discriminator step",
+                 "phase-3 joint step", "sample-grid completion"):
         assert text.count(f"Compiling the {kind} (first time only)") == 1, text
     assert "step 3/6 phases 1-2 (completion x2, discriminator x1) " in text, text
     assert "step 6/6 phases 2-3 (discriminator x1, joint x2) " in text, text
