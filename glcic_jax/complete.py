@@ -39,7 +39,9 @@ Guarantees:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -399,6 +401,8 @@ def _define_flags(fv):
     flags.DEFINE_integer("batch_size", 4, "Photos of the same size completed together.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the random holes (without --mask).", flag_values=fv)
+    flags.DEFINE_integer("verbosity", None, "Show the libraries' log lines too (absl levels: 0 "
+                         "INFO, 1 DEBUG); by default only this tool's lines.", flag_values=fv)
 
 
 def _parse(argv: Sequence[str]):
@@ -447,9 +451,22 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
+def _network_shape(size: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """The (H, W) the network runs at for a photo of `size` (see Completer._network_input)."""
+    h, w = size
+    if max_size and max(h, w) > max_size:
+        s = max_size / max(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
+    return h + -h % 4, w + -w % 4
+
+
 def _run(argv: Sequence[str]) -> None:
     t0 = time.time()
     fv = _parse(argv)
+    from glcic_jax import console
+
+    console.quiet_native_logs(fv.verbosity is not None)
+    console.configure(fv.verbosity is not None, logging.WARNING)
     jobs = plan_jobs(fv.image, fv.mask, fv.output)
 
     # Every check a user can fail comes before any output is written.
@@ -473,25 +490,43 @@ def _run(argv: Sequence[str]) -> None:
     for i, photo in enumerate(photos):
         if holes[i] is None:
             holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
-    completed = completer.complete([p.rgb() for p in photos], holes, max_size=fv.max_size,
-                                   batch_size=fv.batch_size, postprocess=fv.postprocess)
-    t_done = time.time()
-
-    for job, photo, hole, rgb in zip(jobs, photos, holes, completed):
-        os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
-        write_image(job.output, photo.merge(rgb, hole), photo.icc_profile)
-        extra = ""
-        if job.mask is None:
-            write_image(mask_path_for(job.output), hole.astype(np.uint8) * 255)
-            extra = f" (random mask: {mask_path_for(job.output)})"
-        h, w = photo.size
-        note = f" [{photo.note}]" if photo.note else ""
-        print(f"{job.image} -> {job.output}: {w}x{h} {photo.mode}, "
-              f"{100.0 * hole.mean():.1f}% hole{extra}{note}")
+    # --batch_size photos at a time, each written as soon as its batch is done; a photo's time is
+    # its batch's completion time shared by the photos in it (the first batch of each input size
+    # includes compiling the network for it).
+    t_complete, shapes_seen = 0.0, set()
+    size = max(1, fv.batch_size)
+    for start in range(0, len(jobs), size):
+        chunk = range(start, min(len(jobs), start + size))
+        t = time.time()
+        completed = completer.complete([photos[i].rgb() for i in chunk],
+                                       [holes[i] for i in chunk], max_size=fv.max_size,
+                                       batch_size=size, postprocess=fv.postprocess)
+        seconds = time.time() - t
+        t_complete += seconds
+        # The network compiles once per (batch, input shape) pair it has not seen yet.
+        per_shape = collections.Counter(_network_shape(photos[i].size, fv.max_size)
+                                        for i in chunk)
+        compiled = set(per_shape.items()) - shapes_seen
+        shapes_seen |= compiled
+        each = seconds / len(chunk)
+        timing = (f"{each:.2f} s" + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
+                  + (" including compilation" if compiled else ""))
+        for i, rgb in zip(chunk, completed):
+            job, photo, hole = jobs[i], photos[i], holes[i]
+            os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
+            write_image(job.output, photo.merge(rgb, hole), photo.icc_profile)
+            extra = ""
+            if job.mask is None:
+                write_image(mask_path_for(job.output), hole.astype(np.uint8) * 255)
+                extra = f" (random mask: {mask_path_for(job.output)})"
+            h, w = photo.size
+            note = f" [{photo.note}]" if photo.note else ""
+            print(f"{job.image} -> {job.output}: {w}x{h} {photo.mode}, "
+                  f"{100.0 * hole.mean():.1f}% hole, {timing}{extra}{note}")
     device = jax.devices()[0].platform
     print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
           f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
-          f"{t_done - t_ready:.2f} s.")
+          f"{t_complete:.2f} s.")
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ mistyped `--config.key=value` override fails instead of being silently ignored.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from glcic_jax import masks
@@ -139,4 +141,10 @@ def validate(config, num_devices: int = 1) -> None:
         raise ValueError(
             "loss.perceptual_weight > 0 needs VGG-16 weights: set --config.loss.vgg_weights="
             "PATH (.h5 or .npz; see the README's 'Perceptual loss' section)."
+        )
+    if config.loss.perceptual_weight and not os.path.isfile(config.loss.vgg_weights):
+        # Checked here, before the mean pixel is computed or anything is written.
+        raise ValueError(
+            f"loss.vgg_weights={config.loss.vgg_weights!r} is not a file: give the path of the "
+            f"VGG-16 weights (.h5 or .npz; see the README's 'Perceptual loss' section)."
         )

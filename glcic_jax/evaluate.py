@@ -299,7 +299,9 @@ def evaluate(config, workdir: str) -> dict:
     n = num_eval_images(config)
     if n < 1:
         raise ValueError("num_eval_batches * batch_size must be at least 1.")
+    input_pipeline.describe_split(config)
     images = input_pipeline.eval_images(config, n)
+    n = len(images)  # fewer when the held-out photos give fewer distinct crops
     h, w = images.shape[1:3]
     hole = eval_masks(config, n, h, w)
     mean_px = np.asarray(jax.device_get(state.mean_pixel), np.float32)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import threading
+import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -289,8 +291,12 @@ def _tfds_builder(config):
     if not builder.is_prepared():
         where = builder.data_dir
         try:
-            logging.info("Preparing tfds dataset %s in %s (downloads it once).", d.name, where)
-            builder.download_and_prepare()
+            with _progress(f"tfds dataset {d.name}"):
+                logging.info("Downloading and preparing the tfds dataset %s in %s: done once, it "
+                             "can take minutes to hours (tfds' progress bars follow).", d.name,
+                             where)
+                tfds.display_progress_bar(True)  # tfds' own per-file and per-split progress
+                builder.download_and_prepare()
         except Exception as e:
             raise DataError(
                 f"The tfds dataset {d.name!r} is not in {where} and could not be downloaded or "
@@ -300,6 +306,32 @@ def _tfds_builder(config):
                 f"DIR/downloads/manual) and copy DIR here, then pass --config.data.data_dir=DIR."
             ) from e
     return builder
+
+
+# Seconds between "still downloading and preparing" lines (tfds can be silent for minutes between
+# its progress bars, e.g. while extracting an archive).
+PROGRESS_EVERY_S = 60.0
+
+
+@contextlib.contextmanager
+def _progress(what: str):
+    """Log how long `what` has been running, every PROGRESS_EVERY_S seconds, and when it ends."""
+    t0 = time.time()
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(PROGRESS_EVERY_S):
+            logging.info("Still downloading and preparing the %s (%.0f s so far)...", what,
+                         time.time() - t0)
+
+    thread = threading.Thread(target=beat, daemon=True, name="glcic-progress")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    logging.info("Prepared the %s in %.0f s.", what, time.time() - t0)
 
 
 def _tfds_stream(config, split: str, batch: int, start: int, seed: int, host: int, hosts: int,
@@ -374,11 +406,48 @@ def train_iterator(config, local_batch: int, start_step: int = 0, host: int = 0,
     )
 
 
+# Fewer held-out photos than this and the held-out metrics and sample grids say little about the
+# model (our judgement, not a figure from the paper or the reports).
+MIN_HELD_OUT_FILES = 8
+
+
+def describe_split(config) -> tuple[int, int, int] | None:
+    """Log how many photos the folder source found, trains on and holds out (process 0 calls it
+    once per run); warn when too few are held out. Returns (found, train, held out), or None for
+    other sources."""
+    d = config.data
+    if d.source != "folder":
+        return None
+    files = list_images(d.path)
+    train, test = split_files(files, float(d.eval_fraction))
+    logging.info("data.path=%s: %d images found, %d used for training, %d held out for sample "
+                 "grids and evaluation (data.eval_fraction=%g).", d.path, len(files), len(train),
+                 len(test), float(d.eval_fraction))
+    if len(test) < MIN_HELD_OUT_FILES:
+        logging.warning("Only %d held-out image(s): held-out metrics and sample grids on so few "
+                        "photos say little. Add photos or raise --config.data.eval_fraction "
+                        "(%d held-out photos or more is better).", len(test), MIN_HELD_OUT_FILES)
+    return len(files), len(train), len(test)
+
+
+def _distinct(images: np.ndarray, seen: set) -> list[np.ndarray]:
+    out = []
+    for img in images:
+        key = hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest()
+        if key not in seen:
+            seen.add(key)
+            out.append(img)
+    return out
+
+
 def eval_images(config, num: int) -> np.ndarray:
-    """A fixed held-out batch, identical in every run: uint8 [num, S, S, 3].
+    """A fixed held-out batch, identical in every run: uint8 [n, S, S, 3], n <= num.
 
     tfds: the first `num` images of the eval split, centre-cropped. folder / skimage: the first
-    `num` elements of the held-out split's stream with a fixed seed (random crops, no flips).
+    elements of the held-out split's stream with a fixed seed (random crops, no flips), several
+    crops per photo when `num` exceeds the held-out photos. Identical crops (a photo no larger
+    than the crop, or an unlucky draw) are kept once: n < num then, and it is logged, rather than
+    one image counted and shown as several.
     """
     if config.data.source == "tfds":
         batches = _tfds_stream(config, config.data.eval_split, num, 0, 0, 0, 1, train=False)
@@ -390,18 +459,31 @@ def eval_images(config, num: int) -> np.ndarray:
     cfg = config.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.data.flip = False
-    it = StreamIterator(source, cfg, num, start=0, seed=20170701, host=0, workers=4, prefetch=1)
+
+    def take(src) -> list[np.ndarray]:
+        it = StreamIterator(src, cfg, num, start=0, seed=20170701, host=0, workers=4, prefetch=1)
+        seen: set = set()
+        found: list[np.ndarray] = []
+        try:
+            for _ in range(4):  # a few more draws to replace identical crops
+                found += _distinct(next(it), seen)
+                if len(found) >= num:
+                    break
+        finally:
+            it.close()
+        return found[:num]
+
     try:
-        return next(it)
+        found = take(source)
     except DataError:
         # Small folders hold out one or two files; if all are unreadable, use training images.
         logging.warning("No held-out image could be read: sample grids use training images.")
-        it.close()
-        it = StreamIterator(indexed_source(config, "train"), cfg, num, start=0, seed=20170701,
-                            host=0, workers=4, prefetch=1)
-        return next(it)
-    finally:
-        it.close()
+        found = take(indexed_source(config, "train"))
+    if len(found) < num:
+        logging.info("The held-out set gives %d distinct %dx%d crops (of %d photos), not %d: "
+                     "sample grids and evaluation use those %d.", len(found),
+                     config.data.image_size, config.data.image_size, len(source), num, len(found))
+    return np.stack(found)
 
 
 def compute_mean_pixel(config) -> np.ndarray:

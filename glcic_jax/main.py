@@ -47,11 +47,57 @@ def _want_distributed() -> bool:
                for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
 
 
+def _verbose() -> bool:
+    """absl's --verbosity given on the command line: show every library's log lines."""
+    return bool(FLAGS["verbosity"].present)
+
+
+# Words in the runtime error a process sees when a collective's peer died (Gloo on CPU, NCCL or
+# the coordination service on GPU): the run cannot go on, and its traceback says nothing useful.
+_PEER_LOST = ("gloo", "connection", "peer", "socket", "unavailable", "heartbeat", "nccl",
+              "coordination", "barrier", "deadline")
+
+
+def _lost_peer(e: BaseException) -> bool:
+    import jax
+
+    if jax.process_count() < 2 or not isinstance(e, jax.errors.JaxRuntimeError):
+        return False
+    text = str(e).lower()
+    return any(word in text for word in _PEER_LOST)
+
+
+def _last_checkpoint_note(workdir: str) -> str:
+    from glcic_jax import checkpointing
+
+    done = checkpointing.finished_steps(workdir)
+    return (f"the last complete checkpoint (step {done[-1]}) is intact: rerun the same command "
+            f"to resume from it" if done else "no checkpoint had been written")
+
+
+def _leave(status: int) -> None:
+    """Exit at once, output flushed. A multi-process run must not wait in jax.distributed's
+    exit-time shutdown barrier for peers that died or are leaving too (it waits up to 5 min)."""
+    import jax
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.disable(logging.CRITICAL)
+    if jax.process_count() > 1:
+        logging.shutdown()
+        os._exit(status)
+    sys.exit(status)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from glcic_jax import console
+
     # Keep TensorFlow (input pipeline only) away from the GPU and quiet.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    console.quiet_native_logs(_verbose())
+    # Our lines only (--verbosity: all), set before jax's backends start and log.
+    console.configure(_verbose(), logging.INFO)
     import jax
 
     if _want_distributed():
@@ -64,10 +110,7 @@ def main(argv) -> None:
         )
     from glcic_jax import checkpointing, input_pipeline, train
 
-    logging.getLogger().setLevel(logging.INFO)
-    # Orbax and other libraries log through absl at INFO on every save: keep their warnings only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    if jax.process_index() != 0:
+    if jax.process_index() != 0 and not _verbose():  # the others: warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
@@ -81,9 +124,9 @@ def main(argv) -> None:
             evaluate.evaluate(config, FLAGS.workdir)
     except (input_pipeline.DataError, checkpointing.IncompatibleCheckpointError, ValueError,
             FileNotFoundError, train.NonFiniteError, OSError) as e:
-        logging.error("%s", e)
-        # One write call, so that no other thread's output lands inside the line (print() writes
-        # the text and the newline separately).
+        # Printed once, here (no log record besides it). One write call, so that no other
+        # thread's output lands inside the line (print() writes the text and the newline
+        # separately).
         sys.stderr.write(f"error: {e}\n")
         sys.stderr.flush()
         logging.disable(logging.CRITICAL)
@@ -94,21 +137,23 @@ def main(argv) -> None:
             logging.shutdown()
             sys.stdout.flush()
             os._exit(1)
-        sys.exit(1)
+        _leave(1)
+    except jax.errors.JaxRuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        # Another process died (or was killed) while this one waited for it in a collective.
+        first = " ".join(str(e).split())[:200]
+        where = _last_checkpoint_note(FLAGS.workdir) if FLAGS.mode == "train" else ""
+        sys.stderr.write(f"error: process {jax.process_index()} lost contact with the other "
+                         f"processes of this run (one of them stopped: {first}); "
+                         f"{where or 'stopping'}.\n")
+        _leave(1)
     except KeyboardInterrupt:
         # Ctrl-C before training started, or a second Ctrl-C during training (the first one
         # finishes the step and checkpoints). Saves are atomic: an interrupted one is discarded.
-        if FLAGS.mode == "train":
-            done = checkpointing.finished_steps(FLAGS.workdir)
-            where = (f"; the last complete checkpoint (step {done[-1]}) is intact: rerun the "
-                     f"same command to resume from it" if done else
-                     "; no checkpoint had been written")
-        else:
-            where = ""
+        where = "; " + _last_checkpoint_note(FLAGS.workdir) if FLAGS.mode == "train" else ""
         sys.stderr.write(f"error: Interrupted (Ctrl-C){where}.\n")
-        sys.stderr.flush()
-        logging.disable(logging.CRITICAL)
-        sys.exit(130)
+        _leave(130)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

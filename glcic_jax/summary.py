@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,22 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(previous: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every setting that differs (None where one side lacks it)."""
+    a, b = _flatten(previous), _flatten(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
@@ -66,13 +83,37 @@ class Writer:
             logging.warning("tensorboardX is not installed: no TensorBoard events (PNG samples "
                             "and console logs still work). pip install tensorboardX")
 
-    def write_config(self, config) -> None:
+    def write_config(self, config, step: int = 0, previous: dict | None = None) -> dict:
+        """Write the config in force to WORKDIR/config.json (and TensorBoard text at `step`).
+
+        On a resume, `previous` is the config the checkpoint was trained with: the settings this
+        run changes are logged, appended to WORKDIR/config_changes.jsonl (one JSON line per
+        resume that changed something: step, time, {key: [old, new]}) and added to TensorBoard.
+        Returns those changes.
+        """
+        current = json.loads(config.to_json_best_effort())
+        changes = config_changes(previous, current) if previous is not None else {}
         if not self.enabled:
-            return
-        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            return changes
+        tmp = os.path.join(self.workdir, "config.json.tmp")
+        with open(tmp, "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+        os.replace(tmp, os.path.join(self.workdir, "config.json"))
+        if changes:
+            text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            logging.info("Resuming at step %d with changed settings: %s.", step, text)
+            record = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "changed": {k: [old, new] for k, (old, new) in changes.items()}}
+            with open(os.path.join(self.workdir, "config_changes.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            self._tb.add_text("config", "```\n" + str(config) + "\n```", 0)
+            # Every run's event file carries the config it ran with (TensorBoard shows each).
+            self._tb.add_text("config", "```\n" + str(config) + "\n```", step)
+            if changes:
+                self._tb.add_text("config_changes", "\n".join(
+                    f"- `{k}`: {old!r} -> {new!r}" for k, (old, new) in changes.items()), step)
+            self._tb.flush()
+        return changes
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
         if self._tb is None:

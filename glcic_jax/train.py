@@ -10,6 +10,7 @@ data stream position and the same mask stream.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -111,6 +112,56 @@ def _format_metrics(values: dict[str, float]) -> str:
     return " ".join(f"{k}={values[k]:.4g}" for k in keys)
 
 
+def _window_updates(pending: list[tuple[int, str, dict]], config) -> str:
+    """'phase 3 (joint)', or for a window over several kinds / phases e.g.
+    'phases 1-2 (completion x2, discriminator x1)': what the logged averages are over."""
+    counts = collections.Counter(name for _, name, _ in pending)
+    phases = sorted({steps_lib.phase_of(step, config) for step, _, _ in pending})
+    where = (f"phase {phases[-1]}" if len(phases) == 1
+             else f"phases {phases[0]}-{phases[-1]}")
+    kinds = (next(iter(counts)) if len(counts) == 1
+             else ", ".join(f"{k} x{n}" for k, n in counts.items()))
+    return f"{where} ({kinds})"
+
+
+class _Throughput:
+    """Images per second over a logging window, without the time spent compiling.
+
+    The first call of each jitted function compiles it (30-60 s on a CPU for the joint step):
+    counted in, it made the ETA after a compilation (or right after a resume) many times too long.
+    Such calls are timed to completion and left out, time and step alike.
+    """
+
+    def __init__(self, batch_size: int, now: float):
+        self.batch_size = batch_size
+        self.start = now
+        self.excluded_s = 0.0
+        self.excluded_steps = 0
+
+    def exclude(self, seconds: float, steps: int = 0) -> None:
+        self.excluded_s += seconds
+        self.excluded_steps += steps
+
+    def rate(self, steps: int, now: float) -> float:
+        """Images/s for `steps` steps ending at `now` (nan: nothing but compilation measured)."""
+        n = steps - self.excluded_steps
+        seconds = now - self.start - self.excluded_s
+        if n <= 0 or seconds <= 0:
+            return float("nan")
+        return n * self.batch_size / seconds
+
+    def restart(self, now: float) -> None:
+        self.__init__(self.batch_size, now)
+
+
+_FIRST_CALL = {
+    "completion": "the phase-1 completion step",
+    "discriminator": "the phase-2 discriminator step",
+    "joint": "the phase-3 joint step",
+    "generator": "the phase-3 generator step",
+}
+
+
 _NOT_THE_LOSSES = "gradients or updated weights (the losses were finite)"
 
 
@@ -196,9 +247,11 @@ def train_and_evaluate(config, workdir: str) -> Any:
     batch_sharding = distributed.batch_sharded(mesh)
 
     ckpt = checkpointing.Checkpointer(workdir, config)
+    resumed_config = None  # the config the latest checkpoint was trained with
     if ckpt.latest_step() is not None:
         # Refuse an incompatible workdir before any work or any write.
-        checkpointing.check_compatible(ckpt.read_meta()["config"], config)
+        resumed_config = ckpt.read_meta()["config"]
+        checkpointing.check_compatible(resumed_config, config)
     if is_main:  # fail now on an unwritable workdir; delete unfinished saves of killed runs
         ckpt.prepare_for_writing()
     if ckpt.latest_step() is not None:
@@ -230,13 +283,15 @@ def train_and_evaluate(config, workdir: str) -> Any:
         return state
 
     writer = summary.Writer(workdir, enabled=is_main)
-    if start == 0 and is_main:
-        writer.write_config(config)
+    # config.json is the config in force; a resume with other overrides is recorded.
+    writer.write_config(config, step=start, previous=resumed_config if start else None)
     periodic_eval = None
     if int(config.get("eval_every", 0)) > 0:  # held-out metrics for TensorBoard (evaluate.py)
         from glcic_jax import evaluate
 
         periodic_eval = evaluate.TrainingEval(config, nets, mesh)
+    if is_main:
+        input_pipeline.describe_split(config)
     eval_imgs = input_pipeline.eval_images(config, int(config.data.num_eval_images))
     # Host (numpy) copies: the evaluate step places them replicated on the global mesh.
     eval_masks = jax.device_get(fixed_eval_masks(config, len(eval_imgs)))
@@ -247,13 +302,23 @@ def train_and_evaluate(config, workdir: str) -> Any:
                  config.schedule.tc + config.schedule.td, config.batch_size, mesh.size)
 
     pending: list[tuple[int, str, dict]] = []
-    t_last, step_last = time.time(), start
+    throughput = _Throughput(int(config.batch_size), time.time())
+    step_last = start
+    compiled: set[str] = set()
     step = start
     with _StopSignal() as stop, _saves_finished_on_error(ckpt):
         while step < total:
             images = global_batch(next(data), batch_sharding)
             name, fn = steps_lib.step_fn_for(step, config, steps)
+            first_call = name not in compiled
+            if first_call:  # a silent minute otherwise (GLCIC's networks, on a CPU)
+                logging.info("Compiling %s (first time only)...", _FIRST_CALL.get(name, name))
+                t_compile = time.time()
             state, metrics = fn(state, images)
+            if first_call:
+                jax.block_until_ready(metrics)
+                throughput.exclude(time.time() - t_compile, steps=1)
+                compiled.add(name)
             pending.append((step, name, metrics))
             step += 1
             done = step == total
@@ -263,23 +328,41 @@ def train_and_evaluate(config, workdir: str) -> Any:
             save_now = done or stopping or step % int(config.checkpoint_every) == 0
             if save_now or step % int(config.log_every) == 0:
                 values = _check_finite(pending, config)  # raises before a bad state is saved
+                updates = _window_updates(pending, config)
                 pending.clear()
                 now = time.time()
-                rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
-                eta = (total - step) * config.batch_size / max(rate, 1e-9)
+                rate = throughput.rate(step - step_last, now)
+                eta = (total - step) * config.batch_size / rate if rate > 0 else float("nan")
                 phase = steps_lib.phase_of(step - 1, config)
-                logging.info("step %d/%d phase %d (%s) %s | %.1f img/s | ETA %s", step, total,
-                             phase, name, _format_metrics(values), rate, _fmt_time(eta))
-                writer.scalars(step, {**values, "phase": phase, "images_per_sec": rate})
-                t_last, step_last = now, step
+                rate_text = f"{rate:.1f} img/s" if math.isfinite(rate) else "n/a img/s (compiling)"
+                logging.info("step %d/%d %s %s | %s | ETA %s", step, total, updates,
+                             _format_metrics(values), rate_text, _fmt_time(eta))
+                writer.scalars(step, {**values, "phase": phase,
+                                      **({"images_per_sec": rate} if math.isfinite(rate) else {})})
+                throughput.restart(now)
+                step_last = step
             if done or step % int(config.sample_every) == 0:
+                t_eval = time.time()
+                if "sample grid" not in compiled:
+                    logging.info("Compiling the sample-grid completion (first time only)...")
                 out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
                 writer.sample_grid(step, eval_imgs, jax.device_get(out))
+                if "sample grid" not in compiled:
+                    throughput.exclude(time.time() - t_eval)
+                    compiled.add("sample grid")
             if periodic_eval is not None and step % int(config.eval_every) == 0:
+                t_eval = time.time()
                 writer.scalars(step, periodic_eval(state))
+                if "eval" not in compiled:
+                    throughput.exclude(time.time() - t_eval)
+                    compiled.add("eval")
             if save_now:
+                t_save = time.time()
                 _check_state_finite(state, step)
                 ckpt.save(step, state, config)
+                if "checkpoint" not in compiled:  # its check compiles; Orbax's first save is slow
+                    throughput.exclude(time.time() - t_save)
+                    compiled.add("checkpoint")
             if stopping:
                 logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same "
                                 "command to resume.", stop.received or "another process's signal",

@@ -9,6 +9,7 @@ once through a subprocess for the exit status and the one-line message.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -314,3 +315,52 @@ def test_ctrl_c_is_a_one_line_message_and_exit_130(monkeypatch, capsys):
     assert complete.run(["glcic_jax.complete", "--workdir=x", "--image=a.png"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("error: Interrupted (Ctrl-C)") and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# What the console shows (issue 19)
+
+
+def test_each_image_line_says_how_long_it_took(files, workdir, tmp_path, capsys):
+    paths = files[0]
+    (tmp_path / "imgs").mkdir(), (tmp_path / "masks").mkdir()
+    for name in ("a", "b", "c"):
+        Image.open(paths["rgb"]).save(tmp_path / "imgs" / f"{name}.png")
+        Image.open(paths["mask"]).save(tmp_path / "masks" / f"{name}.png")
+    assert _run(f"--workdir={workdir}", f"--image={tmp_path / 'imgs'}",
+                f"--mask={tmp_path / 'masks'}", f"--output={tmp_path / 'out'}",
+                "--batch_size=2") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " -> " in line]
+    assert len(lines) == 3
+    # a and b share a batch (and its compilation); c is a batch of one, a new compiled shape.
+    assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[0])
+    assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[1])
+    assert re.search(r"hole, \d+\.\d\d s including compilation$", lines[2])
+
+
+@pytest.mark.slow
+def test_console_shows_our_lines_only_unless_verbosity_is_given(files, workdir, tmp_path):
+    paths = files[0]
+    small = tmp_path / "small.png"
+    Image.open(paths["rgb"]).crop((0, 0, 40, 36)).save(small)
+    mask = np.zeros((36, 40), np.uint8)
+    mask[8:20, 8:20] = 255
+    Image.fromarray(mask).save(tmp_path / "small_mask.png")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS",
+                                                              "TF_CPP_MIN_LOG_LEVEL")}
+
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "glcic_jax.complete", f"--workdir={workdir}",
+             f"--image={small}", f"--mask={tmp_path / 'small_mask.png'}",
+             f"--output={tmp_path / 'out.png'}", *extra],
+            capture_output=True, text=True, timeout=300, env=env,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    quiet = run()
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "", quiet.stderr  # no Orbax read-only warnings, no jax backend notes
+    assert len(quiet.stdout.strip().splitlines()) == 2, quiet.stdout
+    loud = run("--verbosity=0")
+    assert loud.returncode == 0, loud.stderr
+    assert "read only" in loud.stderr  # the libraries' lines are still there when asked for

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
+import logging
 import os
+import re
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -71,13 +75,23 @@ def test_tfds_configs_train_end_to_end_on_mock_data(name, tmp_path):
     assert_trained_workdir(str(tmp_path), state)
 
 
-def test_folder_source_trains_end_to_end(tmp_path):
+def test_folder_source_trains_end_to_end(tmp_path, caplog):
     photos = write_photo_folder(str(tmp_path / "photos"))
     config = load_config("quickstart")
     config.data.source = "folder"
     config.data.path = photos
+    config.log_every = 3  # windows of 3 steps: 0-2 span phases 1 and 2, 3-5 phases 2 and 3
+    caplog.set_level(logging.INFO)
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert_trained_workdir(str(tmp_path / "run"), state)
+    # What the console said (issue 19): the split, each first compilation, the window's updates.
+    text = caplog.text
+    assert re.search(r"12 images found, \d+ used for training, \d+ held out", text), text
+    for kind in ("phase-1 completion step", "phase-2 discriminator step",
+                 "phase-3 joint step", "sample-grid completion"):
+        assert text.count(f"Compiling the {kind} (first time only)") == 1, text
+    assert "step 3/6 phases 1-2 (completion x2, discriminator x1) " in text, text
+    assert "step 6/6 phases 2-3 (discriminator x1, joint x2) " in text, text
 
 
 NO_TF_MAIN = """
@@ -221,6 +235,14 @@ def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path):
     partial = train.train_and_evaluate(first, str(tmp_path / "resumed"))
     assert int(jax.device_get(partial.step)) == 3
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    # config.json is the config in force, and the resume's change is on record (issue 19).
+    with open(tmp_path / "resumed" / "config.json") as f:
+        assert json.load(f)["num_train_steps"] == 6
+    with open(tmp_path / "resumed" / "config_changes.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [(r["step"], r["changed"]) for r in records] == [(3, {"num_train_steps": [3, 6]})]
+    events = glob.glob(str(tmp_path / "resumed" / "tensorboard" / "events.out.tfevents.*"))
+    assert len(events) == 2 and all(b"config" in open(e, "rb").read() for e in events)
 
     a, b = jax.device_get(straight), jax.device_get(resumed)
     leaves_a, tree_a = jax.tree_util.tree_flatten(a)
@@ -272,4 +294,28 @@ def test_missing_dataset_that_cannot_be_fetched_says_how_to_place_it(tmp_path, m
         train.train_and_evaluate(config, str(tmp_path / "run"))
     message = str(err.value)
     assert "celeb_a" in message and "tfds build" in message and "data_dir" in message
+
+
+def test_preparing_a_tfds_dataset_shows_progress(tmp_path, monkeypatch, caplog):
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    seen = {}
+
+    def slow_prepare(self, *args, **kwargs):
+        seen["progress_bars"] = tqdm_utils._active
+        time.sleep(0.5)
+        raise ConnectionError("no route to host")
+
+    tfds.disable_progress_bar()
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", slow_prepare)
+    monkeypatch.setattr(input_pipeline, "PROGRESS_EVERY_S", 0.1)
+    config = load_config("celeba")
+    config.data.data_dir = str(tmp_path / "tfds")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(input_pipeline.DataError):
+        input_pipeline.train_iterator(config, 4)
+    assert seen["progress_bars"]  # tfds' own progress bars are on while it works
+    assert "Downloading and preparing the tfds dataset celeb_a" in caplog.text
+    assert "Still downloading and preparing the tfds dataset celeb_a" in caplog.text
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")

@@ -25,7 +25,14 @@ from glcic_jax import perceptual
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit(f"usage: {argv[0]} OUT.npz")
-    import torchvision  # local: only this tool needs torch
+    try:
+        import torchvision  # local: only this tool needs torch
+    except ImportError as e:
+        print(f"error: this tool needs torch and torchvision ({e}); install them with `pip "
+              f"install torch torchvision` (on a machine with internet), or use Keras' "
+              f"vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, which needs no conversion.",
+              file=sys.stderr)
+        raise SystemExit(1) from None
 
     model = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
     np.savez(argv[1], **perceptual.from_torchvision_state_dict(model.state_dict()))
