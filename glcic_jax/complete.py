@@ -175,7 +175,8 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
     local = max(1, min(h, w, round(int(config.mask.local_size) * scale)))
     hole_max = max(1, min(local, round(int(config.mask.hole_max) * scale)))
     hole_min = max(1, min(hole_max, round(int(config.mask.hole_min) * scale)))
-    spec = masks.MaskSpec(local, hole_min, hole_max, int(config.mask.max_holes), "random")
+    spec = masks.MaskSpec.from_config(config.mask)._replace(
+        local_size=local, hole_min=hole_min, hole_max=hole_max, position="random")
     m = jax.jit(masks.sample_masks, static_argnums=(1, 2, 3, 4))(key, 1, h, w, spec).mask
     return np.asarray(jax.device_get(m))[0, ..., 0] > 0.5
 

@@ -41,11 +41,11 @@ from typing import Callable
 import jax
 import numpy as np
 
-from glcic_jax import checkpointing, input_pipeline, masks, postprocess, steps
+from glcic_jax import checkpointing, config_lib, input_pipeline, masks, postprocess, steps
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
 INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
-EVAL_MASK_SEED = 20170720  # holes of the held-out set: fixed across runs, configs and checkpoints
+EVAL_MASK_SEED = masks.EVAL_MASK_SEED  # the held-out holes: fixed across runs and checkpoints
 METRICS = ("l1", "psnr", "ssim", "l1_hole", "psnr_hole", "ssim_hole")
 METHODS = ("model", "model+postprocess", "mean_fill", "telea", "navier_stokes")
 
@@ -229,9 +229,7 @@ def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndar
 
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
     """The held-out holes: bool [num, H, W], drawn from a fixed key with the config's hole sizes."""
-    spec = masks.MaskSpec.from_config(config.mask)
-    spec.validate(height, width)
-    m = masks.sample_masks(jax.random.PRNGKey(EVAL_MASK_SEED), num, height, width, spec)
+    m = masks.fixed_eval_masks(config, num, height, width)
     return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
 
 
@@ -294,6 +292,7 @@ def evaluate(config, workdir: str) -> dict:
     Returns the JSON payload that is also written to `WORKDIR/eval_<step>.json`.
     """
     t0 = time.time()
+    config_lib.validate(config)  # before any work or any write
     stored_config, nets, state = checkpointing.restore_for_inference(workdir)
     step = int(jax.device_get(state.step))
     n = num_eval_images(config)

@@ -101,8 +101,7 @@ def global_batch(images: np.ndarray, sharding: NamedSharding) -> jax.Array:
 def fixed_eval_masks(config, num: int) -> masks.Masks:
     """Masks for the sample grid / evaluation batch, identical in every run and checkpoint."""
     size = int(config.data.image_size)
-    spec = masks.MaskSpec.from_config(config.mask)
-    return masks.sample_masks(jax.random.PRNGKey(int(config.seed) + 2017), num, size, size, spec)
+    return masks.fixed_eval_masks(config, num, size, size)
 
 
 def _format_metrics(values: dict[str, float]) -> str:
