@@ -347,13 +347,20 @@ def evaluate(config, workdir: str) -> dict:
         "device": str(jax.devices()[0].platform),
     }
     if jax.process_index() == 0:
-        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
+        # The table first: a workdir that cannot be written (read-only, full) must not lose it.
         print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction {hole.mean():.3f} "
               f"(L1 in [0, 255], PSNR in dB; *_hole = inside the holes only)")
-        print(format_table(results))
+        print(format_table(results), flush=True)
+        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(payload, f, indent=2)
+            os.replace(tmp, path)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise OSError(f"Could not write {path} ({e.strerror or e}); the table above holds "
+                          f"the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
     return payload
