@@ -532,3 +532,9 @@ def test_no_intact_checkpoint_is_one_line(two_checkpoints, files, tmp_path, caps
                 f"--output={tmp_path / 'out.png'}") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No checkpoint in" in err and "step 0" in err, err
+
+
+def test_restoring_for_inference_prints_no_orbax_read_only_warnings(workdir, caplog):
+    with caplog.at_level("INFO"):
+        checkpointing.restore_for_inference(workdir)
+    assert "read only" not in caplog.text.lower(), caplog.text
