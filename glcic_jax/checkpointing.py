@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Iterator
 
@@ -59,7 +60,7 @@ class NoIntactCheckpointError(FileNotFoundError):
 # Loggers of the libraries under the checkpoints (Orbax logs through absl; tensorstore's failed
 # I/O surfaces as asyncio's "exception never retrieved"): one failed save prints hundreds of
 # lines and tracebacks there. Our own messages use the root logger and are not affected.
-LIBRARY_LOGGERS = ("absl", "asyncio")
+LIBRARY_LOGGERS = ("absl", "asyncio", "glcic_jax.library")
 LIBRARY_LOG = "library.log"
 
 
@@ -85,6 +86,21 @@ def library_log(path: str | None) -> Iterator[None]:
             handler = logging.NullHandler()
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(name)s %(levelname)s %(threadName)s: %(message)s"))
+    # tensorstore's I/O threads, completing into Orbax's event loop after a failed write, print
+    # their tracebacks ("Event loop is closed") through sys.excepthook / sys.unraisablehook:
+    # to the same file. The main thread's own uncaught errors leave this block first, so they
+    # still reach the console.
+    library = logging.getLogger("glcic_jax.library")
+    hooks = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, value, tb):
+        library.error("uncaught in a library callback", exc_info=(kind, value, tb))
+
+    def unraisablehook(u):
+        library.error("ignored in %r: %s", u.object, u.err_msg or "",
+                      exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
     saved = []
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
@@ -96,6 +112,7 @@ def library_log(path: str | None) -> Iterator[None]:
     try:
         yield
     finally:
+        sys.excepthook, sys.unraisablehook = hooks
         for logger, propagate, level in saved:
             logger.removeHandler(handler)
             logger.propagate = propagate
