@@ -203,13 +203,12 @@ def train_and_evaluate(config, workdir: str) -> Any:
     if is_main:
         checkpointing.make_workdir(workdir)
 
-    # Orbax's and tensorstore's messages go to WORKDIR/library.log, not the console.
-    with checkpointing.library_log(os.path.join(workdir, checkpointing.LIBRARY_LOG)
-                                   if is_main else None):
-        return _train(config, workdir, mesh, is_main)
+    with contextlib.ExitStack() as library_noise:
+        return _train(config, workdir, mesh, is_main, library_noise)
 
 
-def _train(config, workdir: str, mesh: Mesh, is_main: bool) -> Any:
+def _train(config, workdir: str, mesh: Mesh, is_main: bool,
+           library_noise: contextlib.ExitStack) -> Any:
     hosts, host = jax.process_count(), jax.process_index()
     local_batch = distributed.local_batch_size(config.batch_size, mesh)
     batch_sharding = distributed.batch_sharded(mesh)
@@ -221,6 +220,10 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool) -> Any:
     if is_main:  # fail now on an unwritable workdir; delete unfinished saves of killed runs
         ckpt.prepare_for_writing()
     ckpt.move_aside_damaged()  # so that saving those steps again cannot collide with them
+    # From here on (the workdir accepted: nothing above writes to it), Orbax's and tensorstore's
+    # messages go to WORKDIR/library.log, not the console.
+    library_noise.enter_context(checkpointing.library_log(
+        os.path.join(workdir, checkpointing.LIBRARY_LOG) if is_main else None))
     if mean_px is not None:  # resumed: the checkpoint's own mean pixel
         pass
     elif hosts == 1:
