@@ -29,9 +29,14 @@ Guarantees:
   file stem; outputs are `<stem>.png`. Images whose network input has the same size are completed
   in batches of --batch_size; every distinct size compiles the network once (seconds on CPU), so
   folders of mixed sizes run roughly one image at a time.
+* Nothing lost: no output replaces an input (photo or mask, also through a link) or another
+  output (e.g. the random mask `a_mask.png` of `a` and the completion of an input `a_mask`).
+  Formats that cannot hold the pixels exactly (GIF, PDF, ICO, ...) are refused; outputs get the
+  umask's permissions.
 * Errors a user can cause (missing or unreadable file, wrong mask size, empty mask, missing
-  checkpoint, unsupported output format) are checked before any output is written, print one
-  line and exit with status 1. Every output is written to a temporary file and renamed, so a
+  checkpoint, a refused or unwritable output path or format) are checked before the network
+  runs and before any output is written, print one line and exit with status 1; so does a write
+  that fails later (disk full). Every output is written to a temporary file and renamed, so a
   file at an output path is always complete.
 * `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`), applied at full
   resolution from the completed image and the mask only.
