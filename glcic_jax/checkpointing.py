@@ -6,18 +6,26 @@ the config and the mean pixel, so that `complete.py` needs nothing but the check
 
 Saves are asynchronous (training goes on while the arrays are written) and atomic: Orbax writes
 into a temporary folder and renames it when complete, so a kill at any moment leaves the last
-finished checkpoint restorable.
+finished checkpoint restorable. A save that fails in the background (disk full) is noticed at the
+next training step (`Checkpointer.poll`). A checkpoint damaged afterwards (truncated file, missing
+metadata, an emptied folder) is skipped with one line for the newest one that reads back whole
+(`restore_newest_intact`); training moves the damaged folder aside, never deletes it.
+
+Orbax and tensorstore report through absl's logger: during training their messages go to
+`WORKDIR/library.log`, not to the console (`library_log`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -43,6 +51,73 @@ class IncompatibleCheckpointError(ValueError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
+
+
+class NoIntactCheckpointError(FileNotFoundError):
+    """Every checkpoint in a workdir is damaged (none reads back whole)."""
+
+
+# Loggers of the libraries under the checkpoints (Orbax logs through absl; tensorstore's failed
+# I/O surfaces as asyncio's "exception never retrieved"): one failed save prints hundreds of
+# lines and tracebacks there. Our own messages use the root logger and are not affected.
+LIBRARY_LOGGERS = ("absl", "asyncio", "glcic_jax.library")
+LIBRARY_LOG = "library.log"
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that, when it cannot be written (the disk that failed the save is full),
+    drops the record instead of printing logging's own error report to the console."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
+@contextlib.contextmanager
+def library_log(path: str | None) -> Iterator[None]:
+    """Send the libraries' log records to the file `path` (appended) instead of the console;
+    `path=None` discards them. Restored on exit."""
+    handler: logging.Handler
+    if path is None:
+        handler = logging.NullHandler()
+    else:
+        try:
+            handler = _QuietFileHandler(path, encoding="utf-8", delay=True)
+        except OSError:
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(name)s %(levelname)s %(threadName)s: %(message)s"))
+    # tensorstore's I/O threads, completing into Orbax's event loop after a failed write, print
+    # their tracebacks ("Event loop is closed") through sys.excepthook / sys.unraisablehook:
+    # to the same file. The main thread's own uncaught errors leave this block first, so they
+    # still reach the console.
+    library = logging.getLogger("glcic_jax.library")
+    hooks = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, value, tb):
+        library.error("uncaught in a library callback", exc_info=(kind, value, tb))
+
+    def unraisablehook(u):
+        library.error("ignored in %r: %s", u.object, u.err_msg or "",
+                      exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate, logger.level))
+        logger.addHandler(handler)
+        logger.propagate = False
+        if path is None:
+            logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
+        for logger, propagate, level in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+            logger.setLevel(level)
+        handler.close()
 
 
 def make_workdir(workdir: str) -> None:
@@ -145,6 +220,81 @@ class Checkpointer:
         """Steps with a complete checkpoint on disk."""
         return _finished_steps_in(self.directory)
 
+    def restore_newest_intact(self, abstract_for: Callable[[dict], Any],
+                              check: Callable[[dict], None] | None = None,
+                              steps: list[int] | None = None, move_aside: bool = False):
+        """The newest checkpoint that reads back whole: `(step, meta, state)`, or None when there
+        is no checkpoint at all.
+
+        Newer checkpoints whose metadata or arrays cannot be read (a truncated file, an empty
+        `meta/metadata`, a missing `_METADATA`, an emptied step folder) are skipped with one
+        warning line each and left on disk; `self.damaged` lists `(step, reason)`. `check(meta)`
+        runs on the chosen step's metadata before its arrays are read (e.g. the compatibility
+        check); its errors propagate. `abstract_for(meta)` gives the state's abstract structure.
+        Raises NoIntactCheckpointError when checkpoints exist but none can be read.
+        `move_aside=True` (training) says in that line where `move_aside_damaged` will put it.
+        """
+        self.damaged: list[tuple[int, str]] = []
+        self._moving = move_aside
+        candidates = sorted(self.all_steps() if steps is None else steps, reverse=True)
+        with library_log(None):  # the failed reads' tracebacks say nothing more than the reason
+            for step in candidates:
+                try:
+                    meta = self.read_meta(step)
+                    if not isinstance(meta.get("config"), dict) or "mean_pixel" not in meta:
+                        raise ValueError("its meta/metadata lacks the config or the mean pixel")
+                except Exception as e:
+                    self._skip(step, f"its metadata cannot be read: {_short(e, 200)}")
+                    continue
+                if check is not None:
+                    check(meta)
+                try:
+                    state = self.restore(abstract_for(meta), step)
+                    jax.block_until_ready(state)
+                except Exception as e:
+                    self._skip(step, f"its arrays cannot be read: {_short(e, 200)}")
+                    continue
+                return step, meta, state
+        if self.damaged:
+            raise NoIntactCheckpointError(
+                f"No checkpoint in {self.directory} can be read: "
+                + "; ".join(f"step {s}: {why}" for s, why in self.damaged)
+                + ". They were left as they are. Use a new --workdir, or restore the folder "
+                "from a backup.")
+        return None
+
+    def _skip(self, step: int, why: str) -> None:
+        self.damaged.append((step, why))
+        fate = (f"it is moved to {self._aside_path(step)}, not deleted" if self._moving
+                else "it is left on disk")
+        logging.warning("Skipping the damaged checkpoint %s/%d (%s); %s. Using the newest intact "
+                        "one instead.", self.directory, step, why, fate)
+
+    def _aside_path(self, step: int) -> str:
+        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        target, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):
+            target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        return target
+
+    def move_aside_damaged(self) -> None:
+        """Training, after `restore_newest_intact` skipped damaged steps: move their folders to
+        WORKDIR/damaged_checkpoints/ (never deleted), so that new saves of those steps and
+        Orbax's clean-up leave them alone. Process 0 only; then every process re-reads the steps."""
+        damaged = getattr(self, "damaged", [])
+        if not damaged:
+            return
+        if jax.process_index() == 0:
+            for step, _ in damaged:
+                target = self._aside_path(step)  # the path the warning line named
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("glcic_move_aside_damaged")
+        self.manager.reload()
+
     def _write_error(self, what: str, e: BaseException) -> CheckpointWriteError:
         done = self.finished_steps()
         resume = (f"training resumes from the last complete checkpoint (step {done[-1]}), which "
@@ -178,8 +328,9 @@ class Checkpointer:
             "config": json.loads(config.to_json_best_effort()),
             "mean_pixel": [float(v) for v in np.asarray(jax.device_get(state.mean_pixel))],
         }
+        self.poll()
         try:
-            return self.manager.save(
+            started = self.manager.save(
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
@@ -188,6 +339,27 @@ class Checkpointer:
             )
         except Exception as e:  # orbax/tensorstore raise ValueError etc. for I/O failures
             raise self._write_error(f"the checkpoint of step {step} (or the one before)", e) from e
+        if started:
+            self._in_flight = step
+        return started
+
+    _in_flight: int | None = None
+
+    def poll(self) -> None:
+        """Non-blocking, after every training step: raise CheckpointWriteError as soon as the
+        asynchronous save in flight has ended without producing its checkpoint (disk full)."""
+        step = self._in_flight
+        if step is None or self.manager.is_saving_in_progress():
+            return
+        self._in_flight = None
+        if step in self.finished_steps():
+            return
+        error: BaseException = RuntimeError("the save ended without writing it")
+        try:  # Orbax's own error, for the message (its traceback goes to library.log)
+            self.manager.wait_until_finished()
+        except Exception as e:
+            error = e
+        raise self._write_error(f"the checkpoint of step {step}", error)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore the state at `step` (default latest) into the structure/shardings given."""
@@ -203,6 +375,7 @@ class Checkpointer:
             self.manager.wait_until_finished()
         except Exception as e:
             raise self._write_error("the latest checkpoint", e) from e
+        self.poll()  # a failure Orbax only logged: the checkpoint is not there
 
     def close(self) -> None:
         try:
@@ -228,8 +401,8 @@ def _resolve(path: str) -> tuple[str, int | None]:
     if base.isdigit() and os.path.basename(parent) == "checkpoints":
         return os.path.dirname(parent), int(base)
     raise FileNotFoundError(
-        f"No GLCIC checkpoint at {path}: pass --workdir=DIR of a training run, or "
-        f"--checkpoint=DIR/checkpoints/STEP."
+        f"No GLCIC checkpoint at {path}: expected a training workdir (holding checkpoints/), "
+        f"its checkpoints/ folder, or one checkpoints/STEP folder."
     )
 
 
@@ -237,23 +410,35 @@ def restore_for_inference(path: str, step: int | None = None):
     """Everything inference needs from a workdir or checkpoint path.
 
     Returns `(config, nets, state)`: the stored ConfigDict, the rebuilt `Networks` and the restored
-    `GANState` (use `state.g` and `state.mean_pixel`).
+    `GANState` (use `state.g` and `state.mean_pixel`). Given a workdir, damaged newer checkpoints
+    are skipped (one warning line each) for the newest intact one; a step asked for by path or
+    `step` must itself be intact.
     """
     from glcic_jax import state as state_lib  # local import: state imports models (flax)
 
     workdir, path_step = _resolve(path)
     step = path_step if step is None else step
-    ckpt = Checkpointer(workdir, ml_collections.ConfigDict(), read_only=True)
-    if ckpt.latest_step() is None:
+    with library_log(None):  # Orbax's warnings that a read-only manager will not save
+        ckpt = Checkpointer(workdir, ml_collections.ConfigDict(), read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no checkpoint of step "
+                                    f"{step} (it holds {', '.join(map(str, steps))}).")
+        built = {}
+
+        def abstract_for(meta):
+            config = ml_collections.ConfigDict(meta["config"])
+            built["config"], built["nets"] = config, state_lib.create_networks(config)
+            return jax.eval_shape(lambda: state_lib.create_state(
+                config, built["nets"], jax.random.PRNGKey(0), meta["mean_pixel"]))
+
+        found = ckpt.restore_newest_intact(abstract_for, steps=None if step is None else [step])
+    finally:
+        with library_log(None):
+            ckpt.close()
+    if found is None:  # pragma: no cover - steps were listed above
         raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
-    if step is None:
-        step = ckpt.latest_step()
-    meta = ckpt.read_meta(step)
-    config = ml_collections.ConfigDict(meta["config"])
-    nets = state_lib.create_networks(config)
-    abstract = jax.eval_shape(
-        lambda: state_lib.create_state(config, nets, jax.random.PRNGKey(0), meta["mean_pixel"])
-    )
-    restored = ckpt.restore(abstract, step)
-    ckpt.close()
-    return config, nets, restored
+    return built["config"], built["nets"], found[2]

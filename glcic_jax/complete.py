@@ -29,9 +29,14 @@ Guarantees:
   file stem; outputs are `<stem>.png`. Images whose network input has the same size are completed
   in batches of --batch_size; every distinct size compiles the network once (seconds on CPU), so
   folders of mixed sizes run roughly one image at a time.
+* Nothing lost: no output replaces an input (photo or mask, also through a link) or another
+  output (e.g. the random mask `a_mask.png` of `a` and the completion of an input `a_mask`).
+  Formats that cannot hold the pixels exactly (GIF, PDF, ICO, ...) are refused; outputs get the
+  umask's permissions.
 * Errors a user can cause (missing or unreadable file, wrong mask size, empty mask, missing
-  checkpoint, unsupported output format) are checked before any output is written, print one
-  line and exit with status 1. Every output is written to a temporary file and renamed, so a
+  checkpoint, a refused or unwritable output path or format) are checked before the network
+  runs and before any output is written, print one line and exit with status 1; so does a write
+  that fails later (disk full). Every output is written to a temporary file and renamed, so a
   file at an output path is always complete.
 * `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`), applied at full
   resolution from the completed image and the mask only.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import logging
 import os
 import sys
@@ -53,7 +59,15 @@ from PIL import Image, ImageOps
 
 from glcic_jax.input_pipeline import IMAGE_EXTENSIONS
 
-LOSSY_FORMATS = ("JPEG", "WEBP")
+EXACT_FORMATS = ("PNG", "TIFF", "BMP", "PPM")  # hold 8-bit pixels exactly (modes they store)
+LOSSY_FORMATS = ("JPEG", "WEBP")  # written with a note: every pixel is re-encoded
+# Formats PIL can write that would silently change pixels (or not be an image file at all).
+REFUSED_FORMATS = {
+    "GIF": "a 256-colour palette changes almost every pixel",
+    "PDF": "PIL stores photos in a PDF JPEG-compressed",
+    "ICO": "icons are resized to at most 256x256",
+    "ICNS": "icons are resized",
+}
 HOLE_THRESHOLD = 128  # mask grey values >= this are holes
 
 
@@ -109,20 +123,40 @@ def _open(path: str | IO[bytes], what: str, name: str | None = None) -> Image.Im
     """Decode an image file fully (EXIF orientation applied); CompletionError if impossible.
 
     `path` may also be a binary file object (the web server's uploads never touch the disk).
+    PIL's decompression-bomb limit (~179 megapixels) guards servers against hostile uploads, so
+    it stays for those; a file the user named on the command line may have any size
+    (`--max_size`), so for paths it is lifted.
     """
-    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+    is_path = isinstance(path, (str, os.PathLike))
+    if is_path and not os.path.isfile(path):
         raise CompletionError(f"{what} {_name(path, name)!r} does not exist (or is not a file).")
+    limit = Image.MAX_IMAGE_PIXELS
+    if is_path:
+        Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise CompletionError(f"cannot read {what} {_name(path, name)!r}: {e}") from e
+    except MemoryError as e:
+        raise CompletionError(f"cannot read {what} {_name(path, name)!r}: not enough memory to "
+                              f"decode it") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _sixteen_bit_to_l(img: Image.Image) -> np.ndarray:
+    """Integer and float grayscale to 8 bits by the mode's convention, never by the data, so a
+    dark image and a bright one of the same mode are scaled alike: 16-bit (I;16*, I) full scale
+    65535, float (F) full scale 1.0 (values outside [0, 1] clip). Our choice: an F image whose
+    values exceed 1 is taken as [0, 255] data, as it cannot be [0, 1] data."""
     arr = np.asarray(img).astype(np.float64)
-    top = 65535.0 if arr.max() > 255 else 255.0
+    if img.mode == "F":
+        top = 1.0 if not arr.size or np.nanmax(arr) <= 1.0 else 255.0
+    else:
+        top = 65535.0
+    arr = np.nan_to_num(arr, nan=0.0)
     return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -193,7 +227,8 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
     local = max(1, min(h, w, round(int(config.mask.local_size) * scale)))
     hole_max = max(1, min(local, round(int(config.mask.hole_max) * scale)))
     hole_min = max(1, min(hole_max, round(int(config.mask.hole_min) * scale)))
-    spec = masks.MaskSpec(local, hole_min, hole_max, int(config.mask.max_holes), "random")
+    spec = masks.MaskSpec.from_config(config.mask)._replace(
+        local_size=local, hole_min=hole_min, hole_max=hole_max, position="random")
     m = jax.jit(masks.sample_masks, static_argnums=(1, 2, 3, 4))(key, 1, h, w, spec).mask
     return np.asarray(jax.device_get(m))[0, ..., 0] > 0.5
 
@@ -289,28 +324,68 @@ class Completer:
 
 
 def _format_for(path: str) -> str:
+    """The PIL format of an output path; CompletionError for formats that cannot hold a photo
+    exactly (GIF, PDF, ...) or that PIL cannot write. Lossy ones (JPEG, WebP) get a note."""
     ext = os.path.splitext(path)[1].lower()
     fmt = Image.registered_extensions().get(ext)
     if fmt is None or fmt not in Image.SAVE:
         raise CompletionError(f"cannot write {path!r}: unknown image extension {ext!r} "
                               f"(use .png for an exact result).")
+    if fmt not in EXACT_FORMATS + LOSSY_FORMATS:
+        why = REFUSED_FORMATS.get(fmt, "not a format for photos")
+        raise CompletionError(
+            f"cannot write {path!r}: {fmt} cannot hold the photo's pixels exactly ({why}); use "
+            f".png, .tif or .bmp (exact), or .jpg / .webp if a lossy result is fine.")
     return fmt
+
+
+def _save_params(fmt: str, icc_profile: bytes | None = None) -> dict:
+    params = {"icc_profile": icc_profile} if icc_profile else {}
+    if fmt == "JPEG":
+        params["quality"] = 95
+    return params
+
+
+def check_format_holds(path: str, mode: str) -> str:
+    """Before the network runs: the output format can store a `mode` photo (exactly, for the
+    exact formats). A tiny image is encoded and decoded in memory; returns the format."""
+    fmt = _format_for(path)
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    probe = np.random.default_rng(0).integers(0, 256, (4, 4, channels), dtype=np.uint8)
+    arr = probe[..., 0] if channels == 1 else probe
+    try:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt, **_save_params(fmt))
+        buf.seek(0)
+        back = np.asarray(Image.open(buf).convert(mode))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CompletionError(f"cannot write {path!r}: {fmt} cannot store a {mode} photo ({e}); "
+                              f"use .png.") from e
+    if fmt in EXACT_FORMATS and not np.array_equal(back.reshape(probe.shape), probe):
+        raise CompletionError(f"cannot write {path!r}: {fmt} does not store a {mode} photo "
+                              f"exactly; use .png.")
+    return fmt
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_image(path: str, pixels: np.ndarray, icc_profile: bytes | None = None) -> None:
     """Write uint8 [H, W(, C)] pixels (C = 1, 2, 3, 4: L, LA, RGB, RGBA) atomically: to a
-    temporary file in the same folder, renamed when complete."""
+    temporary file in the same folder, renamed when complete. The file gets the permissions of
+    a newly created file (0666 minus the umask), as any other program's output."""
     fmt = _format_for(path)
     arr = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
     img = Image.fromarray(np.ascontiguousarray(arr))
-    params = {"icc_profile": icc_profile} if icc_profile else {}
-    if fmt == "JPEG":
-        params["quality"] = 95
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **params)
+            img.save(f, format=fmt, **_save_params(fmt, icc_profile))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -321,6 +396,77 @@ def write_image(path: str, pixels: np.ndarray, icc_profile: bytes | None = None)
 def mask_path_for(output: str) -> str:
     """Where the random mask of `output` is saved: `<output stem>_mask.png` beside it."""
     return os.path.splitext(output)[0] + "_mask.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# Output paths: checked before the network runs, so that nothing is lost or half-written
+
+
+def _key(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_writable_folder(output: str, probed: set[str]) -> None:
+    """The folder of `output` takes a new file, or can be created: its nearest existing
+    ancestor must be a folder where a (removed at once) probe file can be created."""
+    existing = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing in probed:
+        return
+    if not os.path.isdir(existing):
+        raise CompletionError(f"cannot write {output!r}: {existing!r} is a file, not a folder.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise CompletionError(f"cannot write {output!r}: cannot create files in {existing!r} "
+                              f"({e.strerror or e}).") from e
+    probed.add(existing)
+
+
+def check_outputs(jobs: Sequence["Job"]) -> None:
+    """Refuse, before anything is computed or written, an output that would replace an input
+    (photo or mask, also through a link) or another output, or where a folder has its name, or
+    whose folder cannot take files."""
+    inputs: dict[str, str] = {}
+    inodes: dict[tuple[int, int], str] = {}
+    for j in jobs:
+        for path, kind in ((j.image, "photo"), (j.mask, "mask")):
+            if path:
+                inputs[_key(path)] = f"the input {kind} {path!r}"
+                ino = _inode(path)
+                if ino:
+                    inodes[ino] = inputs[_key(path)]
+    outputs = []
+    for j in jobs:
+        outputs.append((j.output, f"the completion of {j.image!r}"))
+        if j.mask is None:
+            outputs.append((mask_path_for(j.output), f"the random mask of {j.image!r}"))
+    written: dict[str, str] = {}
+    probed: set[str] = set()
+    for out, what in outputs:
+        victim = inputs.get(_key(out)) or inodes.get(_inode(out) or (-1, -1))
+        if victim:
+            raise CompletionError(f"{what} would overwrite {victim}: outputs never replace "
+                                  f"inputs; choose another --output.")
+        if _key(out) in written:
+            raise CompletionError(f"{what} and {written[_key(out)]} would both be written to "
+                                  f"{out!r}; rename one of the inputs or choose another "
+                                  f"--output.")
+        written[_key(out)] = what
+        if os.path.isdir(out):
+            raise CompletionError(f"cannot write {out!r} ({what}): a folder has that name.")
+        _check_writable_folder(out, probed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,6 +494,11 @@ def plan_jobs(image: str, mask: str | None, output: str) -> list[Job]:
         if os.path.exists(output) and not os.path.isdir(output):
             raise CompletionError(f"--image is a folder, so --output must be a folder; "
                                   f"{output!r} is a file.")
+        if not os.path.exists(output) and os.path.splitext(output)[1].lower() in (
+                Image.registered_extensions()):
+            raise CompletionError(f"--image is a folder, so --output must be a folder; "
+                                  f"{output!r} is named like an image file (create the folder "
+                                  f"first if that is really its name).")
         names = _list_images(image)
         if not names:
             raise CompletionError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image!r}.")
@@ -469,18 +620,23 @@ def _run(argv: Sequence[str]) -> None:
     console.configure(fv.verbosity is not None, logging.WARNING)
     jobs = plan_jobs(fv.image, fv.mask, fv.output)
 
-    # Every check a user can fail comes before any output is written.
+    # Every check a user can fail comes before the network runs and before any output is
+    # written: formats, inputs, masks, then the output paths.
     for job in jobs:
-        fmt = _format_for(job.output)
-        if fmt in LOSSY_FORMATS:
-            print(f"note: {job.output} is {fmt}: re-encoding changes pixels outside the hole "
-                  f"too; use .png for an exact result.")
+        _format_for(job.output)
     photos = [read_photo(j.image) for j in jobs]
+    lossy = []
     for job, photo in zip(jobs, photos):
         if photo.mode in ("LA", "RGBA") and _format_for(job.output) == "JPEG":
             raise CompletionError(f"{job.image} has an alpha channel, which JPEG cannot store; "
                                   f"write {os.path.splitext(job.output)[0]}.png instead.")
+        if check_format_holds(job.output, photo.mode) in LOSSY_FORMATS:
+            lossy.append(job.output)
     holes = [read_mask(j.mask, p.size) if j.mask else None for j, p in zip(jobs, photos)]
+    check_outputs(jobs)
+    for path in lossy:
+        print(f"note: {path} is {_format_for(path)}: re-encoding changes pixels outside the "
+              f"hole too; use .png for an exact result.")
 
     import jax
 
@@ -513,11 +669,10 @@ def _run(argv: Sequence[str]) -> None:
                   + (" including compilation" if compiled else ""))
         for i, rgb in zip(chunk, completed):
             job, photo, hole = jobs[i], photos[i], holes[i]
-            os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
-            write_image(job.output, photo.merge(rgb, hole), photo.icc_profile)
+            _write_or_explain(job.output, photo.merge(rgb, hole), photo.icc_profile)
             extra = ""
             if job.mask is None:
-                write_image(mask_path_for(job.output), hole.astype(np.uint8) * 255)
+                _write_or_explain(mask_path_for(job.output), hole.astype(np.uint8) * 255)
                 extra = f" (random mask: {mask_path_for(job.output)})"
             h, w = photo.size
             note = f" [{photo.note}]" if photo.note else ""
@@ -527,6 +682,17 @@ def _run(argv: Sequence[str]) -> None:
     print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
           f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
           f"{t_complete:.2f} s.")
+
+
+def _write_or_explain(path: str, pixels: np.ndarray, icc_profile: bytes | None = None) -> None:
+    """write_image, with a failure that the checks could not foresee (disk full, a folder
+    removed meanwhile) as one line: the outputs written before it are complete."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_image(path, pixels, icc_profile)
+    except OSError as e:
+        raise CompletionError(f"cannot write {path!r}: {e.strerror or e}. Outputs written "
+                              f"before it are complete; nothing is half-written.") from e
 
 
 def main() -> None:

@@ -2,15 +2,32 @@
 
 Configs are `ml_collections.ConfigDict`s. `main.py` loads them with `lock_config=True`, so a
 mistyped `--config.key=value` override fails instead of being silently ignored.
+
+Configs are data: this module (and so every `configs/*.py`) imports only ml_collections and the
+standard library, never JAX. The choices a string field accepts are listed here, as tuples of
+names, so that the code using them (models, state, steps, masks, input_pipeline) and
+`validate` share one list. `validate` checks every field's range and choice, and runs before
+anything is written to a workdir.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
 
-from glcic_jax import masks
+# The choices of each string field (the modules that implement them import these tuples).
+DATA_SOURCES = ("tfds", "folder", "skimage")
+MASK_POSITIONS = ("random", "center")
+DTYPES = ("float32", "bfloat16", "float16")
+PADDING_MODES = ("zero", "reflect")
+ACTIVATIONS = ("relu", "leaky_relu")
+NORMS = ("batch", "layer", "none")
+DISCRIMINATORS = ("context", "local")
+OPTIMIZERS = ("adadelta", "adam", "rmsprop")
+GAN_LOSSES = ("bce", "wgan-gp")
+NAN_POLICIES = ("stop", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -109,42 +126,164 @@ def shrink_to_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def validate(config, num_devices: int = 1) -> None:
-    """Fail before training starts, with a message saying what to change."""
-    size = int(config.data.image_size)
-    if size % 4:
-        raise ValueError(f"data.image_size ({size}) must be a multiple of 4.")
-    masks.MaskSpec.from_config(config.mask).validate(size, size)
-    if config.data.resize_min < size or config.data.resize_max < config.data.resize_min:
-        raise ValueError(
-            f"Need data.image_size ({size}) <= data.resize_min ({config.data.resize_min}) "
-            f"<= data.resize_max ({config.data.resize_max})."
+def mask_problems(mask_cfg, height: int, width: int) -> list[str]:
+    """Why holes of `mask_cfg` cannot be drawn in an H x W image ([] when they can)."""
+    local, lo, hi = int(mask_cfg.local_size), int(mask_cfg.hole_min), int(mask_cfg.hole_max)
+    position, max_holes = str(mask_cfg.position), int(mask_cfg.max_holes)
+    problems = []
+    if position not in MASK_POSITIONS:
+        problems.append(f"mask.position={position!r} must be one of {list(MASK_POSITIONS)}")
+    if not 1 <= lo <= hi:
+        problems.append(f"need 1 <= mask.hole_min ({lo}) <= mask.hole_max ({hi})")
+    if hi > local:
+        problems.append(
+            f"mask.hole_max ({hi}) is larger than the local crop mask.local_size ({local}): "
+            f"holes must fit in the local window"
         )
-    if config.data.source == "folder" and not config.data.path:
-        raise ValueError(
-            "data.source='folder' needs the photos' folder: add --config.data.path=DIR "
-            "(JPEG/PNG/... files, searched recursively)."
+    if local > min(height, width):
+        problems.append(
+            f"mask.local_size ({local}) is larger than the image ({height}x{width}): lower it "
+            f"or raise data.image_size"
         )
-    if int(config.data.get("num_workers", 0)) < 0:
-        raise ValueError(f"data.num_workers={config.data.num_workers} must be >= 0 (0 = auto).")
-    if config.batch_size < 1 or config.batch_size % num_devices:
-        raise ValueError(
-            f"batch_size={config.batch_size} is not divisible by the {num_devices} devices; "
-            f"use a multiple of {num_devices}, e.g. --config.batch_size="
-            f"{max(num_devices, config.batch_size // num_devices * num_devices)}."
+    if max_holes < 1:
+        problems.append(f"mask.max_holes ({max_holes}) must be at least 1")
+    return problems
+
+
+def check_mask(mask_cfg, height: int, width: int) -> None:
+    """Raise a clear ValueError when the config's holes cannot be drawn in an H x W image."""
+    problems = mask_problems(mask_cfg, height, width)
+    if problems:
+        raise ValueError("Impossible hole settings: " + "; ".join(problems) + ".")
+
+
+def _problems(config, num_devices: int) -> list[str]:
+    """Every field out of its range or choices, as 'what to change' phrases."""
+    out: list[str] = []
+
+    def get(dotted: str, default=None):
+        node = config
+        for part in dotted.split("."):
+            if part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def choice(dotted: str, choices, lower: bool = False) -> None:
+        value = get(dotted)
+        if value is None:
+            return
+        if (str(value).lower() if lower else value) not in choices:
+            out.append(f"{dotted}={value!r} must be one of {list(choices)}")
+
+    def at_least(dotted: str, low, note: str = "") -> None:
+        value = get(dotted)
+        if value is None:
+            return
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            out.append(f"{dotted}={value!r} must be >= {low}{note}")
+
+    def in_range(dotted: str, low: float, high: float, high_open: bool = True) -> None:
+        value = get(dotted)
+        if value is None:
+            return
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value and (
+            value < high if high_open else value <= high)
+        if not ok:
+            out.append(f"{dotted}={value!r} must be in [{low}, {high}{')' if high_open else ']'}")
+
+    def positive(dotted: str) -> None:
+        value = get(dotted)
+        if value is None:
+            return
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            out.append(f"{dotted}={value!r} must be > 0")
+
+    # Run length and bookkeeping.
+    at_least("seed", 0)
+    at_least("num_train_steps", 1)
+    choice("nan_policy", NAN_POLICIES)
+    at_least("schedule.tc", 0)
+    at_least("schedule.td", 0)
+    at_least("log_every", 1)
+    at_least("sample_every", 1)
+    at_least("checkpoint_every", 1)
+    # Orbax's LatestN(0) deletes every checkpoint, also those of earlier runs (issue 18).
+    at_least("keep_checkpoints", 1, " (0 would delete every checkpoint, old ones included)")
+    at_least("keep_every", 0, " (0 = no milestones)")
+    at_least("eval_every", 0, " (0 = off)")
+    at_least("num_eval_batches", 1)
+    batch = get("batch_size")
+    if not isinstance(batch, int) or batch < 1:
+        out.append(f"batch_size={batch!r} must be >= 1")
+    elif batch % num_devices:
+        out.append(
+            f"batch_size={batch} is not divisible by the {num_devices} devices; use a multiple "
+            f"of {num_devices}, e.g. --config.batch_size="
+            f"{max(num_devices, batch // num_devices * num_devices)}"
         )
-    if config.nan_policy not in ("stop", "skip"):
-        raise ValueError(f"nan_policy={config.nan_policy!r} must be 'stop' or 'skip'.")
-    if config.loss.n_critic < 1 or config.loss.n_generator < 1:
-        raise ValueError("loss.n_critic and loss.n_generator must be at least 1.")
-    if config.loss.perceptual_weight and not config.loss.vgg_weights:
-        raise ValueError(
-            "loss.perceptual_weight > 0 needs VGG-16 weights: set --config.loss.vgg_weights="
-            "PATH (.h5 or .npz; see the README's 'Perceptual loss' section)."
-        )
-    if config.loss.perceptual_weight and not os.path.isfile(config.loss.vgg_weights):
+
+    # Data.
+    d = config.data
+    choice("data.source", DATA_SOURCES)
+    if d.source == "folder" and not d.get("path"):
+        out.append("data.source='folder' needs the photos' folder: add --config.data.path=DIR "
+                   "(JPEG/PNG/... files, searched recursively)")
+    if d.source == "tfds" and not d.get("name"):
+        out.append("data.source='tfds' needs a dataset: add --config.data.name=NAME")
+    size = int(d.image_size)
+    if size < 4 or size % 4:
+        out.append(f"data.image_size ({size}) must be a positive multiple of 4")
+    if d.resize_min < size or d.resize_max < d.resize_min:
+        out.append(f"need data.image_size ({size}) <= data.resize_min ({d.resize_min}) "
+                   f"<= data.resize_max ({d.resize_max})")
+    at_least("data.shuffle_buffer", 1)
+    at_least("data.num_workers", 0, " (0 = auto)")
+    in_range("data.eval_fraction", 0.0, 1.0)
+    at_least("data.mean_pixel_images", 1)
+    at_least("data.num_eval_images", 1)
+
+    # Holes.
+    out.extend(mask_problems(config.mask, size, size))
+
+    # Networks and optimizer.
+    choice("model.dtype", DTYPES)
+    choice("model.padding", PADDING_MODES)
+    choice("model.d_activation", ACTIVATIONS)
+    choice("model.d_norm", NORMS)
+    choice("model.discriminator", DISCRIMINATORS)
+    choice("optimizer.name", OPTIMIZERS, lower=True)
+    positive("optimizer.learning_rate")
+    in_range("optimizer.rho", 0.0, 1.0)
+    positive("optimizer.eps")
+    in_range("optimizer.b1", 0.0, 1.0)
+    in_range("optimizer.b2", 0.0, 1.0)
+    in_range("optimizer.decay", 0.0, 1.0)
+
+    # Losses.
+    choice("loss.gan", GAN_LOSSES)
+    for name in ("alpha", "mse_weight", "gp_weight", "perceptual_weight"):
+        at_least(f"loss.{name}", 0)
+    at_least("loss.n_critic", 1)
+    at_least("loss.n_generator", 1)
+    if get("loss.perceptual_weight", 0) and not get("loss.vgg_weights"):
+        out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
+                   "--config.loss.vgg_weights=PATH (.h5 or .npz; see the README's 'Perceptual "
+                   "loss' section)")
+    elif get("loss.perceptual_weight", 0) and not os.path.isfile(get("loss.vgg_weights")):
         # Checked here, before the mean pixel is computed or anything is written.
-        raise ValueError(
-            f"loss.vgg_weights={config.loss.vgg_weights!r} is not a file: give the path of the "
-            f"VGG-16 weights (.h5 or .npz; see the README's 'Perceptual loss' section)."
-        )
+        out.append(f"loss.vgg_weights={get('loss.vgg_weights')!r} is not a file: give the path "
+                   f"of the VGG-16 weights (.h5 or .npz; see the README's 'Perceptual loss' "
+                   f"section)")
+    return out
+
+
+def validate(config, num_devices: int = 1) -> None:
+    """Check every field's range and choice; raise one ValueError naming all that are wrong.
+
+    Called before anything is written to a workdir (train and eval), so a bad setting never
+    leaves a half-made workdir behind.
+    """
+    problems = _problems(config, num_devices)
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ".")

@@ -41,11 +41,11 @@ from typing import Callable
 import jax
 import numpy as np
 
-from glcic_jax import checkpointing, input_pipeline, masks, postprocess, steps
+from glcic_jax import checkpointing, config_lib, input_pipeline, masks, postprocess, steps
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
 INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
-EVAL_MASK_SEED = 20170720  # holes of the held-out set: fixed across runs, configs and checkpoints
+EVAL_MASK_SEED = masks.EVAL_MASK_SEED  # the held-out holes: fixed across runs and checkpoints
 METRICS = ("l1", "psnr", "ssim", "l1_hole", "psnr_hole", "ssim_hole")
 METHODS = ("model", "model+postprocess", "mean_fill", "telea", "navier_stokes")
 
@@ -229,9 +229,7 @@ def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndar
 
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
     """The held-out holes: bool [num, H, W], drawn from a fixed key with the config's hole sizes."""
-    spec = masks.MaskSpec.from_config(config.mask)
-    spec.validate(height, width)
-    m = masks.sample_masks(jax.random.PRNGKey(EVAL_MASK_SEED), num, height, width, spec)
+    m = masks.fixed_eval_masks(config, num, height, width)
     return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
 
 
@@ -294,6 +292,7 @@ def evaluate(config, workdir: str) -> dict:
     Returns the JSON payload that is also written to `WORKDIR/eval_<step>.json`.
     """
     t0 = time.time()
+    config_lib.validate(config)  # before any work or any write
     stored_config, nets, state = checkpointing.restore_for_inference(workdir)
     step = int(jax.device_get(state.step))
     n = num_eval_images(config)
@@ -350,13 +349,20 @@ def evaluate(config, workdir: str) -> dict:
         "device": str(jax.devices()[0].platform),
     }
     if jax.process_index() == 0:
-        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
+        # The table first: a workdir that cannot be written (read-only, full) must not lose it.
         print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction {hole.mean():.3f} "
               f"(L1 in [0, 255], PSNR in dB; *_hole = inside the holes only)")
-        print(format_table(results))
+        print(format_table(results), flush=True)
+        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(payload, f, indent=2)
+            os.replace(tmp, path)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise OSError(f"Could not write {path} ({e.strerror or e}); the table above holds "
+                          f"the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
     return payload

@@ -219,17 +219,35 @@ def list_images(root: str) -> list[str]:
     return found
 
 
+# Our choice: a folder needs at least this many images before any is held out; with fewer, every
+# image trains and evaluation uses the training images (with a warning), rather than training on
+# one image of two or failing for lack of one.
+MIN_IMAGES_TO_HOLD_OUT = 3
+
+
+def _name_hash(f: str) -> float:
+    return int(hashlib.sha1(f.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def split_files(files: Sequence[str], eval_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic train/test split by a hash of each relative path (stable as files are
-    added)."""
+    added, independent of their order).
+
+    From MIN_IMAGES_TO_HOLD_OUT images on, at least one is held out and at least one trains;
+    with fewer images (or eval_fraction=0) nothing is held out and `test` is empty.
+    """
+    files = sorted(files)
+    if len(files) < MIN_IMAGES_TO_HOLD_OUT or eval_fraction <= 0:
+        return files, []
     train, test = [], []
     for f in files:
-        h = int(hashlib.sha1(f.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (test if h < eval_fraction else train).append(f)
-    if not test and len(train) > 1:  # tiny folders: still hold one image out
-        test.append(train.pop())
+        (test if _name_hash(f) < eval_fraction else train).append(f)
+    if not test:  # small folders: still hold one image out (the one of smallest hash)
+        test.append(min(train, key=_name_hash))
+        train.remove(test[0])
     if not train:
-        train, test = test, test[:1]
+        train.append(max(test, key=_name_hash))
+        test.remove(train[0])
     return train, test
 
 
@@ -251,6 +269,17 @@ def indexed_source(config, split: str, host: int = 0, hosts: int = 1) -> Indexed
         return IndexedSource(names, lambda i: photos[names[i]], "scikit-image samples")
     train, test = split_files(list_images(d.path), float(d.eval_fraction))
     files = train if split == "train" else test
+    if split != "train":
+        if not test:
+            files = train
+            logging.warning(
+                "data.path=%r: %d image(s), too few to hold any out (or data.eval_fraction=0): "
+                "evaluation and sample grids use training images, so their scores are not "
+                "held-out scores.", d.path, len(train))
+        else:
+            shown = ", ".join(test[:5]) + (" ..." if len(test) > 5 else "")
+            logging.info("Held out for evaluation (never trained on): %d of %d images (%s).",
+                         len(test), len(train) + len(test), shown)
     if split == "train" and hosts > 1:
         files = files[host::hosts] or files  # each host reads its own slice
     root = d.path

@@ -124,6 +124,10 @@ def main(argv) -> None:
             evaluate.evaluate(config, FLAGS.workdir)
     except (input_pipeline.DataError, checkpointing.IncompatibleCheckpointError, ValueError,
             FileNotFoundError, train.NonFiniteError, OSError) as e:
+        if isinstance(e, checkpointing.CheckpointWriteError):
+            # tensorstore's I/O threads may still report into Orbax's closed event loop: keep
+            # their tracebacks off the console (they went to WORKDIR/library.log until now).
+            sys.excepthook = sys.unraisablehook = lambda *a: None
         # Printed once, here (no log record besides it). One write call, so that no other
         # thread's output lands inside the line (print() writes the text and the newline
         # separately).

@@ -17,7 +17,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-POSITIONS = ("random", "center")
+from glcic_jax import config_lib
+
+POSITIONS = config_lib.MASK_POSITIONS
+# The holes of every fixed evaluation set (training's sample grids, periodic and --mode=eval
+# metrics): one seed, so every run, config and checkpoint is scored on the same holes.
+EVAL_MASK_SEED = 20170720
 
 
 class MaskSpec(NamedTuple):
@@ -42,28 +47,9 @@ class MaskSpec(NamedTuple):
         )
 
     def validate(self, height: int, width: int) -> None:
-        """Raise a clear ValueError when these holes cannot be drawn in an H x W image."""
-        problems = []
-        if self.position not in POSITIONS:
-            problems.append(f"mask.position={self.position!r} must be one of {list(POSITIONS)}")
-        if not 1 <= self.hole_min <= self.hole_max:
-            problems.append(
-                f"need 1 <= mask.hole_min ({self.hole_min}) <= mask.hole_max ({self.hole_max})"
-            )
-        if self.hole_max > self.local_size:
-            problems.append(
-                f"mask.hole_max ({self.hole_max}) is larger than the local crop "
-                f"mask.local_size ({self.local_size}): holes must fit in the local window"
-            )
-        if self.local_size > min(height, width):
-            problems.append(
-                f"mask.local_size ({self.local_size}) is larger than the image "
-                f"({height}x{width}): lower it or raise data.image_size"
-            )
-        if self.max_holes < 1:
-            problems.append(f"mask.max_holes ({self.max_holes}) must be at least 1")
-        if problems:
-            raise ValueError("Impossible hole settings: " + "; ".join(problems) + ".")
+        """Raise a clear ValueError when these holes cannot be drawn in an H x W image (the
+        checks live in config_lib, which validates configs without importing JAX)."""
+        config_lib.check_mask(self, height, width)
 
 
 class Masks(NamedTuple):
@@ -127,6 +113,14 @@ def sample_masks(key: jax.Array, batch: int, height: int, width: int, spec: Mask
     active = jnp.arange(n)[None, :] < num_holes[:, None]  # [B, N]
     mask = render_boxes(boxes, active, height, width)
     return Masks(mask=mask, corners=corners, boxes=boxes, active=active)
+
+
+def fixed_eval_masks(config, num: int, height: int, width: int) -> Masks:
+    """The fixed evaluation holes of a config: `num` samples from EVAL_MASK_SEED, the same in
+    every run and checkpoint (the one place that builds evaluation masks from a config)."""
+    spec = MaskSpec.from_config(config.mask)
+    spec.validate(height, width)
+    return sample_masks(jax.random.PRNGKey(EVAL_MASK_SEED), num, height, width, spec)
 
 
 def crop(images: jax.Array, corners: jax.Array, size: int) -> jax.Array:

@@ -19,15 +19,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from glcic_jax import config_lib
+
 Dtype = Any
 
 # BatchNorm as Torch7 / PyTorch: running = 0.9 * running + 0.1 * batch, eps 1e-5.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-PADDING_MODES = ("zero", "reflect")
-ACTIVATIONS = ("relu", "leaky_relu")
-NORMS = ("batch", "layer", "none")
+PADDING_MODES = config_lib.PADDING_MODES
+ACTIVATIONS = config_lib.ACTIVATIONS
+NORMS = config_lib.NORMS
 
 # GLCIC Table 1: (kind, kernel, dilation, stride, features). 'deconv' is a 4x4 transposed conv
 # that doubles the resolution; the final 'output' layer has no norm and a sigmoid.
@@ -260,7 +262,7 @@ def make_generator(model_cfg) -> nn.Module:
 
 def make_discriminator(model_cfg) -> nn.Module:
     """The discriminator (or WGAN critic) a config asks for."""
-    _check_choice("model.discriminator", model_cfg.discriminator, ("context", "local"))
+    _check_choice("model.discriminator", model_cfg.discriminator, config_lib.DISCRIMINATORS)
     return ContextDiscriminator(
         dtype=jnp.dtype(model_cfg.dtype),
         norm=model_cfg.d_norm,

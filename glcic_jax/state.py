@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from glcic_jax import models
+from glcic_jax import config_lib, models
 
-OPTIMIZERS = ("adadelta", "adam", "rmsprop")
+OPTIMIZERS = config_lib.OPTIMIZERS
 
 
 @struct.dataclass

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import losses, masks, models
+from glcic_jax import config_lib, losses, masks, models
 from glcic_jax.state import GANState, ModelState, Networks
 
-GAN_LOSSES = ("bce", "wgan-gp")
+GAN_LOSSES = config_lib.GAN_LOSSES
 
 
 class StepSettings(NamedTuple):

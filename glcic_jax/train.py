@@ -39,6 +39,7 @@ class _StopSignal:
 
     def __init__(self, received: str | None = None):
         self.received = received  # a signal already being honoured: the next Ctrl-C stops now
+        self.interrupted = False  # a second Ctrl-C arrived: stop now, without saving
         self._previous = {}
 
     def __enter__(self):
@@ -56,6 +57,11 @@ class _StopSignal:
             logging.warning("%s received: finishing this step, then checkpointing and exiting "
                             "(a second Ctrl-C stops at once, without saving).", name)
         elif signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
+            # Recorded as well as raised: Python runs handlers between bytecodes of whatever
+            # runs, and an exception raised inside a callback that swallows exceptions (JAX's
+            # GC callback during compilation: "Exception ignored in: _xla_gc_callback") is
+            # lost. `check()` after every step and before every save raises it again.
+            self.interrupted = True
             raise KeyboardInterrupt
         else:
             # Launchers and schedulers forward SIGTERM to every process, sometimes more than once
@@ -63,6 +69,11 @@ class _StopSignal:
             # short the save the first one asked for.
             logging.warning("%s received again: already stopping after this step's checkpoint.",
                             name)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a second Ctrl-C arrived (even if its raise was lost)."""
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -102,8 +113,7 @@ def global_batch(images: np.ndarray, sharding: NamedSharding) -> jax.Array:
 def fixed_eval_masks(config, num: int) -> masks.Masks:
     """Masks for the sample grid / evaluation batch, identical in every run and checkpoint."""
     size = int(config.data.image_size)
-    spec = masks.MaskSpec.from_config(config.mask)
-    return masks.sample_masks(jax.random.PRNGKey(int(config.seed) + 2017), num, size, size, spec)
+    return masks.fixed_eval_masks(config, num, size, size)
 
 
 def _format_metrics(values: dict[str, float]) -> str:
@@ -210,25 +220,27 @@ def _check_state_finite(state, step: int) -> None:
         )
 
 
-def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
-                    ckpt: checkpointing.Checkpointer) -> Any:
-    """The latest checkpoint's state (after a compatibility check) or a fresh one."""
+def restore_or_init(config, nets, mesh: Mesh, ckpt: checkpointing.Checkpointer):
+    """Resume: `(state, mean_pixel, config it was trained with)` of the newest intact checkpoint
+    (after a compatibility check; damaged newer ones are skipped with one line each), or
+    `(None, None, None)` for a fresh run.
+    """
     replicated = NamedSharding(mesh, P())
 
-    def init():
-        return state_lib.create_state(config, nets, jax.random.PRNGKey(int(config.seed)), mean_px)
+    def abstract_for(meta):
+        abstract = jax.eval_shape(lambda: state_lib.create_state(
+            config, nets, jax.random.PRNGKey(int(config.seed)), np.zeros(3, np.float32)))
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
 
-    latest = ckpt.latest_step()
-    if latest is None:
-        # Created replicated under jit: each process fills its own devices, nothing is copied.
-        return distributed.init_replicated(init, mesh)
-    checkpointing.check_compatible(ckpt.read_meta(latest)["config"], config)
-    abstract = jax.eval_shape(init)
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
-    )
-    logging.info("Resuming from %s/%d.", ckpt.directory, latest)
-    return ckpt.restore(abstract, latest)
+    found = ckpt.restore_newest_intact(
+        abstract_for, check=lambda meta: checkpointing.check_compatible(meta["config"], config),
+        move_aside=True)
+    if found is None:
+        return None, None, None
+    step, meta, state = found
+    logging.info("Resuming from %s/%d.", ckpt.directory, step)
+    return state, np.asarray(meta["mean_pixel"], np.float32), meta["config"]
 
 
 def train_and_evaluate(config, workdir: str) -> Any:
@@ -242,20 +254,31 @@ def train_and_evaluate(config, workdir: str) -> Any:
     is_main = jax.process_index() == 0
     if is_main:
         checkpointing.make_workdir(workdir)
+
+    with contextlib.ExitStack() as library_noise:
+        return _train(config, workdir, mesh, is_main, library_noise)
+
+
+def _train(config, workdir: str, mesh: Mesh, is_main: bool,
+           library_noise: contextlib.ExitStack) -> Any:
     hosts, host = jax.process_count(), jax.process_index()
     local_batch = distributed.local_batch_size(config.batch_size, mesh)
     batch_sharding = distributed.batch_sharded(mesh)
 
     ckpt = checkpointing.Checkpointer(workdir, config)
-    resumed_config = None  # the config the latest checkpoint was trained with
-    if ckpt.latest_step() is not None:
-        # Refuse an incompatible workdir before any work or any write.
-        resumed_config = ckpt.read_meta()["config"]
-        checkpointing.check_compatible(resumed_config, config)
+    nets = state_lib.create_networks(config)
+    # Refuses an incompatible workdir before any write; skips damaged newer checkpoints.
+    # resumed_config: the config the checkpoint was trained with (config.json records changes).
+    state, mean_px, resumed_config = restore_or_init(config, nets, mesh, ckpt)
     if is_main:  # fail now on an unwritable workdir; delete unfinished saves of killed runs
         ckpt.prepare_for_writing()
-    if ckpt.latest_step() is not None:
-        mean_px = np.asarray(ckpt.read_meta()["mean_pixel"], np.float32)
+    ckpt.move_aside_damaged()  # so that saving those steps again cannot collide with them
+    # From here on (the workdir accepted: nothing above writes to it), Orbax's and tensorstore's
+    # messages go to WORKDIR/library.log, not the console.
+    library_noise.enter_context(checkpointing.library_log(
+        os.path.join(workdir, checkpointing.LIBRARY_LOG) if is_main else None))
+    if mean_px is not None:  # resumed: the checkpoint's own mean pixel
+        pass
     elif hosts == 1:
         mean_px = input_pipeline.mean_pixel(config, workdir)
     else:
@@ -265,7 +288,6 @@ def train_and_evaluate(config, workdir: str) -> Any:
                    else np.zeros(3, np.float32))
         mean_px = distributed.broadcast_from_main(mean_px).astype(np.float32)
 
-    nets = state_lib.create_networks(config)
     perceptual_fn = None
     if config.loss.get("perceptual_weight", 0.0):
         from glcic_jax import perceptual  # optional variant (VGG-16 features)
@@ -273,7 +295,10 @@ def train_and_evaluate(config, workdir: str) -> Any:
         perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
     # State replicated, batch split over the mesh; outputs pinned replicated (distributed.py).
     steps = distributed.shard_steps(steps_lib.make_steps(config, nets, perceptual_fn), mesh)
-    state = restore_or_init(config, workdir, nets, mean_px, mesh, ckpt)
+    if state is None:
+        # Created replicated under jit: each process fills its own devices, nothing is copied.
+        state = distributed.init_replicated(lambda: state_lib.create_state(
+            config, nets, jax.random.PRNGKey(int(config.seed)), mean_px), mesh)
     start = int(jax.device_get(state.step))
     total = int(config.num_train_steps)
     if start >= total:
@@ -319,6 +344,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
                 jax.block_until_ready(metrics)
                 throughput.exclude(time.time() - t_compile, steps=1)
                 compiled.add(name)
+            stop.check()
+            ckpt.poll()  # a save that failed in the background (disk full) stops the run now
             pending.append((step, name, metrics))
             step += 1
             done = step == total
@@ -359,6 +386,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
             if save_now:
                 t_save = time.time()
                 _check_state_finite(state, step)
+                stop.check()
                 ckpt.save(step, state, config)
                 if "checkpoint" not in compiled:  # its check compiles; Orbax's first save is slow
                     throughput.exclude(time.time() - t_save)
@@ -369,8 +397,9 @@ def train_and_evaluate(config, workdir: str) -> Any:
                                 step)
                 break
     # A SIGTERM now must not cut the last save short; a second Ctrl-C still stops at once.
-    with _StopSignal(stop.received):
+    with _StopSignal(stop.received) as last:
         ckpt.close()
+        last.check()
     writer.close()
     if hasattr(data, "close"):
         data.close()

@@ -41,6 +41,11 @@ import pytest  # noqa: E402
 from glcic_jax import config_lib, state, steps  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end subprocess runs (deselect with "
+                            "-m 'not slow')")
+
+
 def make_tiny_config():
     """A fresh (mutable) `:tiny` config: 32x32 images, local 16, holes 6..12, batch 4."""
     return config_lib.shrink_to_tiny(config_lib.base_config())
@@ -115,8 +120,3 @@ def tiny_state(tiny_nets, tiny_images) -> state.GANState:
 def tiny_steps(tiny_nets) -> steps.Steps:
     """Jitted steps without buffer donation (compiled lazily, once per session)."""
     return steps.make_steps(make_tiny_config(), tiny_nets, donate=False)
-
-
-def pytest_configure(config):
-    # End-to-end subprocess runs; deselect with -m "not slow" for a fast everyday tier.
-    config.addinivalue_line("markers", "slow: an end-to-end subprocess run (seconds to minutes)")

@@ -364,3 +364,227 @@ def test_console_shows_our_lines_only_unless_verbosity_is_given(files, workdir, 
     loud = run("--verbosity=0")
     assert loud.returncode == 0, loud.stderr
     assert "read only" in loud.stderr  # the libraries' lines are still there when asked for
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing lost: outputs never replace inputs or each other; paths checked before the network
+
+
+def _copy_inputs(files, folder, names=("a.png", "b.png")):
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        Image.open(files[0]["rgb"]).save(folder / name)
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+@pytest.mark.parametrize("case", ["output-is-image", "output-folder-is-input-folder",
+                                  "output-is-mask", "random-mask-over-another-output",
+                                  "hard-link-to-input"])
+def test_outputs_never_overwrite_inputs_or_each_other(files, workdir, tmp_path, capsys, case):
+    paths = files[0]
+    inputs = tmp_path / "in"
+    before = _copy_inputs(files, inputs)
+    os.chmod(inputs / "a.png", 0o644)
+    args = [f"--workdir={workdir}"]
+    if case == "output-is-image":
+        args += [f"--image={inputs / 'a.png'}", f"--mask={paths['mask']}",
+                 f"--output={inputs / 'a.png'}"]
+    elif case == "output-folder-is-input-folder":
+        args += [f"--image={inputs}", f"--output={inputs}"]
+    elif case == "output-is-mask":
+        Image.open(paths["mask"]).save(tmp_path / "m.png")
+        before["m"] = (tmp_path / "m.png").read_bytes()
+        args += [f"--image={inputs / 'a.png'}", f"--mask={tmp_path / 'm.png'}",
+                 f"--output={tmp_path / 'm.png'}"]
+    elif case == "random-mask-over-another-output":
+        # a's random mask is out/a_mask.png, which is also the completion of a_mask.png.
+        before.update(_copy_inputs(files, inputs, ["a_mask.png"]))
+        args += [f"--image={inputs}", f"--output={tmp_path / 'out'}"]
+    else:
+        os.link(inputs / "a.png", tmp_path / "link.png")
+        args += [f"--image={tmp_path / 'link.png'}", f"--mask={paths['mask']}",
+                 f"--output={inputs / 'a.png'}"]
+    assert _run(*args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "would" in err, err
+    assert {n: (inputs / n).read_bytes() for n in before if n != "m"} == {
+        n: v for n, v in before.items() if n != "m"}
+    if "m" in before:
+        assert (tmp_path / "m.png").read_bytes() == before["m"]
+    assert (os.stat(inputs / "a.png").st_mode & 0o777) == 0o644
+    assert not (tmp_path / "out").exists()
+    assert sorted(os.listdir(inputs)) == sorted(n for n in before if n != "m")
+
+
+def test_outputs_get_the_users_umask(files, workdir, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "out.png"
+        assert _run(f"--workdir={workdir}", f"--image={files[0]['rgb']}",
+                    f"--mask={files[0]['mask']}", f"--output={out}") == 0
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("output, message", [
+    ("{photo}/x.png", "is a file, not a folder"),
+    ("/proc/glcic_out.png", "cannot create files in '/proc'"),
+    ("{tmp}/out.xbm", "XBM cannot hold the photo's pixels exactly"),
+    ("{tmp}/out.gif", "GIF cannot hold the photo's pixels exactly (a 256-colour palette"),
+    ("{tmp}/out.pdf", "PDF cannot hold the photo's pixels exactly"),
+    ("{tmp}/out.ppm", "PPM does not store a RGBA photo exactly"),
+])
+def test_unwritable_or_inexact_outputs_are_refused_before_the_network(
+        files, workdir, tmp_path, capsys, monkeypatch, output, message):
+    paths = files[0]
+    # An RGBA photo cannot go to PPM (PIL would drop the alpha): refused, not lost.
+    image = paths["rgba"] if output.endswith(".ppm") else paths["rgb"]
+    monkeypatch.setattr(complete, "Completer", lambda *a: pytest.fail("the network ran"))
+    out = output.format(photo=paths["rgb"], tmp=tmp_path)
+    assert _run(f"--workdir={workdir}", f"--image={image}", f"--mask={paths['mask']}",
+                f"--output={out}") == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_folder_mode_refuses_a_folder_named_like_an_output_before_writing(files, workdir,
+                                                                          tmp_path, capsys):
+    _copy_inputs(files, tmp_path / "in")
+    (tmp_path / "out" / "b.png").mkdir(parents=True)
+    assert _run(f"--workdir={workdir}", f"--image={tmp_path / 'in'}",
+                f"--output={tmp_path / 'out'}") == 1
+    assert "a folder has that name" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["b.png"]  # a.png's output was not written first
+
+
+def test_folder_input_with_an_image_file_output_is_refused(files, workdir, tmp_path, capsys):
+    _copy_inputs(files, tmp_path / "in")
+    assert _run(f"--workdir={workdir}", f"--image={tmp_path / 'in'}",
+                f"--output={tmp_path / 'result.png'}") == 1
+    assert "must be a folder" in capsys.readouterr().err
+    assert not (tmp_path / "result.png").exists()
+
+
+def test_a_failed_write_after_the_network_is_one_line(files, workdir, tmp_path, capsys,
+                                                      monkeypatch):
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(complete, "write_image", disk_full)
+    assert _run(f"--workdir={workdir}", f"--image={files[0]['rgb']}",
+                f"--mask={files[0]['mask']}", f"--output={tmp_path / 'out.png'}") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_sixteen_bit_and_float_photos_scale_by_their_mode_not_their_content(tmp_path):
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    for name, top in (("dark", 0.05), ("bright", 1.0)):
+        Image.fromarray((ramp * top * 65535).astype(np.uint16)).save(tmp_path / f"{name}.png")
+    dark = complete.read_photo(str(tmp_path / "dark.png")).pixels[..., 0].astype(float)
+    bright = complete.read_photo(str(tmp_path / "bright.png")).pixels[..., 0].astype(float)
+    # The same scale for both: dark = 0.05 x bright, to the rounding of 8 bits (+-1 level).
+    np.testing.assert_allclose(dark, np.round(ramp * 0.05 * 255), atol=1)
+    np.testing.assert_allclose(bright, np.round(ramp * 255), atol=1)
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tif")
+    photo = complete.read_photo(str(tmp_path / "float.tif"))
+    np.testing.assert_allclose(photo.pixels[..., 0], np.round(ramp * 255), atol=1)
+
+
+def test_photos_above_pils_bomb_limit_are_read(files, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 301x257 is far above 2x this
+    photo = complete.read_photo(files[0]["rgb"])
+    assert photo.size == (H, W)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the limit is restored for other code
+
+
+# ----------------------------------------------------------------------------------------------
+# A damaged newest checkpoint: complete and eval use the newest intact one
+
+
+def _damage(step_dir, kind: str) -> None:
+    import glob
+    import shutil
+
+    if kind == "truncated-data-file":
+        for f in glob.glob(f"{step_dir}/state/**/d/*", recursive=True):
+            with open(f, "r+b") as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+    elif kind == "empty-meta":
+        open(f"{step_dir}/meta/metadata", "w").close()
+    elif kind == "missing-_METADATA":
+        os.remove(f"{step_dir}/state/_METADATA")
+    elif kind == "empty-step-folder":
+        shutil.rmtree(step_dir)
+        os.mkdir(step_dir)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, workdir):
+    """A workdir with intact checkpoints of steps 0 and 5 (the same weights, step leaf 5)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("two") / "run"
+    shutil.copytree(workdir, path)
+    _, nets, st = checkpointing.restore_for_inference(str(path))
+    ckpt = checkpointing.Checkpointer(str(path), _tiny_config())
+    ckpt.save(5, st.replace(step=jax.numpy.asarray(5, st.step.dtype)), _tiny_config())
+    ckpt.close()
+    assert checkpointing.finished_steps(str(path)) == [0, 5]
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated-data-file", "empty-meta", "missing-_METADATA",
+                                  "empty-step-folder"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(
+        two_checkpoints, tmp_path, caplog, kind):
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(two_checkpoints, path)
+    _damage(path / "checkpoints" / "5", kind)
+    before = sorted(os.listdir(path / "checkpoints" / "5"))
+    with caplog.at_level("WARNING"):
+        _, _, st = checkpointing.restore_for_inference(str(path))
+    assert int(st.step) == 0
+    skipped = [r.getMessage() for r in caplog.records if "damaged checkpoint" in r.getMessage()]
+    assert len(skipped) == 1 and "/5 (" in skipped[0], caplog.text
+    assert sorted(os.listdir(path / "checkpoints" / "5")) == before  # never deleted
+    # Asked for by path, the damaged step itself is one clear error.
+    with pytest.raises(FileNotFoundError, match="No checkpoint in .* can be read: step 5"):
+        checkpointing.restore_for_inference(str(path / "checkpoints" / "5"))
+
+
+def test_complete_uses_the_newest_intact_checkpoint_and_says_so(two_checkpoints, files,
+                                                                tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(two_checkpoints, path)
+    _damage(path / "checkpoints" / "5", "missing-_METADATA")
+    out = tmp_path / "out.png"
+    assert _run(f"--workdir={path}", f"--image={files[0]['rgb']}", f"--mask={files[0]['mask']}",
+                f"--output={out}") == 0
+    assert "restoring step 0" in capsys.readouterr().out
+    assert out.exists()
+
+
+def test_no_intact_checkpoint_is_one_line(two_checkpoints, files, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(two_checkpoints, path)
+    for step in ("0", "5"):
+        _damage(path / "checkpoints" / step, "empty-meta")
+    assert _run(f"--workdir={path}", f"--image={files[0]['rgb']}", f"--mask={files[0]['mask']}",
+                f"--output={tmp_path / 'out.png'}") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No checkpoint in" in err and "step 0" in err, err
+
+
+def test_restoring_for_inference_prints_no_orbax_read_only_warnings(workdir, caplog):
+    with caplog.at_level("INFO"):
+        checkpointing.restore_for_inference(workdir)
+    assert "read only" not in caplog.text.lower(), caplog.text

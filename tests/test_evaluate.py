@@ -148,3 +148,25 @@ def test_eval_masks_are_fixed(tiny):
     b = evaluate.eval_masks(cfg, 4, 32, 32)
     np.testing.assert_array_equal(a, b)
     assert a.any(axis=(1, 2)).all()
+
+
+def test_an_unwritable_workdir_still_prints_the_table(tiny, eval_run, capsys, monkeypatch):
+    cfg, workdir = tiny
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(evaluate.json, "dump", read_only)
+    capsys.readouterr()
+    with pytest.raises(OSError, match="Could not write .*eval_0.json .*Read-only file system"):
+        evaluate.evaluate(cfg, workdir)
+    out = capsys.readouterr().out
+    assert "| model |" in out and "| telea |" in out
+    assert not any(f.endswith(".tmp") for f in os.listdir(workdir))
+
+
+def test_no_checkpoint_hint_names_no_flag_that_eval_lacks(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        evaluate.evaluate(config_lib.shrink_to_tiny(config_lib.base_config()),
+                          str(tmp_path / "no_run"))
+    assert "No GLCIC checkpoint" in str(info.value) and "--checkpoint" not in str(info.value)

@@ -606,6 +606,29 @@ def test_failing_checkpoint_write_is_a_clear_error_and_keeps_the_last_checkpoint
     assert_bit_identical(restore_state(reference), restore_state(workdir))
 
 
+@pytest.mark.slow
+def test_a_full_disk_mid_run_stops_at_once_with_one_line_and_no_library_noise(reference,
+                                                                              tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    last = FAULT_STEPS
+    # Saves at last+2 and last+4: the first fails in the background (1 MiB file-size limit).
+    # Before, that was noticed only when the second one was started, after pages of Orbax's
+    # tracebacks; now right after the next step.
+    proc = run_cli(workdir, "--config.checkpoint_every=2", "--config.sample_every=100000",
+                   f"--config.num_train_steps={last + 6}", shell_prefix="ulimit -f 1024")
+    assert proc.returncode == 1, report(proc)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, report(proc)
+    assert f"the checkpoint of step {last + 2}" in errors[0], errors[0]
+    assert f"last complete checkpoint (step {last}), which is intact" in errors[0]
+    assert f"step {last + 5}/" not in output, report(proc)  # stopped long before
+    assert "Traceback" not in output and "absl" not in output, report(proc)
+    assert (workdir / checkpointing.LIBRARY_LOG).exists()  # Orbax's detail went there
+    assert finished_steps(workdir) == finished_steps(reference)
+
+
 def test_workdir_that_cannot_be_created_is_a_clear_error(tmp_path):
     (tmp_path / "a_file").write_text("")
     proc = run_cli(tmp_path / "a_file" / "run")

@@ -319,3 +319,128 @@ def test_preparing_a_tfds_dataset_shows_progress(tmp_path, monkeypatch, caplog):
     assert "Downloading and preparing the tfds dataset celeb_a" in caplog.text
     assert "Still downloading and preparing the tfds dataset celeb_a" in caplog.text
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small folders (issue 18 item 10): nothing held out below MIN_IMAGES_TO_HOLD_OUT, and then the
+# training images are evaluated, with a warning
+
+
+@pytest.mark.parametrize("names", [["img87.png"], ["photo.png"], ["img87.png", "photo.png"]],
+                         ids=["one-name-hashed-to-test", "one-name-hashed-to-train", "two"])
+def test_a_folder_too_small_to_hold_out_trains_and_evaluates_on_all_its_images(
+        tmp_path, caplog, names):
+    # img87.png hashes below 0.05 (the default eval_fraction), photo.png above it: the split
+    # used to depend on that (an empty training set, or an empty held-out set).
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)).save(tmp_path / name)
+    assert input_pipeline.split_files(names, 0.05) == (sorted(names), [])
+    config = load_config("quickstart")
+    config.data.source, config.data.path = "folder", str(tmp_path)
+    with caplog.at_level("WARNING"):
+        images = input_pipeline.eval_images(config, 3)
+    assert images.shape == (3, 32, 32, 3)
+    assert "too few to hold any out" in caplog.text and "not held-out scores" in caplog.text
+    first = next(input_pipeline.train_iterator(config, 2))
+    assert first.shape == (2, 32, 32, 3)
+
+
+def test_from_three_images_one_is_held_out_whatever_the_order():
+    files = ["a.png", "b.png", "c.png"]
+    train_a, test_a = input_pipeline.split_files(files, 0.05)
+    train_b, test_b = input_pipeline.split_files(list(reversed(files)), 0.05)
+    assert (train_a, test_a) == (train_b, test_b)
+    assert len(test_a) == 1 and len(train_a) == 2
+    train, test = input_pipeline.split_files(files, 0.99)  # never everything held out
+    assert len(train) == 1 and len(test) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults in-process (issue 18 items 3, 4, 7): a damaged newest checkpoint, a save that fails in
+# the background, a second Ctrl-C whose KeyboardInterrupt is swallowed
+
+
+def _tiny_run_config(steps: int = 6):
+    config = load_config("quickstart")
+    config.num_train_steps = steps
+    config.sample_every = 1000
+    return config
+
+
+def test_training_resumes_from_the_newest_intact_checkpoint_and_moves_the_damaged_one_aside(
+        tmp_path, caplog):
+    import shutil
+
+    config = _tiny_run_config()  # checkpoints at steps 3 and 6
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    workdir = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "straight", workdir)
+    os.remove(workdir / "checkpoints" / "6" / "state" / "_METADATA")
+    damaged_files = sorted(os.listdir(workdir / "checkpoints" / "6"))
+    with caplog.at_level("WARNING"):
+        resumed = train.train_and_evaluate(config, str(workdir))
+    skipped = [r for r in caplog.records if "damaged checkpoint" in r.getMessage()]
+    assert len(skipped) == 1 and "/6 (" in skipped[0].getMessage()
+    assert "moved to" in skipped[0].getMessage() and "not deleted" in skipped[0].getMessage()
+    # Never deleted: moved aside, so that step 6 could be saved again.
+    assert sorted(os.listdir(workdir / "damaged_checkpoints" / "6")) == damaged_files
+    assert checkpointing.finished_steps(str(workdir)) == [3, 6]
+    for x, y in zip(jax.tree_util.tree_leaves(jax.device_get(straight)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # resume is exact
+
+
+def test_a_save_that_fails_in_the_background_stops_training_at_the_next_step(tmp_path,
+                                                                            monkeypatch):
+    config = _tiny_run_config()
+    config.checkpoint_every = 2
+    real_save = checkpointing.Checkpointer.save
+    steps_run = []
+
+    def save(self, step, state, cfg, force=True):
+        if step == 4:  # the background write "fails": no checkpoint appears, no error raised
+            self.wait()  # as a real save first waits for the one before
+            self._in_flight = step
+            return True
+        return real_save(self, step, state, cfg, force)
+
+    real_step_fn_for = train.steps_lib.step_fn_for
+
+    def counting_step_fn_for(step, cfg, steps):
+        steps_run.append(step)
+        return real_step_fn_for(step, cfg, steps)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", save)
+    monkeypatch.setattr(train.steps_lib, "step_fn_for", counting_step_fn_for)
+    with pytest.raises(checkpointing.CheckpointWriteError) as info:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert "the checkpoint of step 4" in str(info.value)
+    assert "last complete checkpoint (step 2), which is intact" in str(info.value)
+    assert steps_run == [0, 1, 2, 3, 4]  # stopped after the next step, not at step 6's save
+    assert checkpointing.finished_steps(str(tmp_path / "run")) == [2]
+
+
+def test_a_swallowed_second_ctrl_c_still_stops_without_saving(tmp_path, monkeypatch):
+    import signal
+
+    config = _tiny_run_config()
+    real_step_fn_for = train.steps_lib.step_fn_for
+
+    def ctrl_c_twice_in_a_callback_that_swallows(step, cfg, steps):
+        name, fn = real_step_fn_for(step, cfg, steps)
+        if step == 1:
+            def fn_with_interrupts(state, images, fn=fn):
+                os.kill(os.getpid(), signal.SIGINT)  # first: finish the step, save, exit
+                try:  # second, raised inside e.g. JAX's GC callback, which ignores exceptions
+                    os.kill(os.getpid(), signal.SIGINT)
+                except KeyboardInterrupt:
+                    pass
+                return fn(state, images)
+            return name, fn_with_interrupts
+        return name, fn
+
+    monkeypatch.setattr(train.steps_lib, "step_fn_for", ctrl_c_twice_in_a_callback_that_swallows)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert checkpointing.finished_steps(str(tmp_path / "run")) == []  # stopped without saving
