@@ -18,6 +18,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 96  # global batch (GLCIC 4: 96), split across all devices
     c.num_train_steps = 500_000  # total iterations over all three phases (GLCIC: 500k)
     c.nan_policy = "stop"  # 'stop': halt on a non-finite loss/gradient; 'skip': skip and count
+    # Fine-tuning: start a new workdir from another workdir's completion network (a training run
+    # or the authors' converted model) with a fresh discriminator, at phase init_phase (1, 2 or 3;
+    # 2 = D warm-up first). Ignored once the workdir has its own checkpoint (resume).
+    c.init_from = ""
+    c.init_phase = 2
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.tc = 90_000  # phase 1 length: C alone on the hole MSE (GLCIC: Tc = 90k)
@@ -55,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.d_norm = "batch"  # discriminator norm: 'batch', 'layer' or 'none'
     c.model.discriminator = "context"  # 'context' (global + local) or 'local' (local critic only)
     c.model.two_stage = False  # add a refinement network after the completion network
+    # Completion input: 'mean_fill' (hole = mean pixel; ours) or 'mean_subtract' (image minus the
+    # mean pixel, hole = 0: the authors' inpaint.lua, set by glcic_jax.convert); see masks.py.
+    c.model.input_norm = "mean_fill"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adadelta"  # 'adadelta' (GLCIC), 'adam' or 'rmsprop'; same for C and D
@@ -131,6 +139,11 @@ def validate(config, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices}, e.g. --config.batch_size="
             f"{max(num_devices, config.batch_size // num_devices * num_devices)}."
         )
+    norm = config.model.get("input_norm", masks.INPUT_NORMS[0])
+    if norm not in masks.INPUT_NORMS:
+        raise ValueError(f"model.input_norm={norm!r} must be one of {list(masks.INPUT_NORMS)}.")
+    if int(config.get("init_phase", 2)) not in (1, 2, 3):
+        raise ValueError(f"init_phase={config.init_phase} must be 1, 2 or 3.")
     if config.nan_policy not in ("stop", "skip"):
         raise ValueError(f"nan_policy={config.nan_policy!r} must be 'stop' or 'skip'.")
     if config.loss.n_critic < 1 or config.loss.n_generator < 1:

@@ -11,6 +11,7 @@ data stream position and the same mask stream.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -159,9 +160,76 @@ def _check_state_finite(state, step: int) -> None:
         )
 
 
+# Settings that must be the same in a fine-tuning run and the workdir it starts from
+# (`config.init_from`): they change what the completion network's weights mean.
+INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm")
+
+
+def load_init_from(config):
+    """The `inference.Completer` of `config.init_from`, checked against `config`.
+
+    Raises ValueError (one line) when it cannot be loaded or its model settings differ.
+    """
+    from glcic_jax import inference
+
+    source = inference.load(config.init_from)
+    diffs = [f"--config.{k}={checkpointing.setting(source.config, k)}" for k in INIT_FROM_KEYS
+             if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
+    if diffs:
+        raise ValueError(
+            f"init_from={config.init_from} was trained with other model settings: add "
+            f"{' '.join(diffs)} (the weights only make sense with the settings they learned)."
+        )
+    return source
+
+
+def start_step(config) -> int:
+    """First step of a run that starts from `init_from`: the start of phase `init_phase`."""
+    tc, td = int(config.schedule.tc), int(config.schedule.td)
+    return {1: 0, 2: tc, 3: tc + td}[int(config.get("init_phase", 2))]
+
+
+def _replicated_array(value, sharding: NamedSharding) -> jax.Array:
+    """A host value as an array replicated over the (possibly multi-host) mesh."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _start_from(config, state, source, nets, mesh: Mesh):
+    """`state` (fresh) with `source`'s completion network, a fresh optimizer state for it, and
+    the step set to the start of phase `config.init_phase`. D stays freshly initialised."""
+    replicated = NamedSharding(mesh, P())
+    g_params = source.variables["params"]
+    g_stats = source.variables.get("batch_stats", {})
+    for name, ours, theirs in (("params", state.g.params, g_params),
+                               ("batch_stats", state.g.batch_stats, g_stats)):
+        shapes = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), ours)
+        if jax.tree_util.tree_structure(ours) != jax.tree_util.tree_structure(theirs) or (
+                shapes != jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), theirs)):
+            raise ValueError(f"init_from={config.init_from}: its completion network's {name} do "
+                             f"not fit this config's completion network.")
+    put = functools.partial(_replicated_array, sharding=replicated)
+    params = jax.tree_util.tree_map(put, jax.device_get(g_params))
+    stats = jax.tree_util.tree_map(put, jax.device_get(g_stats))
+    opt_state = distributed.init_replicated(nets.g_tx.init, mesh, params)
+    step = start_step(config)
+    logging.info("Starting from the completion network of %s (its step %d) with a fresh "
+                 "discriminator, at step %d (phase %d); mean pixel %s.", config.init_from,
+                 source.step, step, steps_lib.phase_of(step, config),
+                 np.round(source.mean_pixel, 4).tolist())
+    return state.replace(
+        step=put(np.asarray(step, np.int32)),
+        g=state_lib.ModelState(params=params, batch_stats=stats, opt_state=opt_state),
+    )
+
+
 def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
-                    ckpt: checkpointing.Checkpointer) -> Any:
-    """The latest checkpoint's state (after a compatibility check) or a fresh one."""
+                    ckpt: checkpointing.Checkpointer, source=None) -> Any:
+    """The latest checkpoint's state (after a compatibility check) or a fresh one.
+
+    A fresh state takes its completion network from `source` (an `inference.Completer`, the
+    loaded `config.init_from`) when given.
+    """
     replicated = NamedSharding(mesh, P())
 
     def init():
@@ -170,7 +238,10 @@ def restore_or_init(config, workdir: str, nets, mean_px, mesh: Mesh,
     latest = ckpt.latest_step()
     if latest is None:
         # Created replicated under jit: each process fills its own devices, nothing is copied.
-        return distributed.init_replicated(init, mesh)
+        state = distributed.init_replicated(init, mesh)
+        if source is not None:
+            state = _start_from(config, state, source, nets, mesh)
+        return state
     checkpointing.check_compatible(ckpt.read_meta(latest)["config"], config)
     abstract = jax.eval_shape(init)
     abstract = jax.tree_util.tree_map(
@@ -201,7 +272,15 @@ def train_and_evaluate(config, workdir: str) -> Any:
         checkpointing.check_compatible(ckpt.read_meta()["config"], config)
     if is_main:  # fail now on an unwritable workdir; delete unfinished saves of killed runs
         ckpt.prepare_for_writing()
-    if ckpt.latest_step() is not None:
+    fresh = ckpt.latest_step() is None
+    source = None
+    if fresh and config.get("init_from", ""):
+        # Fine-tuning: the network keeps the mean pixel it was trained with.
+        source = load_init_from(config)
+        mean_px = source.mean_pixel
+    elif not fresh:
+        if config.get("init_from", ""):
+            logging.info("Resuming this workdir's own checkpoint; init_from is not used again.")
         mean_px = np.asarray(ckpt.read_meta()["mean_pixel"], np.float32)
     elif hosts == 1:
         mean_px = input_pipeline.mean_pixel(config, workdir)
@@ -220,7 +299,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
         perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
     # State replicated, batch split over the mesh; outputs pinned replicated (distributed.py).
     steps = distributed.shard_steps(steps_lib.make_steps(config, nets, perceptual_fn), mesh)
-    state = restore_or_init(config, workdir, nets, mean_px, mesh, ckpt)
+    state = restore_or_init(config, workdir, nets, mean_px, mesh, ckpt, source)
     start = int(jax.device_get(state.step))
     total = int(config.num_train_steps)
     if start >= total:
@@ -230,7 +309,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
         return state
 
     writer = summary.Writer(workdir, enabled=is_main)
-    if start == 0 and is_main:
+    if fresh and is_main:
         writer.write_config(config)
     periodic_eval = None
     if int(config.get("eval_every", 0)) > 0:  # held-out metrics for TensorBoard (evaluate.py)
