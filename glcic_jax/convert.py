@@ -345,28 +345,57 @@ def _check_workdir(workdir: str) -> None:
                               f"a new one (nothing was written)")
 
 
+def _fresh_leaf(name: str, leaf, rng: np.random.Generator) -> np.ndarray:
+    """flax's default initialisation of one parameter, drawn with numpy (no XLA compilation):
+    kernels LeCun-normal (truncated at 2 sigma, fan in), scales and variances 1, the rest 0."""
+    shape, dtype = tuple(leaf.shape), leaf.dtype
+    if name.startswith((".g.params", ".g.batch_stats")):
+        return None  # replaced by the converted network
+    if "opt_state" not in name and name.endswith("['kernel']"):
+        fan_in = int(np.prod(shape[:-1]))
+        # flax's lecun_normal: truncated normal on [-2, 2] rescaled to variance 1 / fan_in.
+        z = rng.standard_normal(shape)
+        while np.any(bad := np.abs(z) > 2):
+            z[bad] = rng.standard_normal(int(bad.sum()))
+        return (z / 0.87962566103423978 * np.sqrt(1.0 / fan_in)).astype(dtype)
+    if "opt_state" not in name and name.endswith(("['scale']", "['var']")):
+        return np.ones(shape, dtype)
+    return np.zeros(shape, dtype)  # biases, running means, optimizer accumulators, counts
+
+
 def build_state(config, variables: dict, mean_pixel: np.ndarray):
-    """A GANState holding the converted completion network and a fresh discriminator."""
+    """A GANState holding the converted completion network and a fresh discriminator.
+
+    The state's structure comes from `jax.eval_shape(create_state)`; the discriminator and the
+    optimizer states are filled on the host (flax's default init, zero accumulators), which
+    spares compiling the networks' initialisation (minutes on a busy CPU).
+    """
     import jax
-    import jax.numpy as jnp
 
     from glcic_jax import state as state_lib
 
     nets = state_lib.create_networks(config)
-    fresh = state_lib.create_state(config, nets, jax.random.PRNGKey(int(config.seed)), mean_pixel)
-    ours = {"params": fresh.g.params, "batch_stats": fresh.g.batch_stats}
-    theirs = jax.tree_util.tree_map(jnp.asarray, variables)
-    if jax.tree_util.tree_structure(ours) != jax.tree_util.tree_structure(theirs):
+    abstract = jax.eval_shape(lambda: state_lib.create_state(
+        config, nets, jax.random.PRNGKey(0), mean_pixel))
+    ours = {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}
+    if jax.tree_util.tree_structure(ours) != jax.tree_util.tree_structure(variables):
         raise ConversionError("the converted layers do not match this version's "
                               "CompletionNetwork (parameter names differ)")
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours),
-                            jax.tree_util.tree_leaves(theirs)):
-        if a.shape != b.shape:
-            raise ConversionError(f"converted {jax.tree_util.keystr(path)} has shape {b.shape}, "
-                                  f"the CompletionNetwork expects {a.shape}")
-    g = state_lib.ModelState(params=theirs["params"], batch_stats=theirs["batch_stats"],
-                             opt_state=nets.g_tx.init(theirs["params"]))
-    return fresh.replace(step=jnp.asarray(int(config.num_train_steps), jnp.int32), g=g)
+                            jax.tree_util.tree_leaves(variables)):
+        if tuple(a.shape) != tuple(np.shape(b)):
+            raise ConversionError(f"converted {jax.tree_util.keystr(path)} has shape "
+                                  f"{np.shape(b)}, the CompletionNetwork expects {a.shape}")
+    rng = np.random.default_rng(int(config.seed))
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _fresh_leaf(jax.tree_util.keystr(path), leaf, rng), abstract)
+    g = state.g.replace(params=jax.tree_util.tree_map(np.asarray, variables["params"]),
+                        batch_stats=jax.tree_util.tree_map(np.asarray,
+                                                           variables["batch_stats"]))
+    key = rng.integers(0, 2**32, abstract.rng.shape, dtype=np.uint64).astype(abstract.rng.dtype)
+    state = state.replace(step=np.asarray(int(config.num_train_steps), abstract.step.dtype),
+                          rng=key, mean_pixel=np.asarray(mean_pixel, np.float32), g=g)
+    return jax.device_put(state)
 
 
 def convert(source: str, workdir: str, config_path: str | None = None) -> dict:
