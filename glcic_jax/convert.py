@@ -398,6 +398,21 @@ def build_state(config, variables: dict, mean_pixel: np.ndarray):
     return jax.device_put(state)
 
 
+def _verify(workdir: str, variables: dict, mean_pixel: np.ndarray) -> None:
+    """Load the written workdir as every tool will (`inference.load`) and check that it holds
+    exactly the converted network, its input setting and the file's mean pixel."""
+    import jax
+
+    from glcic_jax import inference
+
+    completer = inference.load(workdir)
+    same = jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(np.array_equal(np.asarray(a), b)), completer.variables, variables))
+    if not same or completer.input_norm != "mean_subtract" or not np.array_equal(
+            completer.mean_pixel, np.asarray(mean_pixel, np.float32)):
+        raise RuntimeError("the written checkpoint does not restore to the converted network")
+
+
 def convert(source: str, workdir: str, config_path: str | None = None) -> dict:
     """Convert `source` into a new workdir; returns the info written to converted.json.
 
@@ -422,6 +437,7 @@ def convert(source: str, workdir: str, config_path: str | None = None) -> dict:
         ckpt = checkpointing.Checkpointer(tmp, config)
         ckpt.save(step, state, config)
         ckpt.close()
+        _verify(tmp, variables, mean_pixel)
         info.update(step=step, config_input_norm=config.model.input_norm,
                     official_places2=info["md5"] == OFFICIAL_PLACES2_MD5)
         with open(os.path.join(tmp, "converted.json"), "w") as f:
