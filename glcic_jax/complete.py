@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from glcic_jax import inference
 from glcic_jax.input_pipeline import IMAGE_EXTENSIONS
 
 LOSSY_FORMATS = ("JPEG", "WEBP")
@@ -184,22 +185,25 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
 # Completing
 
 
-def Completer(path: str):  # noqa: N802  (the name callers used when this was a class)
-    """The completion network at `path`, ready for photos of any size (`inference.Completer`).
+class Completer(inference.Completer):
+    """The completion network at `path`, ready for photos of any size.
+
+    `inference.Completer` (where loading and completing live) built from a path, with
+    CompletionError for a path that holds nothing restorable. Subclasses may override
+    `_network_input` (the web server pads further to its compile buckets).
 
     Args:
       path: a workdir (a training run or a converted Torch7 model), its `checkpoints/` folder or
         one `checkpoints/<step>` folder.
-
-    Raises:
-      CompletionError: nothing restorable there.
     """
-    from glcic_jax import inference
 
-    try:
-        return inference.load(path)
-    except inference.LoadError as e:
-        raise CompletionError(str(e)) from e
+    def __init__(self, path: str):
+        try:
+            loaded = inference.load(path)
+        except inference.LoadError as e:
+            raise CompletionError(str(e)) from e
+        super().__init__(loaded.config, loaded.generator, loaded.variables, loaded.mean_pixel,
+                         loaded.step)
 
 
 # ----------------------------------------------------------------------------------------------
