@@ -174,6 +174,10 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
     return composite(images, out, hole)
 
 
+# The jitted completion every caller shares (its `_cache_size()` counts compiled shapes).
+_compiled_completion = inference.compiled_completion
+
+
 def completion_fn(nets, input_norm: str = "mean_fill") -> Callable:
     """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for these networks' generator."""
     return inference.completion_fn(nets.generator, input_norm)

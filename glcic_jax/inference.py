@@ -71,7 +71,7 @@ def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled() -> Callable:
+def compiled_completion() -> Callable:
     """`complete_images` jitted with the module and the normalisation as static arguments.
 
     flax modules hash and compare by their fields, so every caller with the same architecture
@@ -82,7 +82,7 @@ def _compiled() -> Callable:
 
 def completion_fn(generator, input_norm: str = "mean_fill") -> Callable:
     """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for this generator."""
-    compiled = _compiled()
+    compiled = compiled_completion()
     return lambda g_vars, images, mask, mean_pixel: compiled(
         generator, g_vars, images, mask, mean_pixel, input_norm)
 
