@@ -42,7 +42,10 @@ SHAPE_KEYS = (
     "model.d_norm",
     "model.two_stage",
     "optimizer.name",
+    "model.input_norm",  # not a shape, but the weights only make sense with their input
 )
+# The value a field had before it existed, for checkpoints written by older versions.
+FIELD_DEFAULTS = {"model.input_norm": "mean_fill"}
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -156,13 +159,19 @@ def _get(config, dotted: str):
     return node
 
 
+def setting(config, dotted: str):
+    """A config's value for a dotted key; FIELD_DEFAULTS for fields older configs lack."""
+    value = _get(config, dotted)
+    return FIELD_DEFAULTS.get(dotted) if value is None else value
+
+
 def check_compatible(stored: dict, config) -> None:
     """Raise IncompatibleCheckpointError naming every shape-relevant field that differs."""
     stored_cfg = ml_collections.ConfigDict(stored)
     diffs = [
-        f"{k}: checkpoint has {_get(stored_cfg, k)!r}, config has {_get(config, k)!r}"
+        f"{k}: checkpoint has {setting(stored_cfg, k)!r}, config has {setting(config, k)!r}"
         for k in SHAPE_KEYS
-        if _get(stored_cfg, k) != _get(config, k)
+        if setting(stored_cfg, k) != setting(config, k)
     ]
     if diffs:
         raise IncompatibleCheckpointError(

@@ -57,6 +57,7 @@ from typing import IO, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from glcic_jax import inference
 from glcic_jax.input_pipeline import IMAGE_EXTENSIONS
 
 EXACT_FORMATS = ("PNG", "TIFF", "BMP", "PPM")  # hold 8-bit pixels exactly (modes they store)
@@ -237,86 +238,25 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
 # Completing
 
 
-def _resize(arr: np.ndarray, size_hw: tuple[int, int], resample) -> np.ndarray:
-    h, w = size_hw
-    return np.asarray(Image.fromarray(arr).resize((w, h), resample))
+class Completer(inference.Completer):
+    """The completion network at `path`, ready for photos of any size.
 
-
-class Completer:
-    """A restored checkpoint's completion network, ready for photos of any size.
+    `inference.Completer` (where loading and completing live) built from a path, with
+    CompletionError for a path that holds nothing restorable. Subclasses may override
+    `_network_input` (the web server pads further to its compile buckets).
 
     Args:
-      path: a training workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder.
+      path: a workdir (a training run or a converted Torch7 model), its `checkpoints/` folder or
+        one `checkpoints/<step>` folder.
     """
 
     def __init__(self, path: str):
-        import jax
-
-        from glcic_jax import checkpointing, evaluate
-
         try:
-            self.config, nets, state = checkpointing.restore_for_inference(path)
-        except FileNotFoundError as e:
+            loaded = inference.load(path)
+        except inference.LoadError as e:
             raise CompletionError(str(e)) from e
-        except Exception as e:  # a corrupt or foreign folder: say where, not a traceback
-            raise CompletionError(f"cannot restore a GLCIC checkpoint from {path!r}: "
-                                  f"{type(e).__name__}: {e}") from e
-        self.step = int(jax.device_get(state.step))
-        self.g_vars = evaluate.generator_variables(state)
-        self.mean_pixel = np.asarray(jax.device_get(state.mean_pixel), np.float32)
-        self.mean_u8 = evaluate.to_uint8(self.mean_pixel)
-        self._fn = evaluate.completion_fn(nets)
-
-    def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int):
-        """(padded uint8 input, padded float mask, size the network works at)."""
-        # The hole's content is replaced before anything else (resizing included) reads it.
-        x = np.where(hole[..., None], self.mean_u8, rgb)
-        h, w = hole.shape
-        if max_size and max(h, w) > max_size:
-            s = max_size / max(h, w)
-            small = (max(1, round(h * s)), max(1, round(w * s)))
-            # BOX averages exactly the pixels under each output pixel: a low-resolution pixel
-            # that touches the hole is a hole, the others average known pixels only.
-            hole = _resize(hole.astype(np.uint8) * 255, small, Image.BOX) > 0
-            x = np.where(hole[..., None], self.mean_u8, _resize(x, small, Image.BOX))
-        nh, nw = hole.shape
-        pads = ((0, -nh % 4), (0, -nw % 4))
-        x = np.pad(x, pads + ((0, 0),), mode="edge")
-        m = np.pad(hole, pads, mode="edge").astype(np.float32)[..., None]
-        return x, m, (nh, nw)
-
-    def complete(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray],
-                 max_size: int = 0, batch_size: int = 4,
-                 postprocess: bool = False) -> list[np.ndarray]:
-        """Complete RGB photos: uint8 `[H, W, 3]` each, holes bool `[H, W]` -> uint8 `[H, W, 3]`.
-
-        Photos whose network input has the same shape are run as one batch (up to batch_size).
-        """
-        from glcic_jax import evaluate
-        from glcic_jax import postprocess as postprocess_lib
-
-        prepared = [self._network_input(im, m, max_size) for im, m in zip(images, holes)]
-        groups: dict[tuple, list[int]] = {}
-        for i, (x, _, _) in enumerate(prepared):
-            groups.setdefault(x.shape, []).append(i)
-        results: list[np.ndarray | None] = [None] * len(images)
-        for indices in groups.values():
-            for start in range(0, len(indices), max(1, batch_size)):
-                chunk = indices[start : start + max(1, batch_size)]
-                x = np.stack([prepared[i][0] for i in chunk])
-                m = np.stack([prepared[i][1] for i in chunk])
-                out = evaluate.to_uint8(np.asarray(self._fn(self.g_vars, x, m, self.mean_pixel)))
-                for j, i in enumerate(chunk):
-                    nh, nw = prepared[i][2]
-                    filled = out[j, :nh, :nw]
-                    rgb, hole = images[i], holes[i]
-                    if (nh, nw) != hole.shape:
-                        filled = _resize(filled, hole.shape, Image.BICUBIC)
-                    done = np.where(hole[..., None], filled, rgb)
-                    if postprocess:
-                        done = postprocess_lib.postprocess(done, hole)
-                    results[i] = done
-        return results  # type: ignore[return-value]
+        super().__init__(loaded.config, loaded.generator, loaded.variables, loaded.mean_pixel,
+                         loaded.step)
 
 
 # ----------------------------------------------------------------------------------------------

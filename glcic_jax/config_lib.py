@@ -28,6 +28,8 @@ DISCRIMINATORS = ("context", "local")
 OPTIMIZERS = ("adadelta", "adam", "rmsprop")
 GAN_LOSSES = ("bce", "wgan-gp")
 NAN_POLICIES = ("stop", "skip")
+# How the completion network's input is built (masks.fill_holes explains both).
+INPUT_NORMS = ("mean_fill", "mean_subtract")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,6 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 96  # global batch (GLCIC 4: 96), split across all devices
     c.num_train_steps = 500_000  # total iterations over all three phases (GLCIC: 500k)
     c.nan_policy = "stop"  # 'stop': halt on a non-finite loss/gradient; 'skip': skip and count
+    # Fine-tuning: start a new workdir from another workdir's completion network (a training run
+    # or the authors' converted model) with a fresh discriminator, at phase init_phase (1, 2 or 3;
+    # 2 = D warm-up first). Ignored once the workdir has its own checkpoint (resume).
+    c.init_from = ""
+    c.init_phase = 2
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.tc = 90_000  # phase 1 length: C alone on the hole MSE (GLCIC: Tc = 90k)
@@ -74,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.d_norm = "batch"  # discriminator norm: 'batch', 'layer' or 'none'
     c.model.discriminator = "context"  # 'context' (global + local) or 'local' (local critic only)
     c.model.two_stage = False  # add a refinement network after the completion network
+    # Completion input: 'mean_fill' (hole = mean pixel; ours) or 'mean_subtract' (image minus the
+    # mean pixel, hole = 0: the authors' inpaint.lua, set by glcic_jax.convert); see masks.py.
+    c.model.input_norm = "mean_fill"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adadelta"  # 'adadelta' (GLCIC), 'adam' or 'rmsprop'; same for C and D
@@ -252,6 +262,9 @@ def _problems(config, num_devices: int) -> list[str]:
     choice("model.d_activation", ACTIVATIONS)
     choice("model.d_norm", NORMS)
     choice("model.discriminator", DISCRIMINATORS)
+    choice("model.input_norm", INPUT_NORMS)
+    if get("init_phase") is not None and get("init_phase") not in (1, 2, 3):
+        out.append(f"init_phase={get('init_phase')!r} must be 1, 2 or 3")
     choice("optimizer.name", OPTIMIZERS, lower=True)
     positive("optimizer.learning_rate")
     in_range("optimizer.rho", 0.0, 1.0)

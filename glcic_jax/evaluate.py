@@ -41,7 +41,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from glcic_jax import checkpointing, config_lib, input_pipeline, masks, postprocess, steps
+from glcic_jax import config_lib, inference, input_pipeline, masks, postprocess
+from glcic_jax.inference import generator_variables, to_uint8  # noqa: F401  (re-exported)
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
 INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
@@ -150,11 +151,6 @@ def mean_metrics(pred, target, mask) -> dict[str, float]:
 # Methods: each maps (uint8 images [B, H, W, 3], hole mask bool [B, H, W]) -> uint8 images
 
 
-def to_uint8(x) -> np.ndarray:
-    """[0, 1] floats -> uint8, rounding to nearest (as a saved PNG would hold them)."""
-    return np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
 def composite(images: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """Filled pixels inside the hole, the input's outside it (exactly, in uint8)."""
     return np.where(hole[..., None], filled, images)
@@ -178,33 +174,13 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
     return composite(images, out, hole)
 
 
-def generator_variables(state) -> dict:
-    """flax variables of the completion network in a GANState (no empty batch_stats)."""
-    v = {"params": state.g.params}
-    if state.g.batch_stats:
-        v["batch_stats"] = state.g.batch_stats
-    return v
+# The jitted completion every caller shares (its `_cache_size()` counts compiled shapes).
+_compiled_completion = inference.compiled_completion
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_completion():
-    """`steps.complete_images` jitted with the generator module as a static argument.
-
-    flax modules hash and compare by their fields, so every caller with the same architecture
-    (each `complete.Completer`, each `evaluate` call) shares the compilations for an input shape.
-    """
-    from glcic_jax import state as state_lib
-
-    def fn(generator, g_vars, images, mask, mean_pixel):
-        nets = state_lib.Networks(generator, None, None, None)  # only the generator is used
-        return steps.complete_images(nets, g_vars, images, mask, mean_pixel)
-
-    return jax.jit(fn, static_argnums=0)
-
-
-def completion_fn(nets) -> Callable:
+def completion_fn(nets, input_norm: str = "mean_fill") -> Callable:
     """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for these networks' generator."""
-    return functools.partial(_compiled_completion(), nets.generator)
+    return inference.completion_fn(nets.generator, input_norm)
 
 
 def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndarray,
@@ -251,16 +227,18 @@ class TrainingEval:
     """
 
     def __init__(self, config, nets, mesh=None):
+        norm = inference.input_norm_of(config)
         self.images = input_pipeline.eval_images(config, num_eval_images(config))
         h, w = self.images.shape[1:3]
         self.hole = eval_masks(config, len(self.images), h, w)
         self.chunk = max(1, min(len(self.images), int(config.batch_size) // jax.device_count()))
         if mesh is None:
-            self._complete = completion_fn(nets)
+            self._complete = completion_fn(nets, norm)
         else:  # the training mesh: inputs and outputs replicated, as the training samples are
             rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self._complete = jax.jit(functools.partial(steps.complete_images, nets),
-                                     in_shardings=rep, out_shardings=rep)
+            self._complete = jax.jit(
+                functools.partial(inference.complete_images, nets.generator, input_norm=norm),
+                in_shardings=rep, out_shardings=rep)
 
     def __call__(self, state) -> dict[str, float]:
         pred = model_completions(self._complete, generator_variables(state), state.mean_pixel,
@@ -293,8 +271,8 @@ def evaluate(config, workdir: str) -> dict:
     """
     t0 = time.time()
     config_lib.validate(config)  # before any work or any write
-    stored_config, nets, state = checkpointing.restore_for_inference(workdir)
-    step = int(jax.device_get(state.step))
+    completer = inference.load(workdir)
+    stored_config, step = completer.config, completer.step
     n = num_eval_images(config)
     if n < 1:
         raise ValueError("num_eval_batches * batch_size must be at least 1.")
@@ -303,11 +281,10 @@ def evaluate(config, workdir: str) -> dict:
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
     h, w = images.shape[1:3]
     hole = eval_masks(config, n, h, w)
-    mean_px = np.asarray(jax.device_get(state.mean_pixel), np.float32)
+    mean_px = completer.mean_pixel
     logging.info("Evaluating step %d on %d held-out %dx%d images (hole fraction %.3f).", step, n,
                  h, w, hole.mean())
 
-    complete_fn = completion_fn(nets)
     chunk = min(n, int(config.batch_size))
     results, timings = {}, {}
 
@@ -317,7 +294,7 @@ def evaluate(config, workdir: str) -> dict:
         timings[name] = time.time() - t
         return out
 
-    model = timed("model", lambda: model_completions(complete_fn, generator_variables(state),
+    model = timed("model", lambda: model_completions(completer.fn, completer.variables,
                                                       mean_px, images, hole, chunk))
     outputs = {
         "model": model,

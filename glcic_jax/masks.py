@@ -134,11 +134,29 @@ def crop(images: jax.Array, corners: jax.Array, size: int) -> jax.Array:
     return jax.vmap(one)(images, corners)
 
 
-def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array) -> jax.Array:
-    """Completion-network input: holes filled with the dataset's mean pixel, plus the mask.
+# How the completion network's input is built (config `model.input_norm`):
+#   'mean_fill'      the hole holds the dataset's mean pixel, the rest the image in [0, 1] (ours;
+#                    GLCIC 3.1 "filled with a constant color that is the mean pixel value")
+#   'mean_subtract'  the mean pixel is subtracted from the image and the hole set to 0, as the
+#                    authors' released `inpaint.lua` feeds their trained network
+# Both append the mask channel; outside the borders the convolutions see zeros, which is why the
+# two are not one model with a shifted first bias.
+INPUT_NORMS = config_lib.INPUT_NORMS
+
+
+def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
+               norm: str = "mean_fill") -> jax.Array:
+    """Completion-network input: the image with its holes hidden, plus the mask channel.
 
     images [B, H, W, 3] in [0, 1]; mask [B, H, W, 1]; mean_pixel [3] in [0, 1] -> [B, H, W, 4].
+    `norm` is one of INPUT_NORMS (see above); either way the hole's pixels are not used.
     """
     mean = jnp.asarray(mean_pixel, images.dtype).reshape((1, 1, 1, 3))
-    filled = images * (1.0 - mask) + mean * mask
+    if norm == "mean_fill":
+        filled = images * (1.0 - mask) + mean * mask
+    elif norm == "mean_subtract":
+        filled = (images - mean) * (1.0 - mask)
+    else:
+        raise ValueError(f"model.input_norm={norm!r} is not supported; choose one of "
+                         f"{list(INPUT_NORMS)}.")
     return jnp.concatenate([filled, mask.astype(images.dtype)], axis=-1)

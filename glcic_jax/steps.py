@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, losses, masks, models
+from glcic_jax import config_lib, inference, losses, masks, models
+from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
 GAN_LOSSES = config_lib.GAN_LOSSES
@@ -41,6 +42,7 @@ class StepSettings(NamedTuple):
     gp_weight: float = 10.0  # WGAN-GP lambda
     perceptual_weight: float = 0.0
     skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
+    input_norm: str = "mean_fill"  # how the completion input is built (masks.INPUT_NORMS)
 
     @classmethod
     def from_config(cls, config) -> "StepSettings":
@@ -55,6 +57,7 @@ class StepSettings(NamedTuple):
             gp_weight=float(loss.gp_weight),
             perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
             skip_nonfinite=config.get("nan_policy", "stop") == "skip",
+            input_norm=inference.input_norm_of(config),
         )
 
 
@@ -65,13 +68,6 @@ class Steps(NamedTuple):
     generator: Callable  # phase 3 generator-only update (ratio schedules)
     complete: Callable  # inference: (g_vars, images, mask, mean_pixel) -> completed images
     evaluate: Callable  # (state, images, mask, local corners) -> dict for sample grids
-
-
-def to_float_images(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [0, 1] on the device; float inputs are taken as already scaled."""
-    if images.dtype == jnp.uint8:
-        return images.astype(jnp.float32) / 255.0
-    return images.astype(jnp.float32)
 
 
 def _variables(ms: ModelState, params=None) -> dict:
@@ -145,7 +141,7 @@ def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
     step_key = jax.random.fold_in(state.rng, state.step)
     k_mask, k_real, k_gp = jax.random.split(step_key, 3)
     m = masks.sample_masks(k_mask, b, h, w, settings.mask)
-    x = masks.fill_holes(images, m.mask, state.mean_pixel)
+    x = masks.fill_holes(images, m.mask, state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
     real_local = masks.crop(images, masks.random_corners(k_real, b, h, w, size), size)
     return _Batch(images, m, x, real_local, k_gp)
@@ -293,24 +289,17 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
     return _guard(settings, state, new, ok), metrics
 
 
-def complete_images(nets: Networks, g_vars: dict, images, mask, mean_pixel) -> jax.Array:
-    """Inference: fill holes with the mean pixel, run C (running statistics) and composite.
-
-    images [B, H, W, 3] in [0, 1] (or uint8), mask [B, H, W, 1] (1 = hole) -> [B, H, W, 3] float32;
-    pixels outside the hole are returned unchanged.
-    """
-    images = to_float_images(images)
-    mask = mask.astype(jnp.float32)
-    x = masks.fill_holes(images, mask, mean_pixel)
-    out = nets.generator.apply(g_vars, x, train=False)
-    out = out[0] if isinstance(out, tuple) else out
-    return models.composite(images, out, mask)
+def complete_images(nets: Networks, g_vars: dict, images, mask, mean_pixel,
+                    input_norm: str = "mean_fill") -> jax.Array:
+    """Inference (`inference.complete_images`) with these networks' generator."""
+    return inference.complete_images(nets.generator, g_vars, images, mask, mean_pixel, input_norm)
 
 
 def _evaluate(nets, settings, state: GANState, images, mask, corners):
     """Completed images and D's probabilities on real / completed, with running statistics."""
     images = to_float_images(images)
-    completed = complete_images(nets, _variables(state.g), images, mask, state.mean_pixel)
+    completed = complete_images(nets, _variables(state.g), images, mask, state.mean_pixel,
+                                settings.input_norm)
     size = settings.mask.local_size
     real_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, images,
                                    masks.crop(images, corners, size), False)
@@ -319,6 +308,8 @@ def _evaluate(nets, settings, state: GANState, images, mask, corners):
     score = jax.nn.sigmoid if settings.gan_loss == "bce" else (lambda z: z)
     return {
         "completed": completed,
+        # Shown as the hole filled with the mean pixel, whatever model.input_norm (the
+        # 'mean_subtract' input is this image minus the mean, which is no picture).
         "inputs": masks.fill_holes(images, mask, state.mean_pixel)[..., :3],
         "d_real": score(real_logits)[:, 0],
         "d_fake": score(fake_logits)[:, 0],
@@ -341,7 +332,8 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
         discriminator=jit_step(_discriminator_step),
         joint=jit_step(_joint_step),
         generator=jit_step(_generator_step),
-        complete=jax.jit(functools.partial(complete_images, nets)),
+        complete=jax.jit(functools.partial(complete_images, nets,
+                                           input_norm=settings.input_norm)),
         evaluate=jax.jit(functools.partial(_evaluate, nets, settings)),
     )
 

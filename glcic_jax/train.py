@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -220,6 +221,69 @@ def _check_state_finite(state, step: int) -> None:
         )
 
 
+# Settings that must be the same in a fine-tuning run and the workdir it starts from
+# (`config.init_from`): they change what the completion network's weights mean.
+INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm")
+
+
+def load_init_from(config):
+    """The `inference.Completer` of `config.init_from`, checked against `config`.
+
+    Raises ValueError (one line) when it cannot be loaded or its model settings differ.
+    """
+    from glcic_jax import inference
+
+    source = inference.load(config.init_from)
+    diffs = [f"--config.{k}={checkpointing.setting(source.config, k)}" for k in INIT_FROM_KEYS
+             if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
+    if diffs:
+        raise ValueError(
+            f"init_from={config.init_from} was trained with other model settings: add "
+            f"{' '.join(diffs)} (the weights only make sense with the settings they learned)."
+        )
+    return source
+
+
+def start_step(config) -> int:
+    """First step of a run that starts from `init_from`: the start of phase `init_phase`."""
+    tc, td = int(config.schedule.tc), int(config.schedule.td)
+    return {1: 0, 2: tc, 3: tc + td}[int(config.get("init_phase", 2))]
+
+
+def _replicated_array(value, sharding: NamedSharding) -> jax.Array:
+    """A host value as an array replicated over the (possibly multi-host) mesh."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _start_from(config, state, source, nets, mesh: Mesh):
+    """`state` (fresh) with `source`'s completion network, a fresh optimizer state for it, and
+    the step set to the start of phase `config.init_phase`. D stays freshly initialised."""
+    replicated = NamedSharding(mesh, P())
+    g_params = source.variables["params"]
+    g_stats = source.variables.get("batch_stats", {})
+    for name, ours, theirs in (("params", state.g.params, g_params),
+                               ("batch_stats", state.g.batch_stats, g_stats)):
+        shapes = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), ours)
+        if jax.tree_util.tree_structure(ours) != jax.tree_util.tree_structure(theirs) or (
+                shapes != jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), theirs)):
+            raise ValueError(f"init_from={config.init_from}: its completion network's {name} do "
+                             f"not fit this config's completion network.")
+    put = functools.partial(_replicated_array, sharding=replicated)
+    params = jax.tree_util.tree_map(put, jax.device_get(g_params))
+    stats = jax.tree_util.tree_map(put, jax.device_get(g_stats))
+    opt_state = distributed.init_replicated(nets.g_tx.init, mesh, params)
+    step = start_step(config)
+    logging.info("Starting from the completion network of %s (its step %d) with a fresh "
+                 "discriminator, at step %d (phase %d); mean pixel %s.", config.init_from,
+                 source.step, step, steps_lib.phase_of(step, config),
+                 np.round(source.mean_pixel, 4).tolist())
+    return state.replace(
+        step=put(np.asarray(step, np.int32)),
+        g=state_lib.ModelState(params=params, batch_stats=stats, opt_state=opt_state),
+    )
+
+
 def restore_or_init(config, nets, mesh: Mesh, ckpt: checkpointing.Checkpointer):
     """Resume: `(state, mean_pixel, config it was trained with)` of the newest intact checkpoint
     (after a compatibility check; damaged newer ones are skipped with one line each), or
@@ -277,8 +341,14 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     # messages go to WORKDIR/library.log, not the console.
     library_noise.enter_context(checkpointing.library_log(
         os.path.join(workdir, checkpointing.LIBRARY_LOG) if is_main else None))
-    if mean_px is not None:  # resumed: the checkpoint's own mean pixel
-        pass
+    source = None  # fine-tuning: the loaded `init_from` workdir (inference.Completer)
+    if state is not None:  # resumed: the checkpoint's own mean pixel
+        if config.get("init_from", ""):
+            logging.info("Resuming this workdir's own checkpoint; init_from is not used again.")
+    elif config.get("init_from", ""):
+        # Fine-tuning: the network keeps the mean pixel it was trained with.
+        source = load_init_from(config)
+        mean_px = source.mean_pixel
     elif hosts == 1:
         mean_px = input_pipeline.mean_pixel(config, workdir)
     else:
@@ -299,6 +369,8 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
         # Created replicated under jit: each process fills its own devices, nothing is copied.
         state = distributed.init_replicated(lambda: state_lib.create_state(
             config, nets, jax.random.PRNGKey(int(config.seed)), mean_px), mesh)
+        if source is not None:
+            state = _start_from(config, state, source, nets, mesh)
     start = int(jax.device_get(state.step))
     total = int(config.num_train_steps)
     if start >= total:

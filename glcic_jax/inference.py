@@ -1,0 +1,252 @@
+"""The one place that loads a completion network and completes images with it.
+
+Whether the weights come from a training checkpoint or from the authors' converted Torch7 file
+(`convert.py` writes the same workdir layout), inference is:
+
+  load:      `load(path) -> Completer` (a workdir, its `checkpoints/` or one `checkpoints/<step>`)
+  complete:  `completer(images, masks)` -> float32 `[B, H, W, 3]` in [0, 1], the network's output
+             composited into the holes (pixels outside the holes are returned unchanged), for a
+             batch of same-sized images of any size;
+             `completer.complete(images, holes, max_size=, batch_size=, postprocess=)` -> uint8
+             photos of mixed sizes, as `glcic_jax.complete` writes them.
+
+The network input is built by `masks.fill_holes` with the checkpoint's `model.input_norm`:
+'mean_fill' (our training: the hole holds the dataset's mean pixel) or 'mean_subtract' (the
+authors' `inpaint.lua`: the mean is subtracted from the image and the hole set to 0). Either way
+the pixels inside the hole are never seen. BatchNorm uses its running statistics.
+
+`complete.py`, `evaluate.py`, the converter and the training loop's sample grids all go through
+`complete_images` below; `evaluate.py` and `complete.py` load through `load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from glcic_jax import masks, models
+
+
+class LoadError(ValueError):
+    """No usable completion network at a path (missing, incomplete or foreign checkpoint)."""
+
+
+def input_norm_of(config) -> str:
+    """The config's `model.input_norm` ('mean_fill' for configs that predate the field)."""
+    return str(config.model.get("input_norm", masks.INPUT_NORMS[0]))
+
+
+def to_float_images(images) -> jax.Array:
+    """uint8 [0, 255] -> float32 [0, 1] on the device; float inputs are taken as already scaled."""
+    images = jnp.asarray(images)
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)
+
+
+def to_uint8(x) -> np.ndarray:
+    """[0, 1] floats -> uint8, rounding to nearest (as a saved PNG would hold them)."""
+    return np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
+                    input_norm: str = "mean_fill") -> jax.Array:
+    """Build the network input, run the generator (running statistics) and composite.
+
+    images [B, H, W, 3] in [0, 1] (or uint8), mask [B, H, W, 1] (1 = hole) -> [B, H, W, 3]
+    float32; pixels outside the hole are returned unchanged. H and W must be multiples of 4.
+    A two-stage generator's refined output is the one composited.
+    """
+    images = to_float_images(images)
+    mask = mask.astype(jnp.float32)
+    x = masks.fill_holes(images, mask, mean_pixel, input_norm)
+    out = generator.apply(g_vars, x, train=False)
+    out = out[0] if isinstance(out, tuple) else out
+    return models.composite(images, out, mask)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_completion() -> Callable:
+    """`complete_images` jitted with the module and the normalisation as static arguments.
+
+    flax modules hash and compare by their fields, so every caller with the same architecture
+    shares the compilations for an input shape.
+    """
+    return jax.jit(complete_images, static_argnums=(0, 5))
+
+
+def completion_fn(generator, input_norm: str = "mean_fill") -> Callable:
+    """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for this generator."""
+    compiled = compiled_completion()
+    return lambda g_vars, images, mask, mean_pixel: compiled(
+        generator, g_vars, images, mask, mean_pixel, input_norm)
+
+
+def generator_variables(state) -> dict:
+    """flax variables of the completion network in a GANState (no empty batch_stats)."""
+    v = {"params": state.g.params}
+    if state.g.batch_stats:
+        v["batch_stats"] = state.g.batch_stats
+    return v
+
+
+def _resize(arr: np.ndarray, size_hw: tuple[int, int], resample) -> np.ndarray:
+    from PIL import Image
+
+    h, w = size_hw
+    return np.asarray(Image.fromarray(arr).resize((w, h), resample))
+
+
+@dataclasses.dataclass
+class Completer:
+    """A completion network with everything needed to complete photos.
+
+    Attributes:
+      config: the stored training (or conversion) config.
+      generator: the flax module; `variables` its params and batch statistics.
+      mean_pixel: float32 [3] in [0, 1], the dataset mean the network was trained with.
+      step: the checkpoint's step.
+      fn: the jitted `(variables, images, mask, mean_pixel) -> completed` on arrays whose H and
+        W are multiples of 4 (mask float [B, H, W, 1]); the methods below pad to it.
+    """
+
+    config: Any
+    generator: Any
+    variables: dict
+    mean_pixel: np.ndarray
+    step: int = 0
+
+    def __post_init__(self):
+        self.mean_pixel = np.asarray(self.mean_pixel, np.float32).reshape(3)
+        self.mean_u8 = to_uint8(self.mean_pixel)
+        self.input_norm = input_norm_of(self.config)
+        self.fn = completion_fn(self.generator, self.input_norm)
+
+    @property
+    def g_vars(self) -> dict:
+        return self.variables
+
+    # -- same-sized batches -------------------------------------------------------------------
+    def __call__(self, images, holes) -> np.ndarray:
+        """Complete a batch of same-sized images.
+
+        Args:
+          images: uint8 [B, H, W, 3] (or float in [0, 1]), any H and W.
+          holes: [B, H, W] or [B, H, W, 1], bool or float (> 0.5 = hole).
+
+        Returns:
+          float32 [B, H, W, 3] in [0, 1]: the network's output inside the holes, the input
+          (as floats) outside.
+        """
+        images = np.asarray(images)
+        hole = np.asarray(holes)
+        if hole.ndim == images.ndim:
+            hole = hole[..., 0]
+        hole = hole > 0.5 if hole.dtype != bool else hole
+        if images.ndim != 4 or images.shape[-1] != 3 or hole.shape != images.shape[:3]:
+            raise ValueError(f"expected images [B, H, W, 3] and holes [B, H, W]; got "
+                             f"{images.shape} and {np.shape(holes)}.")
+        h, w = hole.shape[1:]
+        pads = ((0, 0), (0, -h % 4), (0, -w % 4))
+        x = np.pad(images, pads + ((0, 0),), mode="edge")
+        m = np.pad(hole, pads, mode="edge").astype(np.float32)[..., None]
+        out = np.asarray(jax.device_get(self.fn(self.variables, x, m, self.mean_pixel)))
+        return out[:, :h, :w]
+
+    def complete_uint8(self, images: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] and bool [B, H, W] -> uint8 completions, exact outside the hole."""
+        out = to_uint8(self(images, hole))
+        return np.where(hole[..., None], out, images)
+
+    # -- photos of any size, as the command line completes them -------------------------------
+    def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int):
+        """(padded uint8 input, padded float mask, size the network works at)."""
+        from PIL import Image
+
+        # The hole's content is replaced before anything else (resizing included) reads it.
+        x = np.where(hole[..., None], self.mean_u8, rgb)
+        h, w = hole.shape
+        if max_size and max(h, w) > max_size:
+            s = max_size / max(h, w)
+            small = (max(1, round(h * s)), max(1, round(w * s)))
+            # BOX averages exactly the pixels under each output pixel: a low-resolution pixel
+            # that touches the hole is a hole, the others average known pixels only.
+            hole = _resize(hole.astype(np.uint8) * 255, small, Image.BOX) > 0
+            x = np.where(hole[..., None], self.mean_u8, _resize(x, small, Image.BOX))
+        nh, nw = hole.shape
+        pads = ((0, -nh % 4), (0, -nw % 4))
+        x = np.pad(x, pads + ((0, 0),), mode="edge")
+        m = np.pad(hole, pads, mode="edge").astype(np.float32)[..., None]
+        return x, m, (nh, nw)
+
+    def complete(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray],
+                 max_size: int = 0, batch_size: int = 4,
+                 postprocess: bool = False) -> list[np.ndarray]:
+        """Complete RGB photos: uint8 `[H, W, 3]` each, holes bool `[H, W]` -> uint8 `[H, W, 3]`.
+
+        Photos whose network input has the same shape are run as one batch (up to batch_size).
+        `max_size`: a photo whose longer side exceeds it is completed on a copy scaled down to
+        it, and only the hole's content is scaled back up (bicubic). `postprocess`: GLCIC's fast
+        marching + Poisson blending at full resolution.
+        """
+        from PIL import Image
+
+        from glcic_jax import postprocess as postprocess_lib
+
+        prepared = [self._network_input(im, m, max_size) for im, m in zip(images, holes)]
+        groups: dict[tuple, list[int]] = {}
+        for i, (x, _, _) in enumerate(prepared):
+            groups.setdefault(x.shape, []).append(i)
+        results: list[np.ndarray | None] = [None] * len(images)
+        step = max(1, batch_size)
+        for indices in groups.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                x = np.stack([prepared[i][0] for i in chunk])
+                m = np.stack([prepared[i][1] for i in chunk])
+                out = to_uint8(np.asarray(self.fn(self.variables, x, m, self.mean_pixel)))
+                for j, i in enumerate(chunk):
+                    nh, nw = prepared[i][2]
+                    filled = out[j, :nh, :nw]
+                    rgb, hole = images[i], holes[i]
+                    if (nh, nw) != hole.shape:
+                        filled = _resize(filled, hole.shape, Image.BICUBIC)
+                    done = np.where(hole[..., None], filled, rgb)
+                    if postprocess:
+                        done = postprocess_lib.postprocess(done, hole)
+                    results[i] = done
+        return results  # type: ignore[return-value]
+
+
+def from_state(config, nets, state) -> Completer:
+    """A Completer for a GANState (e.g. one restored by `checkpointing.restore_for_inference`)."""
+    return Completer(config, nets.generator, generator_variables(state),
+                     np.asarray(jax.device_get(state.mean_pixel), np.float32),
+                     int(jax.device_get(state.step)))
+
+
+def load(path: str, step: int | None = None) -> Completer:
+    """The completion network of a workdir (training run or converted Torch7 model).
+
+    Args:
+      path: a workdir, its `checkpoints/` folder, or one `checkpoints/<step>` folder.
+      step: a step to restore instead of the latest (or the one `path` names).
+
+    Raises:
+      LoadError: no finished checkpoint there, or one that cannot be restored; one-line message.
+    """
+    from glcic_jax import checkpointing
+
+    try:
+        config, nets, state = checkpointing.restore_for_inference(path, step)
+    except FileNotFoundError as e:
+        raise LoadError(str(e)) from e
+    except Exception as e:  # a corrupt or foreign folder: say where, not a traceback
+        raise LoadError(f"cannot restore a GLCIC checkpoint from {path!r}: "
+                        f"{type(e).__name__}: {e}") from e
+    return from_state(config, nets, state)
