@@ -173,6 +173,7 @@ def test_validate_names_the_device_count():
         config_lib.validate(config, num_devices=4)
 
 
+@pytest.mark.slow
 def test_indivisible_batch_stops_before_any_work(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "glcic_jax.main", "--config=configs/quickstart.py:tiny",

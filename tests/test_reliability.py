@@ -520,6 +520,7 @@ def test_training_on_a_messy_folder_converts_and_skips_without_crashing(tmp_path
     assert finished_steps(tmp_path / "run") == [1]
 
 
+@pytest.mark.slow
 def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "photos" / "nested").mkdir(parents=True)
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
@@ -544,6 +545,7 @@ def test_damaged_mean_pixel_cache_is_recomputed(tmp_path):
 # Bad settings: fail before training starts, say what to change, no traceback
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, env, expected", [
     (["--config.batch_sise=8"], {}, ["batch_sise", 'Did you mean "batch_size"']),
     (["--config.mask.hole_max=20"], {},
@@ -614,6 +616,7 @@ def test_failing_checkpoint_write_is_a_clear_error_and_keeps_the_last_checkpoint
     assert_bit_identical(restore_state(reference), restore_state(workdir))
 
 
+@pytest.mark.slow
 def test_workdir_that_cannot_be_created_is_a_clear_error(tmp_path):
     (tmp_path / "a_file").write_text("")
     proc = run_cli(tmp_path / "a_file" / "run")

@@ -245,6 +245,7 @@ def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_mistyped_config_key_is_a_clear_error(tmp_path):
     proc = run_main("--config=configs/quickstart.py:tiny", f"--workdir={tmp_path}",
                     "--config.batch_sise=8")
@@ -254,6 +255,7 @@ def test_mistyped_config_key_is_a_clear_error(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     proc = run_main("--config=configs/celeba.py:tiny", f"--workdir={tmp_path / 'run'}",
                     "--config.data.name=no_such_dataset_xyz",
