@@ -13,16 +13,14 @@ JPEG, with Places2's settings (crop 256, shortest side in [256, 384]).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
+import _harness  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from glcic_jax import input_pipeline  # noqa: E402
+from glcic_jax import input_pipeline
 
 SIZE, RESIZE_MIN, RESIZE_MAX = 256, 256, 384
 

@@ -27,25 +27,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-GOALS_IMG_S = {"completion": 2000.0, "joint": 1500.0}
+import _harness  # benchmarks/_harness.py: puts the repository root on sys.path
+from _harness import GOALS_IMG_S
 
 
 def write_images(
@@ -87,13 +80,10 @@ def make_config(folder: str, smoke: bool):
 
 
 def time_iterator(it, batch: int, warmup: int, batches: int) -> dict:
-    for _ in range(warmup):
-        next(it)
-    t0 = time.perf_counter()
-    shape = None
-    for _ in range(batches):
-        shape = next(it).shape
-    dt = time.perf_counter() - t0
+    """`batches` batches timed back to back, after `warmup` untimed ones."""
+    timing = _harness.time_calls(lambda: next(it), warmup, batches, repeats=1)
+    dt = timing.times[0] * batches
+    shape = timing.last.shape if batches else None
     return {
         "img_per_s": batch * batches / dt,
         "seconds": dt,
@@ -213,16 +203,13 @@ def main(argv=None) -> int:
     short, long_max = (40, 60) if args.smoke else (256, 400)
     folder = args.dir or tempfile.mkdtemp(prefix="glcic_bench_input_")
     report: dict = {
-        "meta": {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "host_cpus": os.cpu_count(),
-            "num_images": args.num_images,
-            "batch": args.batch,
-            "smoke": args.smoke,
-            "image_sides": [short, long_max],
-            "page_cache": "warm (files just written)",
-        },
+        "meta": _harness.run_meta(
+            num_images=args.num_images,
+            batch=args.batch,
+            smoke=args.smoke,
+            image_sides=[short, long_max],
+            page_cache="warm (files just written)",
+        ),
         "results": [],
     }
     try:
@@ -241,7 +228,7 @@ def main(argv=None) -> int:
         report["meta"]["augment"] = {
             k: int(config.data[k]) for k in ("image_size", "resize_min", "resize_max")
         }
-        workers = [int(w) for w in args.workers.split(",") if w]
+        workers = _harness.csv_list(args.workers, int)
         report["results"] += bench_folder(config, args.batch, workers, args.warmup, args.batches)
         if not args.no_tfds:
             r = bench_tfds(config, folder, args.batch, args.warmup, args.batches)
@@ -271,9 +258,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        _harness.write_json(args.out, report)
         print(f"wrote {args.out}")
     return 0 if measured else 1
 

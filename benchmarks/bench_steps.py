@@ -37,7 +37,6 @@ import functools
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -47,33 +46,23 @@ import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
+import _harness  # benchmarks/_harness.py: puts the repository root on sys.path
 import flops  # benchmarks/flops.py: pure Python
+from _harness import GOALS_IMG_S, HERE, MEAN_PIXEL, ROOT, csv_list
 
 RESULT_MARKER = "BENCH_RESULT_JSON "
 
-# The throughput issue's targets on one H100 (batch 96, bfloat16) and the baselines it quotes.
-GOALS_IMG_S = {"completion": 2000.0, "joint": 1500.0}
+# The baselines the throughput issue quotes (its goals are _harness.GOALS_IMG_S).
 ISSUE_BASELINES_IMG_S = {
     "torch_fp32_nchw": {"completion": 417.0, "joint": 300.0},
     "torch_bf16_channels_last": {"completion": 1033.0, "joint": 650.0},
     "naive_flax_bf16": {"completion": 1080.0},
 }
 STEP_NAMES = ("completion", "discriminator", "joint")
-MEAN_PIXEL = (0.458, 0.441, 0.408)  # a Places-like mean pixel; the value does not affect speed
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the driver and the workers
-
-
-def _csv(text: str, cast=str) -> list:
-    return [cast(t) for t in str(text).split(",") if t.strip()]
 
 
 def _slug(text: str) -> str:
@@ -178,25 +167,11 @@ def _xla_analysis(compiled) -> dict:
 
 
 def _timed(fn, warmup: int, iters: int, repeats: int) -> list[float]:
-    """Seconds per call: `repeats` medians of `iters` back-to-back calls, after `warmup` calls.
-
-    `fn()` must return something to block on. Calls are queued asynchronously within a repeat (as
-    a training loop does); only the end of each repeat waits for the device.
-    """
+    """Seconds per call (`_harness.time_calls`, at least one warm-up call, JAX's asynchronous
+    dispatch waited for with `jax.block_until_ready`). `fn()` must return something to block on."""
     import jax
 
-    out = None
-    for _ in range(max(1, warmup)):
-        out = fn()
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            out = fn()
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / iters)
-    return times
+    return _harness.time_calls(fn, max(1, warmup), iters, repeats, jax.block_until_ready).times
 
 
 def run_train_job(job: dict, opts: dict) -> dict:
@@ -412,21 +387,6 @@ def _describe(res: dict) -> str:
     return json.dumps(res)[:300]
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=str(ROOT),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _projection(train: list[dict], schedule: dict, batch: int) -> list[dict]:
     """Wall time of the paper's schedule from measured step times, per dtype (and per backend)."""
     out = []
@@ -538,9 +498,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="512,1024",
         help="square image sizes for steps.complete; '' to skip",
     )
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls after compiling")
-    p.add_argument("--iters", type=int, default=10, help="back-to-back calls per timed repeat")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
+    _harness.add_timing_args(p)
     p.add_argument(
         "--feed",
         choices=("device", "host"),
@@ -600,13 +558,13 @@ def plan(args) -> list[dict]:
     PyTorch reference at that batch size; the inference timings after the first batch size; the
     input pipeline last (it compares itself with the step throughputs measured before it).
     """
-    steps = _csv(args.steps)
+    steps = csv_list(args.steps)
     bad = [s for s in steps if s not in STEP_NAMES]
     if bad:
         raise SystemExit(f"--steps: unknown {bad}; choose among {list(STEP_NAMES)}")
-    dtypes = sorted(_csv(args.dtypes), key=lambda d: d != "bfloat16")
-    batches = sorted(_csv(args.batch_sizes, int), reverse=True)
-    sizes = _csv(args.inference_sizes, int)
+    dtypes = sorted(csv_list(args.dtypes), key=lambda d: d != "bfloat16")
+    batches = sorted(csv_list(args.batch_sizes, int), reverse=True)
+    sizes = csv_list(args.inference_sizes, int)
     torch_steps = [s for s in steps if s != "discriminator"]
     work: list[dict] = []
     for i, b in enumerate(batches):
@@ -676,20 +634,14 @@ def main(argv=None) -> int:
     }
     image_size, local_size = (32, 16) if args.smoke else (256, 128)
     report: dict = {
-        "meta": {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(
-                [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]
-            ),
-            "tag": args.tag,
-            "smoke": args.smoke,
-            "isolate": args.isolate,
-            "budget_s": args.budget_s or None,
-            "python": platform.python_version(),
-            "host": platform.node(),
-            "host_cpus": os.cpu_count(),
-            "git_commit": _git_commit(),
-            "env": {
+        "meta": _harness.run_meta(
+            command=" ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+            tag=args.tag,
+            smoke=args.smoke,
+            isolate=args.isolate,
+            budget_s=args.budget_s or None,
+            git_commit=_harness.git_commit(),
+            env={
                 k: os.environ[k]
                 for k in (
                     "XLA_FLAGS",
@@ -700,12 +652,12 @@ def main(argv=None) -> int:
                 )
                 if k in os.environ
             },
-            "peak_memory_note": (
+            peak_memory_note=(
                 "per configuration (one process each)"
                 if args.isolate
                 else "process-wide high-water mark: each value includes every earlier configuration"
             ),
-        },
+        ),
         "flop_model": {
             "image_size": image_size,
             "local_size": local_size,
@@ -734,11 +686,7 @@ def main(argv=None) -> int:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             name = f"{_slug(dev)}_{stamp}{'_smoke' if args.smoke else ''}.json"
             out_path = str(HERE / "results" / name)
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        tmp = out_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, out_path)
+        _harness.write_json(out_path, report)
 
     def remaining() -> float:
         return args.budget_s - (time.perf_counter() - start) if args.budget_s else float("inf")

@@ -30,25 +30,16 @@ torch is imported only here; it is never a dependency of glcic_jax. Run directly
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
-import time
 import traceback
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
+import _harness  # benchmarks/_harness.py (pure Python)
 import flops  # (pure Python)
+from _harness import MEAN_PIXEL
 
 VARIANTS = ("fp32_nchw", "bf16_channels_last", "bf16_channels_last_compile")
 ALPHA = 0.0004
-MEAN_PIXEL = (0.458, 0.441, 0.408)
 
 
 def _import_torch():
@@ -262,19 +253,10 @@ def time_config(torch, device, variant, step, batch, geo, warmup, iters, repeats
         torch.cuda.reset_peak_memory_stats(device)
     bench = Bench(torch, variant, batch, image_size, local_size, hole_min, hole_max, device)
     fn = bench.completion_step if step == "completion" else bench.joint_step
-    t0 = time.perf_counter()
-    for _ in range(max(1, warmup)):  # cudnn.benchmark autotunes (and torch.compile compiles) here
-        loss = fn()
-    _sync(torch, device)
-    warmup_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        _sync(torch, device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            loss = fn()
-        _sync(torch, device)
-        times.append((time.perf_counter() - t0) / iters)
+    # cudnn.benchmark autotunes (and torch.compile compiles) in the warm-up calls.
+    times, warmup_s, loss = _harness.time_calls(
+        fn, max(1, warmup), iters, repeats, wait=lambda _: _sync(torch, device)
+    )
     step_s = statistics.median(times)
     model = flops.step_flops(image_size, local_size)[step]
     res = {
@@ -324,9 +306,7 @@ def parse_args(argv=None):
         default="fp32_nchw,bf16_channels_last",
         help=f"comma-separated among {','.join(VARIANTS)}",
     )
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
+    _harness.add_timing_args(p)
     p.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--smoke", action="store_true", help="32x32, batch 2, one iteration")
     p.add_argument("--out", default="", help="JSON path (default: print only)")
@@ -340,19 +320,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     report: dict = {
-        "meta": {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "smoke": args.smoke,
-        },
+        "meta": _harness.run_meta(smoke=args.smoke),
         "results": [],
     }
 
     def save():
         if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(report, f, indent=1)
+            _harness.write_json(args.out, report)
 
     torch = _import_torch()
     if torch is None:
@@ -374,14 +348,14 @@ def main(argv=None) -> int:
         }
     )
     geo = (32, 16, 6, 12) if args.smoke else (256, 128, 96, 128)
-    variants = [v for v in args.variants.split(",") if v]
+    variants = _harness.csv_list(args.variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose among {list(VARIANTS)}")
     failed = 0
     for variant in variants:
-        for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
-            for step in [s for s in args.steps.split(",") if s]:
+        for batch in _harness.csv_list(args.batch_sizes, int):
+            for step in _harness.csv_list(args.steps):
                 if step not in ("completion", "joint"):
                     raise SystemExit(f"--steps: {step!r} is not 'completion' or 'joint'")
                 try:

@@ -41,11 +41,6 @@ import pytest  # noqa: E402
 from glcic_jax import config_lib, state, steps  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end subprocess runs (deselect with "
-                            "-m 'not slow')")
-
-
 def make_tiny_config():
     """A fresh (mutable) `:tiny` config: 32x32 images, local 16, holes 6..12, batch 4."""
     return config_lib.shrink_to_tiny(config_lib.base_config())

@@ -73,6 +73,7 @@ def free_port() -> int:
 # 4 devices == 1 device
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tiny_steps, tiny_state, tiny_images, tmp_path):
     # One device: this process (jax sees one CPU device), the same calls test_steps.py makes.
     reference = {
@@ -130,6 +131,7 @@ def _launch(workdir: str, log_dir: str, *overrides: str, timeout: float):
     return logs
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
     workdir = str(tmp_path / "run")
     # Run 1: phase 1 (steps 0..2) on a 2-process mesh, one checkpoint at the end (step 2).
@@ -171,6 +173,7 @@ def test_validate_names_the_device_count():
         config_lib.validate(config, num_devices=4)
 
 
+@pytest.mark.slow
 def test_indivisible_batch_stops_before_any_work(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "glcic_jax.main", "--config=configs/quickstart.py:tiny",

@@ -205,6 +205,7 @@ def reference(tmp_path_factory):
 # Preemption and kills
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_path):
     """kill -9 during startup, during steps and during checkpoint writes, FAULT_ITERS times;
     each rerun resumes from the last complete checkpoint and the end state equals an
@@ -284,6 +285,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
     assert_bit_identical(restore_state(reference), restore_state(workdir))
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     workdir = tmp_path / "run"
     flags = ("--config.num_train_steps=8", "--config.checkpoint_every=1000",
@@ -335,6 +337,7 @@ def test_signal_handler_defers_signals_and_only_a_second_ctrl_c_stops_now():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_with_a_message_and_keeps_complete_checkpoints(tmp_path):
     workdir = tmp_path / "run"
     flags = ("--config.num_train_steps=400", "--config.checkpoint_every=2",
@@ -363,6 +366,7 @@ def test_second_ctrl_c_stops_at_once_with_a_message_and_keeps_complete_checkpoin
 NAN_HELPER = os.path.join(ROOT, "tests", "nan_injection_main.py")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_step_and_losses_and_keeps_last_good_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     proc = run_cli(workdir, "--config.num_train_steps=4", "--config.checkpoint_every=1",
@@ -379,6 +383,7 @@ def test_nan_loss_stops_naming_step_and_losses_and_keeps_last_good_checkpoint(tm
     assert int(state.step) == 1 and all_finite(state)
 
 
+@pytest.mark.slow
 def test_nan_policy_skip_counts_logs_and_keeps_the_old_state(tmp_path):
     workdir = tmp_path / "run"
     proc = run_cli(workdir, "--config.num_train_steps=3", "--config.checkpoint_every=1",
@@ -501,6 +506,7 @@ def test_unreadable_files_are_skipped_with_a_count(tmp_path, caplog):
         only_bad.load(0)
 
 
+@pytest.mark.slow
 def test_training_on_a_messy_folder_converts_and_skips_without_crashing(tmp_path):
     files = write_messy_folder(tmp_path / "photos")
     proc = run_cli(tmp_path / "run", "--config.data.source=folder",
@@ -514,6 +520,7 @@ def test_training_on_a_messy_folder_converts_and_skips_without_crashing(tmp_path
     assert finished_steps(tmp_path / "run") == [1]
 
 
+@pytest.mark.slow
 def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "photos" / "nested").mkdir(parents=True)
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
@@ -538,6 +545,7 @@ def test_damaged_mean_pixel_cache_is_recomputed(tmp_path):
 # Bad settings: fail before training starts, say what to change, no traceback
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, env, expected", [
     (["--config.batch_sise=8"], {}, ["batch_sise", 'Did you mean "batch_size"']),
     (["--config.mask.hole_max=20"], {},
@@ -560,6 +568,7 @@ def test_bad_settings_fail_before_training_with_what_to_change(tmp_path, flags, 
     assert not workdir.exists()  # nothing was started
 
 
+@pytest.mark.slow
 def test_incompatible_workdir_is_refused_and_left_untouched(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
@@ -581,6 +590,7 @@ def test_incompatible_workdir_is_refused_and_left_untouched(reference, tmp_path)
 # Full disk, unwritable workdir
 
 
+@pytest.mark.slow
 def test_failing_checkpoint_write_is_a_clear_error_and_keeps_the_last_checkpoint(reference,
                                                                                  tmp_path):
     workdir = tmp_path / "run"
@@ -637,6 +647,7 @@ def test_workdir_that_cannot_be_created_is_a_clear_error(tmp_path):
     assert "Cannot create --workdir" in proc.stderr and "Not a directory" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits; the RLIMIT_FSIZE "
                     "test above covers failing writes for root too")
 def test_read_only_workdir_fails_before_training_and_keeps_checkpoints(reference, tmp_path):

@@ -254,6 +254,7 @@ def test_completion_steps_reduce_hole_mse(tiny_steps, tiny_state, tiny_images, h
                                   np.asarray(tiny_images * (1 - m)))
 
 
+@pytest.mark.slow
 def test_gradient_ascent_fails_the_learning_check(tiny_state, tiny_images, hole_mse):
     """The check above is meaningful: the same run with a negative learning rate does not pass."""
     config = make_tiny_config()
@@ -268,6 +269,7 @@ def test_gradient_ascent_fails_the_learning_check(tiny_state, tiny_images, hole_
     assert after > before
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 -> inf
 def test_an_overflowing_update_is_flagged_and_skipped_although_loss_and_grads_are_finite(
         tiny_state, tiny_images):

@@ -64,6 +64,7 @@ def assert_trained_workdir(workdir: str, state, steps: int = 6) -> None:
     assert grid.ndim == 3 and grid.shape[2] == 3 and grid.std() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["celeba", "places2"])
 def test_tfds_configs_train_end_to_end_on_mock_data(name, tmp_path):
     import tensorflow_datasets as tfds
@@ -75,6 +76,7 @@ def test_tfds_configs_train_end_to_end_on_mock_data(name, tmp_path):
     assert_trained_workdir(str(tmp_path), state)
 
 
+@pytest.mark.slow
 def test_folder_source_trains_end_to_end(tmp_path, caplog):
     photos = write_photo_folder(str(tmp_path / "photos"))
     config = load_config("quickstart")
@@ -118,6 +120,7 @@ runpy.run_module("glcic_jax.main", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow
 def test_training_runs_without_tensorflow_tensorboardx_skimage_or_opencv(tmp_path):
     """The GPU machine's image has none of them: the folder source, checkpoints, sample PNGs and
     eval_every must not need them (tfds configs and TensorBoard events do)."""
@@ -225,6 +228,7 @@ def test_large_jpegs_decode_at_reduced_scale_but_never_below_the_needed_size(tmp
     assert input_pipeline.load_image(png, min_short=96).shape == (900, 1200, 3)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path):
     """6 steps in one go == 3 steps, stop, rerun to 6 (phase 2 starts at step 2, phase 3 at 4)."""
     config = load_config("quickstart")
@@ -263,6 +267,7 @@ def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_mistyped_config_key_is_a_clear_error(tmp_path):
     proc = run_main("--config=configs/quickstart.py:tiny", f"--workdir={tmp_path}",
                     "--config.batch_sise=8")
@@ -272,6 +277,7 @@ def test_mistyped_config_key_is_a_clear_error(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     proc = run_main("--config=configs/celeba.py:tiny", f"--workdir={tmp_path / 'run'}",
                     "--config.data.name=no_such_dataset_xyz",

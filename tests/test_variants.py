@@ -383,6 +383,7 @@ def test_perceptual_loss_is_jittable_and_differentiates_the_completed_crop(tmp_p
 # End to end through train.train_and_evaluate (each run then resumed)
 
 
+@pytest.mark.slow
 def test_landscapes_wgan_gp_local_critic_trains_and_resumes(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     c = landscapes_config("tiny")
@@ -406,6 +407,7 @@ def test_landscapes_wgan_gp_local_critic_trains_and_resumes(tmp_path, caplog):
     assert [(s, n) for s, n, _ in assert_finite_run(caplog)] == [(7, "generator")]
 
 
+@pytest.mark.slow
 def test_two_stage_leaky_adam_perceptual_trains_resumes_and_completes(
     tmp_path, caplog, monkeypatch
 ):

@@ -1,0 +1,63 @@
+"""The benchmark scripts' shared harness (`benchmarks/_harness.py`) and the driver's work plan.
+
+Pure Python: nothing here compiles or times a network (`python benchmarks/bench_steps.py
+--smoke` does, in minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _harness  # noqa: E402
+import bench_steps  # noqa: E402
+
+
+def test_time_calls_times_only_the_repeats_and_waits_around_each(monkeypatch):
+    """Warm-up calls are untimed; each repeat's time is its own calls' divided by `iters`; the
+    wait (block_until_ready / cuda.synchronize) closes the warm-up and every repeat."""
+    clock = {"t": 0.0}
+    events = []
+    monkeypatch.setattr(_harness.time, "perf_counter", lambda: clock["t"])
+
+    def fn():
+        clock["t"] += 2.0  # every call takes 2 s of wall time
+        events.append("call")
+        return events.count("call")
+
+    def wait(out):
+        clock["t"] += 1.0  # waiting for the queued calls costs 1 s more
+        events.append(f"wait {out}")
+
+    times, warmup_s, last = _harness.time_calls(fn, warmup=2, iters=3, repeats=2, wait=wait)
+    assert times == [(3 * 2.0 + 1.0) / 3] * 2
+    assert warmup_s == 2 * 2.0 + 1.0
+    assert last == 2 + 2 * 3
+    assert events == ["call", "call", "wait 2",
+                      "wait 2", "call", "call", "call", "wait 5",
+                      "wait 5", "call", "call", "call", "wait 8"]
+
+
+def test_csv_list_and_write_json(tmp_path):
+    assert _harness.csv_list("32,96", int) == [32, 96]
+    assert _harness.csv_list("") == [] and _harness.csv_list("a,,b") == ["a", "b"]
+    path = tmp_path / "sub" / "r.json"
+    _harness.write_json(str(path), {"x": 1})
+    _harness.write_json(str(path), {"x": 2})
+    assert json.loads(path.read_text()) == {"x": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temporary file left
+
+
+def test_bench_steps_plan_puts_the_goal_configurations_first():
+    args = bench_steps.parse_args(["--torch", "--input"])
+    work = bench_steps.plan(args)
+    assert work[0] == {"kind": "train", "step": "completion", "batch": 96, "dtype": "bfloat16"}
+    assert [w["kind"] for w in work].count("torch") == 2 and work[-1] == {"kind": "input"}
+    assert (args.warmup, args.iters, args.repeats) == (3, 10, 5)
+    with pytest.raises(SystemExit, match="unknown"):
+        bench_steps.plan(bench_steps.parse_args(["--steps", "completion,nope"]))
