@@ -273,3 +273,34 @@ def test_missing_dataset_that_cannot_be_fetched_says_how_to_place_it(tmp_path, m
     message = str(err.value)
     assert "celeb_a" in message and "tfds build" in message and "data_dir" in message
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+
+
+def test_logged_metrics_are_means_over_the_steps_that_produced_them():
+    # A log window spanning phases 1 -> 2 -> 3: each metric is averaged over its own steps only.
+    f32 = np.float32
+    pending = [
+        (0, "completion", {"mse": f32(0.01), "g_loss": f32(0.01), "nonfinite": f32(0.0)}),
+        (1, "completion", {"mse": f32(0.02), "g_loss": f32(0.02), "nonfinite": f32(0.0)}),
+        (2, "discriminator", {"d_loss": f32(1.2), "d_real": f32(0.6), "nonfinite": f32(0.0)}),
+        (3, "joint", {"mse": f32(0.03), "d_loss": f32(1.0), "d_real": f32(0.4),
+                      "g_adv": f32(0.7), "nonfinite": f32(0.0)}),
+    ]
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    values = train._check_finite(pending, config)
+    np.testing.assert_allclose(values["mse"], 0.02, rtol=1e-6)  # (0.01 + 0.02 + 0.03) / 3
+    np.testing.assert_allclose(values["g_loss"], 0.015, rtol=1e-6)
+    np.testing.assert_allclose(values["d_loss"], 1.1, rtol=1e-6)  # (1.2 + 1.0) / 2
+    np.testing.assert_allclose(values["d_real"], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(values["g_adv"], 0.7, rtol=1e-6)
+    assert values["nonfinite"] == 0.0 and values["skipped_updates"] == 0.0
+
+    # nan_policy=skip: a skipped step's non-finite metric is left out of that metric's mean.
+    config.nan_policy = "skip"
+    pending = [
+        (0, "generator", {"mse": f32(0.01), "g_adv": f32(np.nan), "nonfinite": f32(1.0)}),
+        (1, "generator", {"mse": f32(0.03), "g_adv": f32(0.5), "nonfinite": f32(0.0)}),
+    ]
+    values = train._check_finite(pending, config)
+    np.testing.assert_allclose(values["mse"], 0.02, rtol=1e-6)
+    np.testing.assert_allclose(values["g_adv"], 0.5, rtol=1e-6)
+    assert values["skipped_updates"] == 1.0
