@@ -276,6 +276,26 @@ def _import_tf():
     return tf
 
 
+def _missing_module(error: BaseException) -> str | None:
+    """The name of the module whose import failed somewhere in `error`'s chain, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ImportError):
+            return getattr(error, "name", None) or str(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _missing_module_error(name: str, what: str, error: BaseException) -> DataError:
+    module = _missing_module(error)
+    return DataError(
+        f"{what} for the tfds dataset {name!r} needs the Python module {module!r}, which is not "
+        f"installed (a missing package, not a network problem): run `pip install -r "
+        f"requirements.txt` (or `pip install {module.split('.')[0]}`) and retry."
+    )
+
+
 def _tfds_builder(config):
     _import_tf()
     import tensorflow_datasets as tfds
@@ -285,6 +305,8 @@ def _tfds_builder(config):
     try:
         builder = tfds.builder(d.name, data_dir=data_dir)
     except Exception as e:
+        if _missing_module(e):
+            raise _missing_module_error(d.name, "Loading the builder", e) from e
         raise DataError(f"Unknown tfds dataset data.name={d.name!r}: {e}") from e
     if not builder.is_prepared():
         where = builder.data_dir
@@ -292,6 +314,8 @@ def _tfds_builder(config):
             logging.info("Preparing tfds dataset %s in %s (downloads it once).", d.name, where)
             builder.download_and_prepare()
         except Exception as e:
+            if _missing_module(e):
+                raise _missing_module_error(d.name, "Preparing", e) from e
             raise DataError(
                 f"The tfds dataset {d.name!r} is not in {where} and could not be downloaded or "
                 f"prepared ({type(e).__name__}: {str(e)[:300]}). Either give this machine access "

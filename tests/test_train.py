@@ -304,3 +304,45 @@ def test_logged_metrics_are_means_over_the_steps_that_produced_them():
     np.testing.assert_allclose(values["mse"], 0.02, rtol=1e-6)
     np.testing.assert_allclose(values["g_adv"], 0.5, rtol=1e-6)
     assert values["skipped_updates"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["celeba", "places2"])
+def test_tfds_prepare_runs_offline_up_to_the_first_download(name, tmp_path, monkeypatch):
+    # The headline configs prepare their dataset on first use: builder, checksums, download
+    # manager, all offline, up to the first network access (here refused), so a package missing
+    # from requirements.txt (importlib_resources, for etils.epath) shows up in CI, not on a GPU.
+    from tensorflow_datasets.core.download import downloader
+
+    urls = []
+
+    def no_network(self, url, *args, **kwargs):
+        urls.append(url)
+        raise ConnectionError(f"offline test: no network for {url}")
+
+    monkeypatch.setattr(downloader._Downloader, "_sync_download", no_network)
+    config = load_config(name)
+    config.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(input_pipeline.DataError) as err:
+        input_pipeline._tfds_builder(config)
+    assert urls and all(u.startswith("http") for u in urls)  # got as far as a real download
+    message = str(err.value)
+    assert "ConnectionError: offline test: no network" in message, message
+    assert "module" not in message.lower(), message
+
+
+def test_missing_module_while_preparing_is_named_as_a_missing_module(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def missing(self, *args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                  name="importlib_resources")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", missing)
+    config = load_config("celeba")
+    config.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(input_pipeline.DataError) as err:
+        input_pipeline._tfds_builder(config)
+    message = str(err.value)
+    assert "needs the Python module 'importlib_resources', which is not installed" in message
+    assert "pip install -r requirements.txt" in message
+    assert "downloaded" not in message and "access to the dataset's download site" not in message
