@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.gan = "bce"  # 'bce' (GLCIC, on logits) or 'wgan-gp' (landscape report)
-    c.loss.alpha = 0.0004  # adversarial weight (GLCIC: 0.0004); also scales D's loss
+    c.loss.alpha = 0.0004  # adversarial weight (GLCIC: 0.0004); scales D's BCE in phase 3 only
     c.loss.mse_weight = 1.0  # weight of the hole MSE in phase 3 (landscape WGAN: 10)
     c.loss.gp_weight = 10.0  # WGAN-GP lambda
     c.loss.n_critic = 1  # phase 3: D updates per cycle

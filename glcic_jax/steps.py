@@ -2,8 +2,17 @@
 
 GLCIC 3.3 / Algorithm 1:
   phase 1 (t < Tc):            `completion_step`    update C on the hole MSE; D untouched.
-  phase 2 (Tc <= t < Tc + Td): `discriminator_step` C frozen; update D on real vs completed.
-  phase 3 (t >= Tc + Td):      `joint_step`         update D, then C on MSE + alpha * adversarial.
+  phase 2 (Tc <= t < Tc + Td): `discriminator_step` C frozen; update D on real vs completed,
+                               its plain BCE loss.
+  phase 3 (t >= Tc + Td):      `joint_step`         update D on alpha * its loss, then C on
+                               MSE + alpha * adversarial.
+The seed report (CelebA/Places2) spells the phase-2 / phase-3 difference out: in the discriminator
+phase the two BCE terms are "added" and used as they are; in the simultaneous phase D's loss "is the
+same as before, except it is multiplied by an alpha factor" (GLCIC eq. 3 weighs D's terms by alpha
+in the joint objective). Adadelta is not scale-invariant for gradients below sqrt(eps), so a
+phase-2 D trained on alpha * BCE hardly moves. With the WGAN-GP loss, D's (critic's) loss is the
+landscape report's (4a) in every phase: E[D(G(x))] - E[D(x)] + gp, never multiplied by alpha;
+alpha weighs only the generator's adversarial term there.
 With an update ratio other than 1:1 (the landscape report's WGAN runs), phase 3 alternates
 `discriminator_step` and `generator_step` instead of the fused `joint_step`.
 
@@ -41,6 +50,9 @@ class StepSettings(NamedTuple):
     gp_weight: float = 10.0  # WGAN-GP lambda
     perceptual_weight: float = 0.0
     skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
+    # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
+    # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
+    phase3_start: int = 0
 
     @classmethod
     def from_config(cls, config) -> "StepSettings":
@@ -55,6 +67,7 @@ class StepSettings(NamedTuple):
             gp_weight=float(loss.gp_weight),
             perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
             skip_nonfinite=config.get("nan_policy", "stop") == "skip",
+            phase3_start=int(config.schedule.tc) + int(config.schedule.td),
         )
 
 
@@ -165,8 +178,12 @@ def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array
     return total, metrics
 
 
-def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
-    """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics))."""
+def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, scale):
+    """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics)).
+
+    `scale` multiplies the BCE loss (1 in phase 2, alpha in phase 3, see the module docstring);
+    the logged `d_loss` is the loss before that weighting, comparable across phases.
+    """
     size = settings.mask.local_size
     fake_local = masks.crop(completed, batch.masks.corners, size)
     # Separate forward passes for real and completed batches (as the reference ports do): each
@@ -178,7 +195,8 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
         gan = losses.d_bce_loss(real_logits, fake_logits)
         metrics = {"d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
                    "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
-        loss = settings.alpha * gan
+        loss = scale * gan
+        metrics["d_loss"] = gan
     else:
         gan = losses.wgan_critic_loss(real_logits, fake_logits)
         # The penalty needs per-sample gradients: BatchNorm critics are evaluated in inference
@@ -194,9 +212,20 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
         )
         metrics = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits), "gp": gp,
                    "wasserstein": -gan}
-        loss = settings.alpha * (gan + settings.gp_weight * gp)
-    metrics["d_loss"] = loss
+        # Landscape report 4a: the critic's loss unscaled in every phase (no alpha).
+        loss = gan + settings.gp_weight * gp
+        metrics["d_loss"] = loss
     return loss, (stats, metrics)
+
+
+def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array | float:
+    """Weight of D's BCE loss: alpha in phase 3 (the joint step, or a D-only step at or after
+    Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (see _d_loss)."""
+    if settings.gan_loss != "bce":
+        return 1.0
+    if joint:
+        return settings.alpha
+    return jnp.where(step >= settings.phase3_start, settings.alpha, 1.0).astype(jnp.float32)
 
 
 def _adv_loss(settings, nets, d: ModelState, completed, corners):
@@ -229,8 +258,9 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
     # C is frozen: batch-statistics forward (as in the joint phase), its stat updates discarded.
     out, _, _ = _generate(nets, state.g, state.g.params, batch.x, True)
     completed = jax.lax.stop_gradient(models.composite(batch.images, out, batch.masks.mask))
+    scale = _d_scale(settings, state.step, joint=False)
     grad_fn = jax.value_and_grad(
-        lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
+        lambda p: _d_loss(settings, nets, state.d, p, batch, completed, scale), has_aux=True
     )
     (loss, (stats, metrics)), grads = grad_fn(state.d.params)
     new = state.replace(step=state.step + 1, d=_apply_updates(nets.d_tx, state.d, grads, stats))
@@ -261,7 +291,9 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     # 1) D on real vs completed (completed is a constant for D).
     completed = jax.lax.stop_gradient(models.composite(batch.images, outs[0], batch.masks.mask))
     (d_loss, (d_stats, metrics)), d_grads = jax.value_and_grad(
-        lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
+        lambda p: _d_loss(settings, nets, state.d, p, batch, completed,
+                          _d_scale(settings, state.step, joint=True)),
+        has_aux=True,
     )(state.d.params)
     new_d = _apply_updates(nets.d_tx, state.d, d_grads, d_stats)
 
