@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mask.max_holes = 1  # 1..max_holes rectangles per image, all inside the local window
     c.mask.position = "random"  # 'random' window, or 'center' (the landscape report's fixed hole)
     c.mask.square = False  # square holes: one side in [hole_min, hole_max] for height and width
+    c.mask.real_crop = "hole"  # real images' local crop: 'hole' (its window) or 'random' (PyTorch)
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # activation dtype: 'float32' or 'bfloat16' (params stay float32)

@@ -21,8 +21,15 @@ masks on the device from `fold_in(state.rng, state.step)`, and returns `(new_sta
 dict of float32 scalars; nothing syncs with the host.
 
 The discriminator always sees the *composited* image: generated pixels inside the hole and the
-original pixels outside (GLCIC 3.2), and a local crop around the hole; real images get a local
-crop at an independent random window.
+original pixels outside (GLCIC 3.2), and a local crop around the hole. A real image is cropped at
+the same window as its hole's by default (`mask.real_crop='hole'`): the seed report's trainer crops
+"the 128*128 hole-centered images ... for both the intact and the completed images" with one
+function, and with equal windows D cannot tell real from completed crops by where they were cut
+(with `mask.position='center'` the completed crops would otherwise always show the image centre).
+That report's network description also says an intact image's crop "is centered on a random
+pixel"; we follow its trainer, as DESIGN.md decides.
+`mask.real_crop='random'` crops real images at an independent random window instead, as
+GLCIC-PyTorch's train.py does (its `hole_area_real`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from glcic_jax import losses, masks, models
 from glcic_jax.state import GANState, ModelState, Networks
 
 GAN_LOSSES = ("bce", "wgan-gp")
+REAL_CROPS = ("hole", "random")  # where real images' local crops are cut (module docstring)
 
 
 class StepSettings(NamedTuple):
@@ -49,6 +57,7 @@ class StepSettings(NamedTuple):
     mse_weight: float = 1.0  # weight of the MSE term in the joint generator loss
     gp_weight: float = 10.0  # WGAN-GP lambda
     perceptual_weight: float = 0.0
+    real_crop: str = "hole"  # 'hole': real crops at the hole's window; 'random' (GLCIC-PyTorch)
     skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
     # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
@@ -59,6 +68,11 @@ class StepSettings(NamedTuple):
         loss = config.loss
         if loss.gan not in GAN_LOSSES:
             raise ValueError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
+        real_crop = str(config.mask.get("real_crop", "hole"))  # absent from older configs
+        if real_crop not in REAL_CROPS:
+            raise ValueError(
+                f"mask.real_crop={real_crop!r} must be one of {list(REAL_CROPS)}."
+            )
         return cls(
             mask=masks.MaskSpec.from_config(config.mask),
             gan_loss=str(loss.gan),
@@ -66,6 +80,7 @@ class StepSettings(NamedTuple):
             mse_weight=float(loss.mse_weight),
             gp_weight=float(loss.gp_weight),
             perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
+            real_crop=real_crop,
             skip_nonfinite=config.get("nan_policy", "stop") == "skip",
             phase3_start=int(config.schedule.tc) + int(config.schedule.td),
         )
@@ -148,7 +163,7 @@ class _Batch(NamedTuple):
     images: jax.Array  # [B, H, W, 3] float32 in [0, 1]
     masks: masks.Masks
     x: jax.Array  # [B, H, W, 4] completion input
-    real_local: jax.Array  # [B, L, L, 3] crops of real images at random windows
+    real_local: jax.Array  # [B, L, L, 3] crops of real images (hole's or random windows)
     k_gp: jax.Array
 
 
@@ -160,7 +175,11 @@ def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
     m = masks.sample_masks(k_mask, b, h, w, settings.mask)
     x = masks.fill_holes(images, m.mask, state.mean_pixel)
     size = settings.mask.local_size
-    real_local = masks.crop(images, masks.random_corners(k_real, b, h, w, size), size)
+    if settings.real_crop == "random":
+        real_corners = masks.random_corners(k_real, b, h, w, size)
+    else:
+        real_corners = m.corners
+    real_local = masks.crop(images, real_corners, size)
     return _Batch(images, m, x, real_local, k_gp)
 
 

@@ -394,3 +394,40 @@ def test_create_state(tiny_state, tiny_images, tiny_config):
     assert tiny_state.g.batch_stats and tiny_state.d.batch_stats  # BatchNorm everywhere
     # Pure arrays: the whole state is a pytree of jax arrays (donatable, checkpointable).
     assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(tiny_state))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real local crops: at the hole's window (default) or at a random one (GLCIC-PyTorch)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", ["random", "center"])
+def test_real_local_crops_are_cut_at_the_hole_window(tiny_config, tiny_state, tiny_images,
+                                                      position):
+    tiny_config.mask.position = position
+    settings = steps.StepSettings.from_config(tiny_config)
+    assert settings.real_crop == "hole"
+    for step in range(3):
+        state_t = tiny_state.replace(step=jnp.asarray(step, tiny_state.step.dtype))
+        batch = steps._prepare(settings, state_t, tiny_images)
+        size = tiny_config.mask.local_size
+        expected = masks.crop(batch.images, batch.masks.corners, size)
+        np.testing.assert_array_equal(np.asarray(batch.real_local), np.asarray(expected))
+
+
+def test_real_local_crops_at_random_windows_on_request(tiny_config, tiny_state, tiny_images):
+    tiny_config.mask.position = "center"
+    tiny_config.mask.real_crop = "random"
+    settings = steps.StepSettings.from_config(tiny_config)
+    size = tiny_config.mask.local_size
+    differs = 0
+    for step in range(3):
+        state_t = tiny_state.replace(step=jnp.asarray(step, tiny_state.step.dtype))
+        batch = steps._prepare(settings, state_t, tiny_images)
+        hole = np.asarray(masks.crop(batch.images, batch.masks.corners, size))
+        real = np.asarray(batch.real_local)
+        differs += sum(not np.array_equal(r, h) for r, h in zip(real, hole))
+    assert differs >= 9  # 12 crops; a random window equals the centre one with p = 1/17^2 each
+    tiny_config.mask.real_crop = "hole_centered"
+    with pytest.raises(ValueError, match=r"mask.real_crop='hole_centered' must be one of"):
+        steps.StepSettings.from_config(tiny_config)
