@@ -6,9 +6,9 @@ r"""Complete your own photos with a trained GLCIC checkpoint.
       --image=photos/ --mask=masks/ --output=completed/        # a folder, masks matched by stem
 
 The mask is an image of the photo's size, white (>= 128) where the hole is; 1-channel, RGB or RGBA
-(transparent = not a hole). Without --mask, holes are drawn at random with the checkpoint's hole
-sizes scaled to the photo (`--seed`), and the mask used is written beside the output as
-`<output stem>_mask.png`.
+(transparent = not a hole). Without --mask, holes are drawn at random as the checkpoint's training
+holes were (sizes scaled to the photo; `mask.square`, `mask.position` and `mask.max_holes` kept;
+`--seed`), and the mask used is written beside the output as `<output stem>_mask.png`.
 
 Guarantees:
 * Pixels outside the hole are returned exactly as read (uint8 equality), in the photo's own mode:
@@ -165,7 +165,12 @@ def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
 
 
 def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
-    """Random holes for an (H, W) photo: the config's hole sizes times min(H, W) / image_size."""
+    """Random holes for an (H, W) photo, drawn as the checkpoint's training holes were.
+
+    The config's hole and window sizes are scaled by min(H, W) / image_size; its `mask.square`
+    and `mask.position` (e.g. the landscape config's square centred hole) and `mask.max_holes`
+    are kept.
+    """
     import jax
 
     from glcic_jax import masks
@@ -175,7 +180,9 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
     local = max(1, min(h, w, round(int(config.mask.local_size) * scale)))
     hole_max = max(1, min(local, round(int(config.mask.hole_max) * scale)))
     hole_min = max(1, min(hole_max, round(int(config.mask.hole_min) * scale)))
-    spec = masks.MaskSpec(local, hole_min, hole_max, int(config.mask.max_holes), "random")
+    spec = masks.MaskSpec(local, hole_min, hole_max, int(config.mask.max_holes),
+                          str(config.mask.get("position", "random")),
+                          bool(config.mask.get("square", False)))  # absent from older configs
     m = jax.jit(masks.sample_masks, static_argnums=(1, 2, 3, 4))(key, 1, h, w, spec).mask
     return np.asarray(jax.device_get(m))[0, ..., 0] > 0.5
 
