@@ -446,11 +446,29 @@ def compute_mean_pixel(config) -> np.ndarray:
     return (total / (count * size * size) / 255.0).astype(np.float32)
 
 
+# data.* fields that cannot change the mean pixel; every other one (source, name, data_dir, path,
+# train_split, image_size, resize_min/max, eval_fraction, shuffle_buffer, mean_pixel_images, ...)
+# and the seed (it picks the images and crops) is part of the cache key.
+_NOT_IN_MEAN_PIXEL_KEY = ("num_workers", "num_eval_images", "eval_split", "flip")
+
+
+def mean_pixel_key(config) -> dict:
+    """What the cached mean pixel was computed from (JSON-serialisable)."""
+    data = config.data.to_dict()
+    key = {k: data[k] for k in sorted(data) if k not in _NOT_IN_MEAN_PIXEL_KEY}
+    key["seed"] = int(config.seed)
+    return json.loads(json.dumps(key))  # the types a cache file reads back
+
+
 def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
-    """The dataset's mean pixel, computed once and cached in WORKDIR/mean_pixel.json."""
+    """The dataset's mean pixel, computed once and cached in WORKDIR/mean_pixel.json.
+
+    The cache is keyed on everything that changes the value (`mean_pixel_key`): pointing a workdir
+    at other data, another split or other resize settings recomputes it instead of reusing a stale
+    mean.
+    """
     path = os.path.join(workdir, "mean_pixel.json")
-    key = {"source": config.data.source, "name": config.data.name, "path": config.data.path,
-           "images": int(config.data.mean_pixel_images), "size": int(config.data.image_size)}
+    key = mean_pixel_key(config)
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -461,9 +479,13 @@ def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
                 (value >= 0.0) & (value <= 1.0)
             ):
                 return value
-        except (OSError, ValueError, KeyError, TypeError):
+            if cached.get("key") != key:
+                logging.info("The cached mean pixel in %s was computed from other data settings; "
+                             "recomputing it.", path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-    logging.info("Computing the mean pixel over %d training images...", key["images"])
+    logging.info("Computing the mean pixel over %d training images...",
+                 int(config.data.mean_pixel_images))
     value = compute_mean_pixel(config)
     if write:
         os.makedirs(workdir, exist_ok=True)

@@ -346,3 +346,34 @@ def test_missing_module_while_preparing_is_named_as_a_missing_module(tmp_path, m
     assert "needs the Python module 'importlib_resources', which is not installed" in message
     assert "pip install -r requirements.txt" in message
     assert "downloaded" not in message and "access to the dataset's download site" not in message
+
+
+def test_mean_pixel_cache_is_keyed_on_what_it_was_computed_from(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_compute(config):
+        calls.append(config.data.to_dict())
+        return np.full(3, 0.1 * len(calls), np.float32)
+
+    monkeypatch.setattr(input_pipeline, "compute_mean_pixel", fake_compute)
+    config = load_config("places2")
+    workdir = str(tmp_path / "run")
+
+    def mean():
+        return float(input_pipeline.mean_pixel(config, workdir)[0])
+
+    assert mean() == pytest.approx(0.1) and len(calls) == 1
+    assert mean() == pytest.approx(0.1) and len(calls) == 1  # cached
+    config.data.num_workers = 3  # how the images are decoded: the cache still holds
+    config.data.flip = False  # a flip moves pixels within a crop, not their mean
+    assert mean() == pytest.approx(0.1) and len(calls) == 1
+    # Each of these changes the images the mean is taken over: recomputed, then cached again.
+    changes = [("data_dir", str(tmp_path / "other_tfds")), ("train_split", "train[:10%]"),
+               ("resize_min", 40), ("resize_max", 48), ("name", "celeb_a"),
+               ("source", "folder"), ("path", str(tmp_path)), ("eval_fraction", 0.2)]
+    for i, (field, value) in enumerate(changes, start=2):
+        config.data[field] = value
+        assert mean() == pytest.approx(0.1 * i), field
+        assert mean() == pytest.approx(0.1 * i) and len(calls) == i, field
+    config.seed = 1  # another seed draws other images and crops
+    assert mean() == pytest.approx(0.1 * (len(changes) + 2))
