@@ -33,6 +33,7 @@ SHAPE_KEYS = (
     "model.discriminator",
     "model.d_norm",
     "model.two_stage",
+    "model.fill",
     "optimizer.name",
 )
 
@@ -81,13 +82,24 @@ def _get(config, dotted: str):
     return node
 
 
+# Values of SHAPE_KEYS added after checkpoints were first written: an older config lacks the key
+# and meant this.
+_SHAPE_KEY_DEFAULTS = {"model.fill": "mean"}
+
+
+def _get_shape_key(config, dotted: str):
+    value = _get(config, dotted)
+    return _SHAPE_KEY_DEFAULTS.get(dotted) if value is None else value
+
+
 def check_compatible(stored: dict, config) -> None:
     """Raise IncompatibleCheckpointError naming every shape-relevant field that differs."""
     stored_cfg = ml_collections.ConfigDict(stored)
     diffs = [
-        f"{k}: checkpoint has {_get(stored_cfg, k)!r}, config has {_get(config, k)!r}"
+        f"{k}: checkpoint has {_get_shape_key(stored_cfg, k)!r}, config has "
+        f"{_get_shape_key(config, k)!r}"
         for k in SHAPE_KEYS
-        if _get(stored_cfg, k) != _get(config, k)
+        if _get_shape_key(stored_cfg, k) != _get_shape_key(config, k)
     ]
     if diffs:
         raise IncompatibleCheckpointError(

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.d_norm = "batch"  # discriminator norm: 'batch', 'layer' or 'none'
     c.model.discriminator = "context"  # 'context' (global + local) or 'local' (local critic only)
     c.model.two_stage = False  # add a refinement network after the completion network
+    c.model.fill = "mean"  # holes' initial content: 'mean' pixel (GLCIC) or 'learned' (a ConvNet)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adadelta"  # 'adadelta' (GLCIC), 'adam' or 'rmsprop'; same for C and D
