@@ -52,7 +52,10 @@ from PIL import Image, ImageOps
 from glcic_jax.input_pipeline import IMAGE_EXTENSIONS
 
 LOSSY_FORMATS = ("JPEG", "WEBP")
-HOLE_THRESHOLD = 128  # mask grey values >= this are holes
+# Mask grey values >= this are holes. The authors' inpaint.lua uses >= 0.2 (51/255) on its rescaled
+# mask; we take the midpoint (our choice): the same on black-and-white masks, fewer hole pixels on
+# soft edges.
+HOLE_THRESHOLD = 128
 
 
 class CompletionError(Exception):

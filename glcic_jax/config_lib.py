@@ -12,7 +12,7 @@ from glcic_jax import masks
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all configs: the paper's Places2 settings."""
+    """Defaults shared by all configs: the paper's Places2 settings (plus flips, see data.flip)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds initialisation, the mask stream and the data order
     c.batch_size = 96  # global batch (GLCIC 4: 96), split across all devices
@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 256  # square training crop (the global discriminator's input)
     c.data.resize_min = 256  # shortest side resized to a random value in [resize_min, resize_max]
     c.data.resize_max = 384
-    c.data.flip = True  # random horizontal flips
+    c.data.flip = True  # random horizontal flips (ours, not the paper's; places2.py: off)
     c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (images)
     c.data.num_workers = 0  # folder/skimage decode threads per host; 0 = min(32, 2 x CPUs)
     c.data.eval_fraction = 0.05  # folder source: share of files held out (deterministic by name)

@@ -2,8 +2,8 @@
 
 Every source yields uint8 batches `[local_batch, S, S, 3]` (numpy) for this host; scaling to
 [0, 1] happens on the device inside the jitted step. Augmentation follows GLCIC 4: the shortest
-side is resized to a random value in [resize_min, resize_max], then a random S x S crop and a
-random horizontal flip.
+side is resized to a random value in [resize_min, resize_max], then a random S x S crop; with
+`data.flip` a random horizontal flip follows (our addition: the paper mentions no flips).
 
 Exact resume: each source is a *stream* whose k-th element is a pure function of (seed, host, k):
 which image (a per-epoch permutation) and its crop/flip. Restarting at step s starts the stream at
@@ -90,7 +90,7 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
 
 def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
             resize_max: int, flip: bool) -> np.ndarray:
-    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop, flip.
+    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop; flip if asked.
 
     Only the crop is resampled: PIL resizes the source box that maps onto it (with the filter's
     support reaching past the box edges), which equals cropping the fully resized image up to
