@@ -42,10 +42,10 @@ from glcic_jax import config_lib
 
 def get_config(arg=None):
     c = config_lib.base_config()
-    c.data.source = "folder"  # a tree of landscape photos (the report: 96k Flickr photos)
+    c.data.source = "folder"  # landscape photos (the report: 145K from Flickr, 96,000 trained on)
     c.data.path = ""  # required: --config.data.path=DIR
     c.data.image_size = 256  # the report's 256x256 training crops
-    c.data.resize_min = 256  # shortest side resized to [256, 384] before the crop
+    c.data.resize_min = 256  # shortest side in [256, 384] (GLCIC's range; the report only crops)
     c.data.resize_max = 384
     c.mask.local_size = 128  # the local critic's crop (GLCIC's 128), it holds the hole
     c.mask.hole_min = 64  # square holes of 64..128 pixels a side
@@ -68,7 +68,7 @@ def get_config(arg=None):
     c.optimizer.decay = 0.99  # PyTorch's alpha
     c.optimizer.eps = 1e-8  # added outside the square root, as PyTorch does
     c.batch_size = 32  # not given by the report (GLCIC: 96)
-    c.schedule.tc = 30_000  # MSE pre-training (~10 epochs of 96k photos)
+    c.schedule.tc = 30_000  # MSE pre-training (~10 epochs of the report's 96,000 photos)
     c.schedule.td = 1_000  # critic warm-up on the pre-trained generator
     c.num_train_steps = 200_000  # ~50 adversarial epochs, as long as the report trained
     c.checkpoint_every = 2_000

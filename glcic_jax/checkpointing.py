@@ -41,11 +41,12 @@ SHAPE_KEYS = (
     "model.discriminator",
     "model.d_norm",
     "model.two_stage",
+    "model.fill",
     "optimizer.name",
     "model.input_norm",  # not a shape, but the weights only make sense with their input
 )
 # The value a field had before it existed, for checkpoints written by older versions.
-FIELD_DEFAULTS = {"model.input_norm": "mean_fill"}
+FIELD_DEFAULTS = {"model.input_norm": "mean_fill", "model.fill": "mean"}
 
 
 class IncompatibleCheckpointError(ValueError):

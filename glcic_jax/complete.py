@@ -6,9 +6,9 @@ r"""Complete your own photos with a trained GLCIC checkpoint.
       --image=photos/ --mask=masks/ --output=completed/        # a folder, masks matched by stem
 
 The mask is an image of the photo's size, white (>= 128) where the hole is; 1-channel, RGB or RGBA
-(transparent = not a hole). Without --mask, holes are drawn at random with the checkpoint's hole
-sizes scaled to the photo (`--seed`), and the mask used is written beside the output as
-`<output stem>_mask.png`.
+(transparent = not a hole). Without --mask, holes are drawn at random as the checkpoint's training
+holes were (sizes scaled to the photo; `mask.square`, `mask.position` and `mask.max_holes` kept;
+`--seed`), and the mask used is written beside the output as `<output stem>_mask.png`.
 
 Guarantees:
 * Pixels outside the hole are returned exactly as read (uint8 equality), in the photo's own mode:
@@ -69,7 +69,10 @@ REFUSED_FORMATS = {
     "ICO": "icons are resized to at most 256x256",
     "ICNS": "icons are resized",
 }
-HOLE_THRESHOLD = 128  # mask grey values >= this are holes
+# Mask grey values >= this are holes. The authors' inpaint.lua uses >= 0.2 (51/255) on its rescaled
+# mask; we take the midpoint (our choice): the same on black-and-white masks, fewer hole pixels on
+# soft edges.
+HOLE_THRESHOLD = 128
 
 
 class CompletionError(Exception):
@@ -218,7 +221,12 @@ def read_mask(path: str | IO[bytes], size: tuple[int, int], name: str | None = N
 
 
 def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
-    """Random holes for an (H, W) photo: the config's hole sizes times min(H, W) / image_size."""
+    """Random holes for an (H, W) photo, drawn as the checkpoint's training holes were.
+
+    The config's hole and window sizes are scaled by min(H, W) / image_size; its `mask.square`
+    and `mask.position` (e.g. the landscape config's square centred hole) and `mask.max_holes`
+    are kept.
+    """
     import jax
 
     from glcic_jax import masks
@@ -228,8 +236,9 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
     local = max(1, min(h, w, round(int(config.mask.local_size) * scale)))
     hole_max = max(1, min(local, round(int(config.mask.hole_max) * scale)))
     hole_min = max(1, min(hole_max, round(int(config.mask.hole_min) * scale)))
+    # The checkpoint's own hole shape and placement (mask.square, mask.position), scaled.
     spec = masks.MaskSpec.from_config(config.mask)._replace(
-        local_size=local, hole_min=hole_min, hole_max=hole_max, position="random")
+        local_size=local, hole_min=hole_min, hole_max=hole_max)
     m = jax.jit(masks.sample_masks, static_argnums=(1, 2, 3, 4))(key, 1, h, w, spec).mask
     return np.asarray(jax.device_get(m))[0, ..., 0] > 0.5
 

@@ -30,10 +30,12 @@ GAN_LOSSES = ("bce", "wgan-gp")
 NAN_POLICIES = ("stop", "skip")
 # How the completion network's input is built (masks.fill_holes explains both).
 INPUT_NORMS = ("mean_fill", "mean_subtract")
+FILLS = ("mean", "learned")  # the holes' initial content (models.FillNetwork for 'learned')
+REAL_CROPS = ("hole", "random")  # where real images' local crops are cut (steps.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all configs: the paper's Places2 settings."""
+    """Defaults shared by all configs: the paper's Places2 settings (plus flips, see data.flip)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds initialisation, the mask stream and the data order
     c.batch_size = 96  # global batch (GLCIC 4: 96), split across all devices
@@ -59,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 256  # square training crop (the global discriminator's input)
     c.data.resize_min = 256  # shortest side resized to a random value in [resize_min, resize_max]
     c.data.resize_max = 384
-    c.data.flip = True  # random horizontal flips
+    c.data.flip = True  # random horizontal flips (ours, not the paper's; places2.py: off)
     c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (images)
     c.data.num_workers = 0  # folder/skimage decode threads per host; 0 = min(32, 2 x CPUs)
     c.data.eval_fraction = 0.05  # folder source: share of files held out (deterministic by name)
@@ -73,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mask.max_holes = 1  # 1..max_holes rectangles per image, all inside the local window
     c.mask.position = "random"  # 'random' window, or 'center' (the landscape report's fixed hole)
     c.mask.square = False  # square holes: one side in [hole_min, hole_max] for height and width
+    c.mask.real_crop = "hole"  # real images' local crop: 'hole' (its window) or 'random' (PyTorch)
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # activation dtype: 'float32' or 'bfloat16' (params stay float32)
@@ -84,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Completion input: 'mean_fill' (hole = mean pixel; ours) or 'mean_subtract' (image minus the
     # mean pixel, hole = 0: the authors' inpaint.lua, set by glcic_jax.convert); see masks.py.
     c.model.input_norm = "mean_fill"
+    c.model.fill = "mean"  # holes' initial content: 'mean' pixel (GLCIC) or 'learned' (a ConvNet)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adadelta"  # 'adadelta' (GLCIC), 'adam' or 'rmsprop'; same for C and D
@@ -96,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.gan = "bce"  # 'bce' (GLCIC, on logits) or 'wgan-gp' (landscape report)
-    c.loss.alpha = 0.0004  # adversarial weight (GLCIC: 0.0004); also scales D's loss
+    c.loss.alpha = 0.0004  # adversarial weight (GLCIC: 0.0004); scales D's BCE in phase 3 only
     c.loss.mse_weight = 1.0  # weight of the hole MSE in phase 3 (landscape WGAN: 10)
     c.loss.gp_weight = 10.0  # WGAN-GP lambda
     c.loss.n_critic = 1  # phase 3: D updates per cycle
@@ -263,6 +267,8 @@ def _problems(config, num_devices: int) -> list[str]:
     choice("model.d_norm", NORMS)
     choice("model.discriminator", DISCRIMINATORS)
     choice("model.input_norm", INPUT_NORMS)
+    choice("model.fill", FILLS)
+    choice("mask.real_crop", REAL_CROPS)
     if get("init_phase") is not None and get("init_phase") not in (1, 2, 3):
         out.append(f"init_phase={get('init_phase')!r} must be 1, 2 or 3")
     choice("optimizer.name", OPTIMIZERS, lower=True)

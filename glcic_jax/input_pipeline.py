@@ -2,8 +2,8 @@
 
 Every source yields uint8 batches `[local_batch, S, S, 3]` (numpy) for this host; scaling to
 [0, 1] happens on the device inside the jitted step. Augmentation follows GLCIC 4: the shortest
-side is resized to a random value in [resize_min, resize_max], then a random S x S crop and a
-random horizontal flip.
+side is resized to a random value in [resize_min, resize_max], then a random S x S crop; with
+`data.flip` a random horizontal flip follows (our addition: the paper mentions no flips).
 
 Exact resume: each source is a *stream* whose k-th element is a pure function of (seed, host, k):
 which image (a per-epoch permutation) and its crop/flip. Restarting at step s starts the stream at
@@ -92,7 +92,7 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
 
 def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
             resize_max: int, flip: bool) -> np.ndarray:
-    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop, flip.
+    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop; flip if asked.
 
     Only the crop is resampled: PIL resizes the source box that maps onto it (with the filter's
     support reaching past the box edges), which equals cropping the fully resized image up to
@@ -307,6 +307,26 @@ def _import_tf():
     return tf
 
 
+def _missing_module(error: BaseException) -> str | None:
+    """The name of the module whose import failed somewhere in `error`'s chain, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ImportError):
+            return getattr(error, "name", None) or str(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _missing_module_error(name: str, what: str, error: BaseException) -> DataError:
+    module = _missing_module(error)
+    return DataError(
+        f"{what} for the tfds dataset {name!r} needs the Python module {module!r}, which is not "
+        f"installed (a missing package, not a network problem): run `pip install -r "
+        f"requirements.txt` (or `pip install {module.split('.')[0]}`) and retry."
+    )
+
+
 def _tfds_builder(config):
     _import_tf()
     import tensorflow_datasets as tfds
@@ -316,6 +336,8 @@ def _tfds_builder(config):
     try:
         builder = tfds.builder(d.name, data_dir=data_dir)
     except Exception as e:
+        if _missing_module(e):
+            raise _missing_module_error(d.name, "Loading the builder", e) from e
         raise DataError(f"Unknown tfds dataset data.name={d.name!r}: {e}") from e
     if not builder.is_prepared():
         where = builder.data_dir
@@ -327,6 +349,8 @@ def _tfds_builder(config):
                 tfds.display_progress_bar(True)  # tfds' own per-file and per-split progress
                 builder.download_and_prepare()
         except Exception as e:
+            if _missing_module(e):
+                raise _missing_module_error(d.name, "Preparing", e) from e
             raise DataError(
                 f"The tfds dataset {d.name!r} is not in {where} and could not be downloaded or "
                 f"prepared ({type(e).__name__}: {str(e)[:300]}). Either give this machine access "
@@ -533,11 +557,29 @@ def compute_mean_pixel(config) -> np.ndarray:
     return (total / (count * size * size) / 255.0).astype(np.float32)
 
 
+# data.* fields that cannot change the mean pixel; every other one (source, name, data_dir, path,
+# train_split, image_size, resize_min/max, eval_fraction, shuffle_buffer, mean_pixel_images, ...)
+# and the seed (it picks the images and crops) is part of the cache key.
+_NOT_IN_MEAN_PIXEL_KEY = ("num_workers", "num_eval_images", "eval_split", "flip")
+
+
+def mean_pixel_key(config) -> dict:
+    """What the cached mean pixel was computed from (JSON-serialisable)."""
+    data = config.data.to_dict()
+    key = {k: data[k] for k in sorted(data) if k not in _NOT_IN_MEAN_PIXEL_KEY}
+    key["seed"] = int(config.seed)
+    return json.loads(json.dumps(key))  # the types a cache file reads back
+
+
 def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
-    """The dataset's mean pixel, computed once and cached in WORKDIR/mean_pixel.json."""
+    """The dataset's mean pixel, computed once and cached in WORKDIR/mean_pixel.json.
+
+    The cache is keyed on everything that changes the value (`mean_pixel_key`): pointing a workdir
+    at other data, another split or other resize settings recomputes it instead of reusing a stale
+    mean.
+    """
     path = os.path.join(workdir, "mean_pixel.json")
-    key = {"source": config.data.source, "name": config.data.name, "path": config.data.path,
-           "images": int(config.data.mean_pixel_images), "size": int(config.data.image_size)}
+    key = mean_pixel_key(config)
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -548,9 +590,13 @@ def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
                 (value >= 0.0) & (value <= 1.0)
             ):
                 return value
-        except (OSError, ValueError, KeyError, TypeError):
+            if cached.get("key") != key:
+                logging.info("The cached mean pixel in %s was computed from other data settings; "
+                             "recomputing it.", path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-    logging.info("Computing the mean pixel over %d training images...", key["images"])
+    logging.info("Computing the mean pixel over %d training images...",
+                 int(config.data.mean_pixel_images))
     value = compute_mean_pixel(config)
     if write:
         os.makedirs(workdir, exist_ok=True)

@@ -15,10 +15,11 @@ import optax
 def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
     """GLCIC's reconstruction loss ||M * (C(x, M) - x)||^2 with the paper's normalisation.
 
-    The official Torch code applies `nn.MSECriterion` to `output:cmul(mask)` and
-    `input:cmul(mask)`, i.e. the squared error summed over the hole and divided by the number of
-    *all* elements B*H*W*C (not the number of hole pixels). We keep that normalisation so that the
-    paper's alpha = 0.0004 weighs the adversarial term exactly as it did there.
+    The paper does not say how the norm is normalised, and its authors released inference code
+    only. We follow GLCIC-PyTorch (`completion_network_loss`: `mse_loss(output * mask,
+    input * mask)`): the squared error summed over the hole and divided by the number of *all*
+    elements B*H*W*C, not the number of hole pixels. alpha = 0.0004 (the paper's) is used with this
+    normalisation there too.
 
     pred, target: [B, H, W, C]; mask: [B, H, W, 1] with 1 inside holes.
     """

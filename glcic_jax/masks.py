@@ -2,8 +2,8 @@
 
 GLCIC 4 (training): each training image gets a local window of `local_size` x `local_size`, and
 holes are rectangles inside that window, so that the local discriminator's crop contains the
-whole hole. Real images get a local crop at an independent random window (the CelebA/Places2
-report: "when an image is intact it is centered on a random pixel").
+whole hole. Real images are cropped by the training steps at the same window by default, or at
+`random_corners` with `mask.real_crop='random'` (see steps.py).
 
 Everything here has static shapes and runs inside the jitted training steps: the host pipeline only
 decodes and crops images. Keys come from `jax.random.fold_in(key, step)` so a resumed run draws the

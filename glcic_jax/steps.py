@@ -2,8 +2,17 @@
 
 GLCIC 3.3 / Algorithm 1:
   phase 1 (t < Tc):            `completion_step`    update C on the hole MSE; D untouched.
-  phase 2 (Tc <= t < Tc + Td): `discriminator_step` C frozen; update D on real vs completed.
-  phase 3 (t >= Tc + Td):      `joint_step`         update D, then C on MSE + alpha * adversarial.
+  phase 2 (Tc <= t < Tc + Td): `discriminator_step` C frozen; update D on real vs completed,
+                               its plain BCE loss.
+  phase 3 (t >= Tc + Td):      `joint_step`         update D on alpha * its loss, then C on
+                               MSE + alpha * adversarial.
+The seed report (CelebA/Places2) spells the phase-2 / phase-3 difference out: in the discriminator
+phase the two BCE terms are "added" and used as they are; in the simultaneous phase D's loss "is the
+same as before, except it is multiplied by an alpha factor" (GLCIC eq. 3 weighs D's terms by alpha
+in the joint objective). Adadelta is not scale-invariant for gradients below sqrt(eps), so a
+phase-2 D trained on alpha * BCE hardly moves. With the WGAN-GP loss, D's (critic's) loss is the
+landscape report's (4a) in every phase: E[D(G(x))] - E[D(x)] + gp, never multiplied by alpha;
+alpha weighs only the generator's adversarial term there.
 With an update ratio other than 1:1 (the landscape report's WGAN runs), phase 3 alternates
 `discriminator_step` and `generator_step` instead of the fused `joint_step`.
 
@@ -12,8 +21,15 @@ masks on the device from `fold_in(state.rng, state.step)`, and returns `(new_sta
 dict of float32 scalars; nothing syncs with the host.
 
 The discriminator always sees the *composited* image: generated pixels inside the hole and the
-original pixels outside (GLCIC 3.2), and a local crop around the hole; real images get a local
-crop at an independent random window.
+original pixels outside (GLCIC 3.2), and a local crop around the hole. A real image is cropped at
+the same window as its hole's by default (`mask.real_crop='hole'`): the seed report's trainer crops
+"the 128*128 hole-centered images ... for both the intact and the completed images" with one
+function, and with equal windows D cannot tell real from completed crops by where they were cut
+(with `mask.position='center'` the completed crops would otherwise always show the image centre).
+That report's network description also says an intact image's crop "is centered on a random
+pixel"; we follow its trainer, as DESIGN.md decides.
+`mask.real_crop='random'` crops real images at an independent random window instead, as
+GLCIC-PyTorch's train.py does (its `hole_area_real`).
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: ste
 from glcic_jax.state import GANState, ModelState, Networks
 
 GAN_LOSSES = config_lib.GAN_LOSSES
+REAL_CROPS = config_lib.REAL_CROPS  # where real images' local crops are cut (module docstring)
 
 
 class StepSettings(NamedTuple):
@@ -41,14 +58,23 @@ class StepSettings(NamedTuple):
     mse_weight: float = 1.0  # weight of the MSE term in the joint generator loss
     gp_weight: float = 10.0  # WGAN-GP lambda
     perceptual_weight: float = 0.0
+    real_crop: str = "hole"  # 'hole': real crops at the hole's window; 'random' (GLCIC-PyTorch)
     skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
     input_norm: str = "mean_fill"  # how the completion input is built (masks.INPUT_NORMS)
+    # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
+    # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
+    phase3_start: int = 0
 
     @classmethod
     def from_config(cls, config) -> "StepSettings":
         loss = config.loss
         if loss.gan not in GAN_LOSSES:
             raise ValueError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
+        real_crop = str(config.mask.get("real_crop", "hole"))  # absent from older configs
+        if real_crop not in REAL_CROPS:
+            raise ValueError(
+                f"mask.real_crop={real_crop!r} must be one of {list(REAL_CROPS)}."
+            )
         return cls(
             mask=masks.MaskSpec.from_config(config.mask),
             gan_loss=str(loss.gan),
@@ -56,8 +82,10 @@ class StepSettings(NamedTuple):
             mse_weight=float(loss.mse_weight),
             gp_weight=float(loss.gp_weight),
             perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
+            real_crop=real_crop,
             skip_nonfinite=config.get("nan_policy", "stop") == "skip",
             input_norm=inference.input_norm_of(config),
+            phase3_start=int(config.schedule.tc) + int(config.schedule.td),
         )
 
 
@@ -131,7 +159,7 @@ class _Batch(NamedTuple):
     images: jax.Array  # [B, H, W, 3] float32 in [0, 1]
     masks: masks.Masks
     x: jax.Array  # [B, H, W, 4] completion input
-    real_local: jax.Array  # [B, L, L, 3] crops of real images at random windows
+    real_local: jax.Array  # [B, L, L, 3] crops of real images (hole's or random windows)
     k_gp: jax.Array
 
 
@@ -143,7 +171,11 @@ def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
     m = masks.sample_masks(k_mask, b, h, w, settings.mask)
     x = masks.fill_holes(images, m.mask, state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
-    real_local = masks.crop(images, masks.random_corners(k_real, b, h, w, size), size)
+    if settings.real_crop == "random":
+        real_corners = masks.random_corners(k_real, b, h, w, size)
+    else:
+        real_corners = m.corners
+    real_local = masks.crop(images, real_corners, size)
     return _Batch(images, m, x, real_local, k_gp)
 
 
@@ -161,8 +193,12 @@ def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array
     return total, metrics
 
 
-def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
-    """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics))."""
+def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, scale):
+    """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics)).
+
+    `scale` multiplies the BCE loss (1 in phase 2, alpha in phase 3, see the module docstring);
+    the logged `d_loss` is the loss before that weighting, comparable across phases.
+    """
     size = settings.mask.local_size
     fake_local = masks.crop(completed, batch.masks.corners, size)
     # Separate forward passes for real and completed batches (as the reference ports do): each
@@ -174,7 +210,8 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
         gan = losses.d_bce_loss(real_logits, fake_logits)
         metrics = {"d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
                    "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
-        loss = settings.alpha * gan
+        loss = scale * gan
+        metrics["d_loss"] = gan
     else:
         gan = losses.wgan_critic_loss(real_logits, fake_logits)
         # The penalty needs per-sample gradients: BatchNorm critics are evaluated in inference
@@ -190,9 +227,20 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed):
         )
         metrics = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits), "gp": gp,
                    "wasserstein": -gan}
-        loss = settings.alpha * (gan + settings.gp_weight * gp)
-    metrics["d_loss"] = loss
+        # Landscape report 4a: the critic's loss unscaled in every phase (no alpha).
+        loss = gan + settings.gp_weight * gp
+        metrics["d_loss"] = loss
     return loss, (stats, metrics)
+
+
+def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array | float:
+    """Weight of D's BCE loss: alpha in phase 3 (the joint step, or a D-only step at or after
+    Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (see _d_loss)."""
+    if settings.gan_loss != "bce":
+        return 1.0
+    if joint:
+        return settings.alpha
+    return jnp.where(step >= settings.phase3_start, settings.alpha, 1.0).astype(jnp.float32)
 
 
 def _adv_loss(settings, nets, d: ModelState, completed, corners):
@@ -225,8 +273,9 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
     # C is frozen: batch-statistics forward (as in the joint phase), its stat updates discarded.
     out, _, _ = _generate(nets, state.g, state.g.params, batch.x, True)
     completed = jax.lax.stop_gradient(models.composite(batch.images, out, batch.masks.mask))
+    scale = _d_scale(settings, state.step, joint=False)
     grad_fn = jax.value_and_grad(
-        lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
+        lambda p: _d_loss(settings, nets, state.d, p, batch, completed, scale), has_aux=True
     )
     (loss, (stats, metrics)), grads = grad_fn(state.d.params)
     new = state.replace(step=state.step + 1, d=_apply_updates(nets.d_tx, state.d, grads, stats))
@@ -257,7 +306,9 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     # 1) D on real vs completed (completed is a constant for D).
     completed = jax.lax.stop_gradient(models.composite(batch.images, outs[0], batch.masks.mask))
     (d_loss, (d_stats, metrics)), d_grads = jax.value_and_grad(
-        lambda p: _d_loss(settings, nets, state.d, p, batch, completed), has_aux=True
+        lambda p: _d_loss(settings, nets, state.d, p, batch, completed,
+                          _d_scale(settings, state.step, joint=True)),
+        has_aux=True,
     )(state.d.params)
     new_d = _apply_updates(nets.d_tx, state.d, d_grads, d_stats)
 

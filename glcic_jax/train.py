@@ -177,9 +177,15 @@ _NOT_THE_LOSSES = "gradients or updated weights (the losses were finite)"
 
 
 def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, float]:
-    """Fetch the pending per-step metrics; stop (or count) on non-finite values; return means."""
+    """Fetch the pending per-step metrics; stop (or count) on non-finite values; return means.
+
+    Each metric is the mean over the steps that produced it (finite values only): a window that
+    spans phases, or phase 3 with n_critic / n_generator != 1, mixes steps that report different
+    metrics (a discriminator step has no `mse`, a completion step no `d_loss`).
+    """
     fetched = jax.device_get([m for _, _, m in pending])
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     skipped = 0
     for (step, name, _), m in zip(pending, fetched):
         bad = sorted(k for k, v in m.items() if k != "nonfinite" and not np.isfinite(v))
@@ -199,8 +205,8 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
         for k, v in m.items():
             if np.isfinite(v):
                 sums[k] = sums.get(k, 0.0) + float(v)
-    n = max(1, len(pending))
-    out = {k: v / n for k, v in sums.items()}
+                counts[k] = counts.get(k, 0) + 1
+    out = {k: v / counts[k] for k, v in sums.items()}
     out["skipped_updates"] = float(skipped)
     return out
 

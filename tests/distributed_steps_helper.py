@@ -6,6 +6,10 @@ runs in its own process. IN holds a global batch of images and the leaves of an 
 GANState; the completion (phase 1) and joint (phase 3) steps run on a mesh over all N devices
 through `distributed.shard_steps` (the wrappers `train.py` uses), and OUT receives the new states'
 and the metrics' leaves, plus whether every output stayed replicated over all N devices.
+
+The same steps also run once more with a simulated sharding bug, under the `dropped_` prefix: the
+last device's images are lost and that device computes on a copy of the first device's images
+(as when a host feeds the wrong slice), so the test can show that its comparison catches it.
 """
 
 from __future__ import annotations
@@ -40,19 +44,24 @@ def main(in_path: str, out_path: str) -> None:
     # donate=False inside; shard_steps' wrappers donate the placed state, which is recreated.
     steps = distributed.shard_steps(steps_lib.make_steps(config, nets, donate=False), mesh)
     out = {"num_devices": np.int64(n)}
-    for name in ("completion", "joint"):
-        state = jax.device_put(host_state, distributed.replicated(mesh))
-        images = distributed.global_batch(data["images"], distributed.batch_sharded(mesh))
-        assert images.sharding.shard_shape(images.shape)[0] == images.shape[0] // n
-        new_state, metrics = getattr(steps, name)(state, images)
-        leaves = jax.tree_util.tree_leaves((new_state, metrics))
-        out[f"{name}_replicated"] = np.bool_(all(
-            x.sharding.is_fully_replicated and len(x.sharding.device_set) == n for x in leaves
-        ))
-        for i, x in enumerate(jax.tree_util.tree_leaves(jax.device_get(new_state))):
-            out[f"{name}_state_{i}"] = np.asarray(x)
-        for k, v in jax.device_get(metrics).items():
-            out[f"{name}_metric_{k}"] = np.asarray(v)
+    per_device = len(data["images"]) // n
+    dropped = data["images"].copy()
+    dropped[-per_device:] = data["images"][:per_device]  # the last device's own images are lost
+    for prefix, host_images in (("", data["images"]), ("dropped_", dropped)):
+        for name in ("completion", "joint"):
+            state = jax.device_put(host_state, distributed.replicated(mesh))
+            images = distributed.global_batch(host_images, distributed.batch_sharded(mesh))
+            assert images.sharding.shard_shape(images.shape)[0] == images.shape[0] // n
+            new_state, metrics = getattr(steps, name)(state, images)
+            leaves = jax.tree_util.tree_leaves((new_state, metrics))
+            key = prefix + name
+            out[f"{key}_replicated"] = np.bool_(all(
+                x.sharding.is_fully_replicated and len(x.sharding.device_set) == n for x in leaves
+            ))
+            for i, x in enumerate(jax.tree_util.tree_leaves(jax.device_get(new_state))):
+                out[f"{key}_state_{i}"] = np.asarray(x)
+            for k, v in jax.device_get(metrics).items():
+                out[f"{key}_metric_{k}"] = np.asarray(v)
     np.savez(out_path, **out)
 
 

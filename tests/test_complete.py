@@ -200,6 +200,28 @@ def test_random_mask_is_saved_beside_output(files, workdir, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(out))[~hole], rgb[~hole])
 
 
+def test_random_holes_follow_the_checkpoint_mask_settings():
+    # A landscape-style checkpoint: one square hole in the centre (mask.square, mask.position).
+    cfg = _tiny_config()
+    cfg.mask.square, cfg.mask.position = True, "center"
+    h, w = 64, 96  # twice the :tiny image size: hole sides 12..24, a local window of 32
+    for seed in range(4):
+        hole = complete.random_hole(cfg, (h, w), jax.random.PRNGKey(seed))
+        rows, cols = np.nonzero(hole)
+        top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+        side = bottom - top + 1
+        assert side == right - left + 1, "not a square"
+        assert hole.sum() == side * side, "not one filled square"
+        assert 12 <= side <= 24
+        # Centred: the same margin (to one pixel) on both sides.
+        assert abs(top - (h - 1 - bottom)) <= 1 and abs(left - (w - 1 - right)) <= 1
+    # The default settings still draw rectangles anywhere in the photo.
+    cfg = _tiny_config()
+    holes = [complete.random_hole(cfg, (h, w), jax.random.PRNGKey(s)) for s in range(8)]
+    centres = {(int(np.nonzero(m)[0].mean()), int(np.nonzero(m)[1].mean())) for m in holes}
+    assert len(centres) > 4
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors: one line, exit status 1, nothing written
 

@@ -161,6 +161,104 @@ def test_two_stage_generator_returns_refined_and_coarse(tiny_config):
 
 
 # ----------------------------------------------------------------------------------------------
+# Learned fill (the CelebA/Places2 report's proposal)
+# ----------------------------------------------------------------------------------------------
+
+# The paper network's parameter tree: 15 convolutions (17 layers less the 2 deconvolutions),
+# 2 transposed convolutions and 16 BatchNorms (every layer but the output).
+PAPER_PARAM_NAMES = sorted([f"PaddedConv_{i}" for i in range(15)]
+                           + ["ConvTranspose_0", "ConvTranspose_1"]
+                           + [f"BatchNorm_{i}" for i in range(16)])
+
+
+def test_default_fill_is_the_paper_network(tiny_config):
+    assert tiny_config.model.fill == "mean"
+    net = models.make_generator(tiny_config.model)
+    assert net.fill == "mean"
+    shapes = abstract_init(net, jnp.zeros((1, 32, 32, 4)))
+    assert sorted(shapes["params"]) == PAPER_PARAM_NAMES
+    assert sorted(shapes["batch_stats"]) == sorted(f"BatchNorm_{i}" for i in range(16))
+    assert models.count_params(shapes["params"]) == 6_072_131
+    # The input reaches the first convolution unchanged: the mean-filled holes are the network's.
+    variables = cheap_variables(net, jnp.zeros((1, 32, 32, 4)))
+    x = gen_input(2, 32, 32)
+    _, inter = jax.jit(functools.partial(net.apply, train=False, capture_intermediates=True,
+                                         mutable=["intermediates"]))(variables, x)
+    first = inter["intermediates"]["PaddedConv_0"]["__call__"][0]
+    w = variables["params"]["PaddedConv_0"]["Conv_0"]
+    expected = jax.lax.conv_general_dilated(
+        x, w["kernel"], (1, 1), ((2, 2), (2, 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + w["bias"]
+    np.testing.assert_allclose(np.asarray(first), np.asarray(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_learned_fill_replaces_the_mean_fill_and_trains_through_the_completion_loss(tiny_config):
+    from glcic_jax import losses
+
+    tiny_config.model.fill = "learned"
+    net = models.make_generator(tiny_config.model)
+    assert isinstance(net, models.CompletionNetwork) and net.fill == "learned"
+    variables = cheap_variables(net, jnp.zeros((1, 32, 32, 4)), seed=1)
+    params = variables["params"]
+    # The paper network's parameters, plus the fill network's under 'fill'.
+    assert sorted(set(params) - {"fill"}) == PAPER_PARAM_NAMES
+    n_fill = models.count_params(params["fill"])
+    assert 100_000 < n_fill < 400_000
+    assert models.count_params(params) == 6_072_131 + n_fill
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(0, 1, (2, 32, 32, 3)), jnp.float32)
+    mask = np.zeros((2, 32, 32, 1), np.float32)
+    mask[:, 8:20, 10:24] = 1.0
+    mask = jnp.asarray(mask)
+    x = jnp.concatenate([images * (1 - mask) + 0.2 * mask, mask], axis=-1)  # mean-filled input
+
+    # The main network sees the fill network's content in the hole instead of the flat mean
+    # pixel: the learned-fill generator is the paper network applied to that composite.
+    content = jax.jit(models.FillNetwork().apply)({"params": params["fill"]}, x)
+    assert content.shape == (2, 32, 32, 3)
+    assert np.abs(np.asarray(content) - 0.2).max() > 0.1
+    refilled = jnp.concatenate([models.composite(images, content, mask), mask], axis=-1)
+    mean_vars = {"params": {k: v for k, v in params.items() if k != "fill"},
+                 "batch_stats": variables["batch_stats"]}
+    paper = models.CompletionNetwork()
+    # (Batch statistics: the cheap weights' unit running variances would flatten outputs to ~0.5.)
+    learned = np.asarray(apply(net, variables, x, train=True)[0])
+    via_paper = np.asarray(apply(paper, mean_vars, refilled, train=True)[0])
+    np.testing.assert_allclose(learned, via_paper, rtol=1e-5, atol=1e-6)
+    flat = np.asarray(apply(paper, mean_vars, x, train=True)[0])
+    assert np.abs(learned - flat).max() > 1e-3
+
+    # End to end: the completion loss (hole MSE) gives every fill-network kernel a gradient.
+    def loss(p):
+        out, _ = net.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=True,
+                           mutable=["batch_stats"])
+        return losses.masked_mse(out, images, mask)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads["fill"]):
+        g = np.asarray(g)
+        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+        if "kernel" in jax.tree_util.keystr(path):
+            assert np.abs(g).max() > 0, f"no gradient reaches fill{jax.tree_util.keystr(path)}"
+
+    tiny_config.model.fill = "network"
+    with pytest.raises(ValueError, match=r"model\.fill='network' is not supported"):
+        abstract_init(models.make_generator(tiny_config.model), jnp.zeros((1, 32, 32, 4)))
+
+
+def test_fill_is_part_of_checkpoint_compatibility(tiny_config):
+    from glcic_jax import checkpointing
+
+    stored = tiny_config.to_dict()
+    del stored["model"]["fill"]  # a checkpoint written before model.fill existed
+    checkpointing.check_compatible(stored, tiny_config)  # 'mean' is what it meant
+    tiny_config.model.fill = "learned"
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.fill"):
+        checkpointing.check_compatible(stored, tiny_config)
+
+
+# ----------------------------------------------------------------------------------------------
 # Discriminators
 # ----------------------------------------------------------------------------------------------
 

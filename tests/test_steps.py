@@ -98,13 +98,68 @@ def test_joint_step_updates_both(tiny_state, after_joint):
                                float(metrics["mse"]) + 0.0004 * float(metrics["g_adv"]), rtol=1e-5)
 
 
-def test_joint_step_d_update_matches_discriminator_step(tiny_state, after_discriminator,
-                                                         after_joint):
-    """Same step, same masks, same C: the joint step's D update is the discriminator step's."""
-    d_only, _ = after_discriminator
-    joint, _ = after_joint
-    for a, b in zip(jax.tree_util.tree_leaves(d_only.d), jax.tree_util.tree_leaves(joint.d)):
+def adadelta_grad_magnitudes(opt_state) -> list[np.ndarray]:
+    """|g| of a first Adadelta update, from its accumulator e_g = (1 - rho) g^2 (rho 0.9)."""
+    leaves = [x for p, x in jax.tree_util.tree_leaves_with_path(opt_state)
+              if "e_g" in jax.tree_util.keystr(p)]
+    assert leaves, "no Adadelta e_g accumulator in the optimizer state"
+    return [np.sqrt(np.asarray(x, np.float64) / 0.1) for x in leaves]
+
+
+def assert_grads_scaled(num, den, factor):
+    """|g_num| == factor * |g_den| elementwise, on elements whose gradient is not negligible.
+
+    Negligible: below 1e-3 of the largest gradient of the tree, e.g. the biases of convolutions
+    followed by BatchNorm, whose true gradient is 0 and whose float32 value is rounding noise.
+    """
+    nums, dens = adadelta_grad_magnitudes(num), adadelta_grad_magnitudes(den)
+    top = max(b.max() for b in dens)
+    compared = 0
+    for a, b in zip(nums, dens):
+        big = b > 1e-3 * top
+        compared += int(big.sum())
+        np.testing.assert_allclose(a[big], factor * b[big], rtol=1e-3)
+    assert compared > 1000
+
+
+def test_phase2_trains_d_on_its_plain_loss_and_phase3_on_alpha_times_it(
+        tiny_steps, tiny_state, tiny_images, after_discriminator, after_joint):
+    """Seed report: phase 2 adds the two BCE terms and uses them as they are; in phase 3 D's loss
+    is "the same as before, except it is multiplied by an alpha factor"."""
+    alpha = 0.0004
+    d_phase2, m2 = after_discriminator  # step 0 of :tiny (Tc = Td = 2): phase 2 for D
+    joint, mj = after_joint  # same state, same masks
+    # Same batch statistics (the forward passes are the same), gradients 1 / alpha apart.
+    for a, b in zip(jax.tree_util.tree_leaves(d_phase2.d.batch_stats),
+                    jax.tree_util.tree_leaves(joint.d.batch_stats)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert_grads_scaled(d_phase2.d.opt_state, joint.d.opt_state, 1.0 / alpha)
+    # The logged d_loss is D's real-vs-completed BCE before any weighting, in both phases.
+    np.testing.assert_allclose(float(m2["d_loss"]), float(mj["d_loss"]), rtol=1e-5)
+    assert 0.5 < float(m2["d_loss"]) < 5.0  # ~2 ln 2 for an untrained D, not alpha times it
+
+    # A D-only step in phase 3 (ratio schedules, n_critic != 1) is weighed like the joint one.
+    at_phase3 = tiny_state.replace(step=jnp.asarray(4, tiny_state.step.dtype))  # Tc + Td
+    d_phase3, _ = jax.device_get(tiny_steps.discriminator(at_phase3, tiny_images))
+    joint3, _ = jax.device_get(tiny_steps.joint(at_phase3, tiny_images))
+    for a, b in zip(jax.tree_util.tree_leaves(d_phase3.d), jax.tree_util.tree_leaves(joint3.d)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_wgan_critic_loss_is_never_weighted_by_alpha(tiny_config):
+    """Landscape report 4a: D = E[D(G(x))] - E[D(x)] + gp in every phase; alpha weighs only
+    the generator's adversarial term."""
+    tiny_config.loss.gan = "wgan-gp"
+    tiny_config.loss.alpha = 0.5
+    settings = steps.StepSettings.from_config(tiny_config)
+    for step in (0, 3, 4, 100):
+        for joint in (False, True):
+            assert float(steps._d_scale(settings, jnp.asarray(step), joint)) == 1.0
+    tiny_config.loss.gan = "bce"
+    settings = steps.StepSettings.from_config(tiny_config)
+    assert settings.phase3_start == 4
+    assert [float(steps._d_scale(settings, jnp.asarray(t), False)) for t in (2, 3, 4, 9)] == [
+        1.0, 1.0, 0.5, 0.5]
 
 
 def test_step_counter_and_masks_advance(tiny_steps, tiny_state, tiny_images, after_completion):
@@ -341,3 +396,40 @@ def test_create_state(tiny_state, tiny_images, tiny_config):
     assert tiny_state.g.batch_stats and tiny_state.d.batch_stats  # BatchNorm everywhere
     # Pure arrays: the whole state is a pytree of jax arrays (donatable, checkpointable).
     assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(tiny_state))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real local crops: at the hole's window (default) or at a random one (GLCIC-PyTorch)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", ["random", "center"])
+def test_real_local_crops_are_cut_at_the_hole_window(tiny_config, tiny_state, tiny_images,
+                                                      position):
+    tiny_config.mask.position = position
+    settings = steps.StepSettings.from_config(tiny_config)
+    assert settings.real_crop == "hole"
+    for step in range(3):
+        state_t = tiny_state.replace(step=jnp.asarray(step, tiny_state.step.dtype))
+        batch = steps._prepare(settings, state_t, tiny_images)
+        size = tiny_config.mask.local_size
+        expected = masks.crop(batch.images, batch.masks.corners, size)
+        np.testing.assert_array_equal(np.asarray(batch.real_local), np.asarray(expected))
+
+
+def test_real_local_crops_at_random_windows_on_request(tiny_config, tiny_state, tiny_images):
+    tiny_config.mask.position = "center"
+    tiny_config.mask.real_crop = "random"
+    settings = steps.StepSettings.from_config(tiny_config)
+    size = tiny_config.mask.local_size
+    differs = 0
+    for step in range(3):
+        state_t = tiny_state.replace(step=jnp.asarray(step, tiny_state.step.dtype))
+        batch = steps._prepare(settings, state_t, tiny_images)
+        hole = np.asarray(masks.crop(batch.images, batch.masks.corners, size))
+        real = np.asarray(batch.real_local)
+        differs += sum(not np.array_equal(r, h) for r, h in zip(real, hole))
+    assert differs >= 9  # 12 crops; a random window equals the centre one with p = 1/17^2 each
+    tiny_config.mask.real_crop = "hole_centered"
+    with pytest.raises(ValueError, match=r"mask.real_crop='hole_centered' must be one of"):
+        steps.StepSettings.from_config(tiny_config)

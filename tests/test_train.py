@@ -450,3 +450,107 @@ def test_a_swallowed_second_ctrl_c_still_stops_without_saving(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert checkpointing.finished_steps(str(tmp_path / "run")) == []  # stopped without saving
+
+
+def test_logged_metrics_are_means_over_the_steps_that_produced_them():
+    # A log window spanning phases 1 -> 2 -> 3: each metric is averaged over its own steps only.
+    f32 = np.float32
+    pending = [
+        (0, "completion", {"mse": f32(0.01), "g_loss": f32(0.01), "nonfinite": f32(0.0)}),
+        (1, "completion", {"mse": f32(0.02), "g_loss": f32(0.02), "nonfinite": f32(0.0)}),
+        (2, "discriminator", {"d_loss": f32(1.2), "d_real": f32(0.6), "nonfinite": f32(0.0)}),
+        (3, "joint", {"mse": f32(0.03), "d_loss": f32(1.0), "d_real": f32(0.4),
+                      "g_adv": f32(0.7), "nonfinite": f32(0.0)}),
+    ]
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    values = train._check_finite(pending, config)
+    np.testing.assert_allclose(values["mse"], 0.02, rtol=1e-6)  # (0.01 + 0.02 + 0.03) / 3
+    np.testing.assert_allclose(values["g_loss"], 0.015, rtol=1e-6)
+    np.testing.assert_allclose(values["d_loss"], 1.1, rtol=1e-6)  # (1.2 + 1.0) / 2
+    np.testing.assert_allclose(values["d_real"], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(values["g_adv"], 0.7, rtol=1e-6)
+    assert values["nonfinite"] == 0.0 and values["skipped_updates"] == 0.0
+
+    # nan_policy=skip: a skipped step's non-finite metric is left out of that metric's mean.
+    config.nan_policy = "skip"
+    pending = [
+        (0, "generator", {"mse": f32(0.01), "g_adv": f32(np.nan), "nonfinite": f32(1.0)}),
+        (1, "generator", {"mse": f32(0.03), "g_adv": f32(0.5), "nonfinite": f32(0.0)}),
+    ]
+    values = train._check_finite(pending, config)
+    np.testing.assert_allclose(values["mse"], 0.02, rtol=1e-6)
+    np.testing.assert_allclose(values["g_adv"], 0.5, rtol=1e-6)
+    assert values["skipped_updates"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["celeba", "places2"])
+def test_tfds_prepare_runs_offline_up_to_the_first_download(name, tmp_path, monkeypatch):
+    # The headline configs prepare their dataset on first use: builder, checksums, download
+    # manager, all offline, up to the first network access (here refused), so a package missing
+    # from requirements.txt (importlib_resources, for etils.epath) shows up in CI, not on a GPU.
+    from tensorflow_datasets.core.download import downloader
+
+    urls = []
+
+    def no_network(self, url, *args, **kwargs):
+        urls.append(url)
+        raise ConnectionError(f"offline test: no network for {url}")
+
+    monkeypatch.setattr(downloader._Downloader, "_sync_download", no_network)
+    config = load_config(name)
+    config.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(input_pipeline.DataError) as err:
+        input_pipeline._tfds_builder(config)
+    assert urls and all(u.startswith("http") for u in urls)  # got as far as a real download
+    message = str(err.value)
+    assert "ConnectionError: offline test: no network" in message, message
+    assert "module" not in message.lower(), message
+
+
+def test_missing_module_while_preparing_is_named_as_a_missing_module(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def missing(self, *args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                  name="importlib_resources")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", missing)
+    config = load_config("celeba")
+    config.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(input_pipeline.DataError) as err:
+        input_pipeline._tfds_builder(config)
+    message = str(err.value)
+    assert "needs the Python module 'importlib_resources', which is not installed" in message
+    assert "pip install -r requirements.txt" in message
+    assert "downloaded" not in message and "access to the dataset's download site" not in message
+
+
+def test_mean_pixel_cache_is_keyed_on_what_it_was_computed_from(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_compute(config):
+        calls.append(config.data.to_dict())
+        return np.full(3, 0.1 * len(calls), np.float32)
+
+    monkeypatch.setattr(input_pipeline, "compute_mean_pixel", fake_compute)
+    config = load_config("places2")
+    workdir = str(tmp_path / "run")
+
+    def mean():
+        return float(input_pipeline.mean_pixel(config, workdir)[0])
+
+    assert mean() == pytest.approx(0.1) and len(calls) == 1
+    assert mean() == pytest.approx(0.1) and len(calls) == 1  # cached
+    config.data.num_workers = 3  # how the images are decoded: the cache still holds
+    config.data.flip = False  # a flip moves pixels within a crop, not their mean
+    assert mean() == pytest.approx(0.1) and len(calls) == 1
+    # Each of these changes the images the mean is taken over: recomputed, then cached again.
+    changes = [("data_dir", str(tmp_path / "other_tfds")), ("train_split", "train[:10%]"),
+               ("resize_min", 40), ("resize_max", 48), ("name", "celeb_a"),
+               ("source", "folder"), ("path", str(tmp_path)), ("eval_fraction", 0.2)]
+    for i, (field, value) in enumerate(changes, start=2):
+        config.data[field] = value
+        assert mean() == pytest.approx(0.1 * i), field
+        assert mean() == pytest.approx(0.1 * i) and len(calls) == i, field
+    config.seed = 1  # another seed draws other images and crops
+    assert mean() == pytest.approx(0.1 * (len(changes) + 2))
