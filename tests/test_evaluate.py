@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from glcic_jax import checkpointing, config_lib, evaluate
+from glcic_jax import checkpointing, config_lib, evaluate, inference
 from test_complete import make_workdir  # one shared recipe for a tiny checkpoint
 
 
@@ -166,7 +166,7 @@ def test_an_unwritable_workdir_still_prints_the_table(tiny, eval_run, capsys, mo
 
 
 def test_no_checkpoint_hint_names_no_flag_that_eval_lacks(tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(inference.LoadError) as info:  # a one-line user error in main
         evaluate.evaluate(config_lib.shrink_to_tiny(config_lib.base_config()),
                           str(tmp_path / "no_run"))
     assert "No GLCIC checkpoint" in str(info.value) and "--checkpoint" not in str(info.value)
