@@ -33,8 +33,11 @@ SHAPE_KEYS = (
     "model.discriminator",
     "model.d_norm",
     "model.two_stage",
+    "model.width",
     "optimizer.name",
 )
+# Values that checkpoints written before a key existed were made with.
+SHAPE_DEFAULTS = {"model.width": 1.0}
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -84,10 +87,15 @@ def _get(config, dotted: str):
 def check_compatible(stored: dict, config) -> None:
     """Raise IncompatibleCheckpointError naming every shape-relevant field that differs."""
     stored_cfg = ml_collections.ConfigDict(stored)
+
+    def value(cfg, k):
+        v = _get(cfg, k)
+        return SHAPE_DEFAULTS.get(k) if v is None else v
+
     diffs = [
-        f"{k}: checkpoint has {_get(stored_cfg, k)!r}, config has {_get(config, k)!r}"
+        f"{k}: checkpoint has {value(stored_cfg, k)!r}, config has {value(config, k)!r}"
         for k in SHAPE_KEYS
-        if _get(stored_cfg, k) != _get(config, k)
+        if value(stored_cfg, k) != value(config, k)
     ]
     if diffs:
         raise IncompatibleCheckpointError(

@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.d_norm = "batch"  # discriminator norm: 'batch', 'layer' or 'none'
     c.model.discriminator = "context"  # 'context' (global + local) or 'local' (local critic only)
     c.model.two_stage = False  # add a refinement network after the completion network
+    # Channel multiplier of every hidden layer of C and D (not in the paper; 1.0 = the paper's
+    # networks). The quickstart uses a narrow network to learn more per CPU minute.
+    c.model.width = 1.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adadelta"  # 'adadelta' (GLCIC), 'adam' or 'rmsprop'; same for C and D
@@ -131,6 +134,9 @@ def validate(config, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices}, e.g. --config.batch_size="
             f"{max(num_devices, config.batch_size // num_devices * num_devices)}."
         )
+    if not 0.0 < float(config.model.get("width", 1.0)) <= 4.0:
+        raise ValueError(f"model.width={config.model.width} must be in (0, 4] (1.0 = the paper's "
+                         "networks).")
     if config.nan_policy not in ("stop", "skip"):
         raise ValueError(f"nan_policy={config.nan_policy!r} must be 'stop' or 'skip'.")
     if config.loss.n_critic < 1 or config.loss.n_generator < 1:
