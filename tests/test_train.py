@@ -71,13 +71,23 @@ def test_tfds_configs_train_end_to_end_on_mock_data(name, tmp_path):
     assert_trained_workdir(str(tmp_path), state)
 
 
-def test_folder_source_trains_end_to_end(tmp_path):
+def test_folder_source_trains_end_to_end(tmp_path, capsys):
     photos = write_photo_folder(str(tmp_path / "photos"))
     config = load_config("quickstart")
+    assert load_config("quickstart", None).final_eval and not config.final_eval
     config.data.source = "folder"
     config.data.path = photos
+    config.final_eval = True  # the quickstart's closing table, as its full config prints it
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert_trained_workdir(str(tmp_path / "run"), state)
+    out = capsys.readouterr().out
+    for method in ("| model |", "| mean_fill |", "| telea |", "| navier_stokes |"):
+        assert method in out
+    assert "psnr_hole" in out and "ssim_hole" in out and "l1_hole" in out
+    grid = sorted(glob.glob(os.path.join(str(tmp_path / "run"), "samples", "*.png")))[-1]
+    assert f"Sample grid (original | input with holes | completed): {grid}" in out
+    assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in out
+    assert os.path.exists(str(tmp_path / "run" / "eval_6.json"))
 
 
 NO_TF_MAIN = """
@@ -273,3 +283,16 @@ def test_missing_dataset_that_cannot_be_fetched_says_how_to_place_it(tmp_path, m
     message = str(err.value)
     assert "celeb_a" in message and "tfds build" in message and "data_dir" in message
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+
+
+def test_sample_grid_enlarges_small_images_by_an_integer_nearest_neighbour_factor():
+    from glcic_jax import summary
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    grid = summary.make_grid(*imgs, pad=2)
+    assert grid.shape == (2 * (128 + 2) + 2, 3 * (128 + 2) + 2, 3)  # ceil(128 / 32) = 4x
+    cell = grid[2 + 130 : 2 + 130 + 128, 2 + 2 * 130 : 2 + 2 * 130 + 128]  # row 1, completed
+    np.testing.assert_array_equal(cell, np.repeat(np.repeat(imgs[2][1], 4, 0), 4, 1))
+    big = rng.integers(0, 256, (1, 160, 160, 3), dtype=np.uint8)
+    assert summary.make_grid(big, big, big, pad=2).shape == (164, 3 * 162 + 2, 3)  # unchanged
