@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_every = 0  # also keep every N-th step's checkpoint as a milestone (0 = none)
     c.eval_every = 0  # held-out metrics every N steps during training (0 = off)
     c.num_eval_batches = 4  # batches of the held-out split used by --mode=eval and eval_every
+    # At the end of training, print --mode=eval's table (network vs mean fill, Telea,
+    # Navier-Stokes) and where the sample grids and TensorBoard logs are (quickstart: True).
+    c.final_eval = False
     return c
 
 

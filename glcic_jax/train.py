@@ -247,6 +247,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
                  config.schedule.tc + config.schedule.td, config.batch_size, mesh.size)
 
     pending: list[tuple[int, str, dict]] = []
+    grid_path = None
     t_last, step_last = time.time(), start
     step = start
     with _StopSignal() as stop, _saves_finished_on_error(ckpt):
@@ -274,9 +275,12 @@ def train_and_evaluate(config, workdir: str) -> Any:
                 t_last, step_last = now, step
             if done or step % int(config.sample_every) == 0:
                 out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
-                writer.sample_grid(step, eval_imgs, jax.device_get(out))
+                grid_path = writer.sample_grid(step, eval_imgs, jax.device_get(out))
             if periodic_eval is not None and step % int(config.eval_every) == 0:
-                writer.scalars(step, periodic_eval(state))
+                held_out = periodic_eval(state)
+                logging.info("step %d held-out: hole PSNR %.2f dB, hole L1 %.2f", step,
+                             held_out["eval/psnr_hole"], held_out["eval/l1_hole"])
+                writer.scalars(step, held_out)
             if save_now:
                 _check_state_finite(state, step)
                 ckpt.save(step, state, config)
@@ -291,7 +295,21 @@ def train_and_evaluate(config, workdir: str) -> Any:
     writer.close()
     if hasattr(data, "close"):
         data.close()
+    if config.get("final_eval", False) and step == total:
+        report_final(config, workdir, grid_path, writer._tb is not None)
     return state
+
+
+def report_final(config, workdir: str, grid_path: str | None, tensorboard: bool) -> None:
+    """`config.final_eval`: --mode=eval's table for the finished run, and where its outputs are."""
+    from glcic_jax import evaluate
+
+    evaluate.evaluate(config, workdir)  # prints the table (process 0)
+    if jax.process_index() == 0:
+        if grid_path:
+            print(f"Sample grid (original | input with holes | completed): {grid_path}")
+        if tensorboard:
+            print(f"TensorBoard logs: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
 
 
 def _fmt_time(seconds: float) -> str:
