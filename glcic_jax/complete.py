@@ -25,6 +25,12 @@ Guarantees:
   (area averaging; a low-resolution pixel is a hole if any pixel under it is), and only the
   hole's content is scaled back up (bicubic) and composited into the full-resolution photo.
   Large holes in big photos come out softer than the rest; raise --max_size if memory allows.
+* By default a photo is completed at the scale its checkpoint was trained at (`--train_scale`):
+  if its shortest side exceeds the config's `data.resize_max` (training shrinks every photo so its
+  shortest side is in [resize_min, resize_max]), it is scaled down to that, as with --max_size
+  (the smaller of the two limits wins), and only the hole is scaled back. A network trained on
+  small crops has learned what a small image looks like (its dilated layers reach the border);
+  `--notrain_scale` completes at full resolution (up to --max_size).
 * Folders: each image (JPEG/PNG/BMP/WebP/TIFF, not recursive) is paired with the mask of the same
   file stem; outputs are `<stem>.png`. Images whose network input has the same size are completed
   in batches of --batch_size; every distinct size compiles the network once (seconds on CPU), so
@@ -205,6 +211,17 @@ def _resize(arr: np.ndarray, size_hw: tuple[int, int], resample) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((w, h), resample))
 
 
+def training_scale_limit(config, height: int, width: int) -> int:
+    """The longest side at which a `height` x `width` photo's shortest side is the checkpoint's
+    `data.resize_max` (the largest scale training showed the network); 0 if it is already there
+    or smaller (no scaling)."""
+    top = int(config.data.resize_max)
+    short, long = min(height, width), max(height, width)
+    if short <= top:
+        return 0
+    return max(1, int(long * top / short))  # rounded down: the shortest side ends <= resize_max
+
+
 class Completer:
     """A restored checkpoint's completion network, ready for photos of any size.
 
@@ -230,11 +247,15 @@ class Completer:
         self.mean_u8 = evaluate.to_uint8(self.mean_pixel)
         self._fn = evaluate.completion_fn(nets)
 
-    def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int):
+    def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int,
+                       train_scale: bool = False):
         """(padded uint8 input, padded float mask, size the network works at)."""
         # The hole's content is replaced before anything else (resizing included) reads it.
         x = np.where(hole[..., None], self.mean_u8, rgb)
         h, w = hole.shape
+        limit = training_scale_limit(self.config, h, w) if train_scale else 0
+        if limit:
+            max_size = min(max_size, limit) if max_size else limit
         if max_size and max(h, w) > max_size:
             s = max_size / max(h, w)
             small = (max(1, round(h * s)), max(1, round(w * s)))
@@ -250,15 +271,18 @@ class Completer:
 
     def complete(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray],
                  max_size: int = 0, batch_size: int = 4,
-                 postprocess: bool = False) -> list[np.ndarray]:
+                 postprocess: bool = False, train_scale: bool = False) -> list[np.ndarray]:
         """Complete RGB photos: uint8 `[H, W, 3]` each, holes bool `[H, W]` -> uint8 `[H, W, 3]`.
+
+        `train_scale`: work at the checkpoint's training scale (`training_scale_limit`).
 
         Photos whose network input has the same shape are run as one batch (up to batch_size).
         """
         from glcic_jax import evaluate
         from glcic_jax import postprocess as postprocess_lib
 
-        prepared = [self._network_input(im, m, max_size) for im, m in zip(images, holes)]
+        prepared = [self._network_input(im, m, max_size, train_scale)
+                    for im, m in zip(images, holes)]
         groups: dict[tuple, list[int]] = {}
         for i, (x, _, _) in enumerate(prepared):
             groups.setdefault(x.shape, []).append(i)
@@ -396,6 +420,9 @@ def _define_flags(fv):
     flags.DEFINE_integer("max_size", 1024, "Photos whose longer side exceeds this are completed "
                          "at this size and only the hole is scaled back up; 0 = never.",
                          lower_bound=0, flag_values=fv)
+    flags.DEFINE_bool("train_scale", True, "Complete at the checkpoint's training scale: a "
+                      "photo whose shortest side exceeds the config's data.resize_max is "
+                      "scaled down to it (and only the hole scaled back).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 4, "Photos of the same size completed together.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the random holes (without --mask).", flag_values=fv)
@@ -474,7 +501,8 @@ def _run(argv: Sequence[str]) -> None:
         if holes[i] is None:
             holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
     completed = completer.complete([p.rgb() for p in photos], holes, max_size=fv.max_size,
-                                   batch_size=fv.batch_size, postprocess=fv.postprocess)
+                                   batch_size=fv.batch_size, postprocess=fv.postprocess,
+                                   train_scale=fv.train_scale)
     t_done = time.time()
 
     for job, photo, hole, rgb in zip(jobs, photos, holes, completed):
