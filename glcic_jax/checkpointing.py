@@ -42,11 +42,12 @@ SHAPE_KEYS = (
     "model.d_norm",
     "model.two_stage",
     "model.fill",
+    "model.width",
     "optimizer.name",
     "model.input_norm",  # not a shape, but the weights only make sense with their input
 )
 # The value a field had before it existed, for checkpoints written by older versions.
-FIELD_DEFAULTS = {"model.input_norm": "mean_fill", "model.fill": "mean"}
+FIELD_DEFAULTS = {"model.input_norm": "mean_fill", "model.fill": "mean", "model.width": 1.0}
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -169,6 +170,7 @@ def setting(config, dotted: str):
 def check_compatible(stored: dict, config) -> None:
     """Raise IncompatibleCheckpointError naming every shape-relevant field that differs."""
     stored_cfg = ml_collections.ConfigDict(stored)
+
     diffs = [
         f"{k}: checkpoint has {setting(stored_cfg, k)!r}, config has {setting(config, k)!r}"
         for k in SHAPE_KEYS

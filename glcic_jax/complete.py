@@ -25,6 +25,12 @@ Guarantees:
   (area averaging; a low-resolution pixel is a hole if any pixel under it is), and only the
   hole's content is scaled back up (bicubic) and composited into the full-resolution photo.
   Large holes in big photos come out softer than the rest; raise --max_size if memory allows.
+* By default a photo is completed at the scale its checkpoint was trained at (`--train_scale`):
+  if its shortest side exceeds the config's `data.resize_max` (training shrinks every photo so its
+  shortest side is in [resize_min, resize_max]), it is scaled down to that, as with --max_size
+  (the smaller of the two limits wins), and only the hole is scaled back. A network trained on
+  small crops has learned what a small image looks like (its dilated layers reach the border);
+  `--notrain_scale` completes at full resolution (up to --max_size).
 * Folders: each image (JPEG/PNG/BMP/WebP/TIFF, not recursive) is paired with the mask of the same
   file stem; outputs are `<stem>.png`. Images whose network input has the same size are completed
   in batches of --batch_size; every distinct size compiles the network once (seconds on CPU), so
@@ -245,6 +251,9 @@ def random_hole(config, size: tuple[int, int], key) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Completing
+
+
+training_scale_limit = inference.training_scale_limit  # where --train_scale's limit is computed
 
 
 class Completer(inference.Completer):
@@ -498,6 +507,9 @@ def _define_flags(fv):
     flags.DEFINE_integer("max_size", 1024, "Photos whose longer side exceeds this are completed "
                          "at this size and only the hole is scaled back up; 0 = never.",
                          lower_bound=0, flag_values=fv)
+    flags.DEFINE_bool("train_scale", True, "Complete at the checkpoint's training scale: a "
+                      "photo whose shortest side exceeds the config's data.resize_max is "
+                      "scaled down to it (and only the hole scaled back).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 4, "Photos of the same size completed together.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the random holes (without --mask).", flag_values=fv)
@@ -605,12 +617,15 @@ def _run(argv: Sequence[str]) -> None:
         t = time.time()
         completed = completer.complete([photos[i].rgb() for i in chunk],
                                        [holes[i] for i in chunk], max_size=fv.max_size,
-                                       batch_size=size, postprocess=fv.postprocess)
+                                       batch_size=size, postprocess=fv.postprocess,
+                                       train_scale=fv.train_scale)
         seconds = time.time() - t
         t_complete += seconds
         # The network compiles once per (batch, input shape) pair it has not seen yet.
-        per_shape = collections.Counter(_network_shape(photos[i].size, fv.max_size)
-                                        for i in chunk)
+        per_shape = collections.Counter(
+            _network_shape(photos[i].size, inference.effective_max_size(
+                completer.config, *photos[i].size, fv.max_size, fv.train_scale))
+            for i in chunk)
         compiled = set(per_shape.items()) - shapes_seen
         shapes_seen |= compiled
         each = seconds / len(chunk)

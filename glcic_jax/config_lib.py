@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
     # mean pixel, hole = 0: the authors' inpaint.lua, set by glcic_jax.convert); see masks.py.
     c.model.input_norm = "mean_fill"
     c.model.fill = "mean"  # holes' initial content: 'mean' pixel (GLCIC) or 'learned' (a ConvNet)
+    # Channel multiplier of every hidden layer of C and D (not in the paper; 1.0 = the paper's
+    # networks). The quickstart uses a narrow network to learn more per CPU minute.
+    c.model.width = 1.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adadelta"  # 'adadelta' (GLCIC), 'adam' or 'rmsprop'; same for C and D
@@ -115,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_every = 0  # also keep every N-th step's checkpoint as a milestone (0 = none)
     c.eval_every = 0  # held-out metrics every N steps during training (0 = off)
     c.num_eval_batches = 4  # batches of the held-out split used by --mode=eval and eval_every
+    # At the end of training, print --mode=eval's table (network vs mean fill, Telea,
+    # Navier-Stokes) and where the sample grids and TensorBoard logs are (quickstart: True).
+    c.final_eval = False
     return c
 
 
@@ -268,6 +274,9 @@ def _problems(config, num_devices: int) -> list[str]:
     choice("model.discriminator", DISCRIMINATORS)
     choice("model.input_norm", INPUT_NORMS)
     choice("model.fill", FILLS)
+    width = get("model.width")
+    if width is not None and not (isinstance(width, (int, float)) and 0.0 < width <= 4.0):
+        out.append(f"model.width={width!r} must be in (0, 4] (1.0 = the paper's networks)")
     choice("mask.real_crop", REAL_CROPS)
     if get("init_phase") is not None and get("init_phase") not in (1, 2, 3):
         out.append(f"init_phase={get('init_phase')!r} must be 1, 2 or 3")

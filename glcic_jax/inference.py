@@ -164,13 +164,15 @@ class Completer:
         return np.where(hole[..., None], out, images)
 
     # -- photos of any size, as the command line completes them -------------------------------
-    def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int):
+    def _network_input(self, rgb: np.ndarray, hole: np.ndarray, max_size: int,
+                       train_scale: bool = False):
         """(padded uint8 input, padded float mask, size the network works at)."""
         from PIL import Image
 
         # The hole's content is replaced before anything else (resizing included) reads it.
         x = np.where(hole[..., None], self.mean_u8, rgb)
         h, w = hole.shape
+        max_size = effective_max_size(self.config, h, w, max_size, train_scale)
         if max_size and max(h, w) > max_size:
             s = max_size / max(h, w)
             small = (max(1, round(h * s)), max(1, round(w * s)))
@@ -186,19 +188,21 @@ class Completer:
 
     def complete(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray],
                  max_size: int = 0, batch_size: int = 4,
-                 postprocess: bool = False) -> list[np.ndarray]:
+                 postprocess: bool = False, train_scale: bool = False) -> list[np.ndarray]:
         """Complete RGB photos: uint8 `[H, W, 3]` each, holes bool `[H, W]` -> uint8 `[H, W, 3]`.
 
         Photos whose network input has the same shape are run as one batch (up to batch_size).
         `max_size`: a photo whose longer side exceeds it is completed on a copy scaled down to
-        it, and only the hole's content is scaled back up (bicubic). `postprocess`: GLCIC's fast
-        marching + Poisson blending at full resolution.
+        it, and only the hole's content is scaled back up (bicubic). `train_scale`: also scale
+        down to the checkpoint's training scale (`training_scale_limit`). `postprocess`: GLCIC's
+        fast marching + Poisson blending at full resolution.
         """
         from PIL import Image
 
         from glcic_jax import postprocess as postprocess_lib
 
-        prepared = [self._network_input(im, m, max_size) for im, m in zip(images, holes)]
+        prepared = [self._network_input(im, m, max_size, train_scale)
+                    for im, m in zip(images, holes)]
         groups: dict[tuple, list[int]] = {}
         for i, (x, _, _) in enumerate(prepared):
             groups.setdefault(x.shape, []).append(i)
@@ -228,6 +232,27 @@ def from_state(config, nets, state) -> Completer:
     return Completer(config, nets.generator, generator_variables(state),
                      np.asarray(jax.device_get(state.mean_pixel), np.float32),
                      int(jax.device_get(state.step)))
+
+
+def training_scale_limit(config, height: int, width: int) -> int:
+    """The longest side at which a `height` x `width` photo's shortest side is the checkpoint's
+    `data.resize_max` (the largest scale training showed the network); 0 if it is already there
+    or smaller (no scaling)."""
+    top = int(config.data.resize_max)
+    short, long = min(height, width), max(height, width)
+    if short <= top:
+        return 0
+    return max(1, int(long * top / short))  # rounded down: the shortest side ends <= resize_max
+
+
+def effective_max_size(config, height: int, width: int, max_size: int,
+                       train_scale: bool) -> int:
+    """The longer side a photo is completed at: `max_size` (0 = any), and with `train_scale` at
+    most the training scale's (`training_scale_limit`)."""
+    limit = training_scale_limit(config, height, width) if train_scale else 0
+    if limit:
+        return min(max_size, limit) if max_size else limit
+    return max_size
 
 
 def load(path: str, step: int | None = None) -> Completer:

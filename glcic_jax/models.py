@@ -61,6 +61,16 @@ GLOBAL_D_FEATURES = (64, 128, 256, 512, 512, 512)  # GLCIC Table 2b
 LOCAL_D_FEATURES = (64, 128, 256, 512, 512)  # GLCIC Table 2a
 
 
+def scaled(features: int, width: float) -> int:
+    """A layer's channel count times the `model.width` multiplier (at least 1).
+
+    Not in the paper: `width < 1` narrows every hidden layer of the generator and the
+    discriminators (the output's 3 channels and D's single logit stay) for quick CPU runs
+    (configs/quickstart.py). `width = 1.0` is the paper's network exactly.
+    """
+    return max(1, int(round(features * width)))
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
@@ -185,6 +195,7 @@ class CompletionNetwork(nn.Module):
     dtype: Dtype = jnp.float32
     padding: str = "zero"
     fill: str = "mean"
+    width: float = 1.0  # channel multiplier (scaled()); 1.0 = GLCIC Table 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -203,6 +214,8 @@ class CompletionNetwork(nn.Module):
             x = jnp.concatenate([composite(rgb, content.astype(rgb.dtype), mask), mask], axis=-1)
         x = x.astype(self.dtype)
         for kind, kernel, dilation, stride, features in COMPLETION_LAYERS:
+            if kind != "output":
+                features = scaled(features, self.width)
             if kind == "deconv":
                 # 4x4 stride-2 transposed conv: exactly doubles H and W.
                 x = nn.ConvTranspose(
@@ -239,13 +252,16 @@ class TwoStageCompletion(nn.Module):
     dtype: Dtype = jnp.float32
     padding: str = "zero"
     fill: str = "mean"  # the first stage's initial hole content (see CompletionNetwork)
+    width: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
-        coarse = CompletionNetwork(self.dtype, self.padding, self.fill, name="coarse")(x, train)
+        coarse = CompletionNetwork(self.dtype, self.padding, self.fill, self.width,
+                                   name="coarse")(x, train)
         rgb, mask = x[..., :3], x[..., 3:]
         stage2_in = jnp.concatenate([composite(rgb, coarse, mask), mask], axis=-1)
-        refined = CompletionNetwork(self.dtype, self.padding, name="refine")(stage2_in, train)
+        refined = CompletionNetwork(self.dtype, self.padding, width=self.width, name="refine")(
+            stage2_in, train)
         return refined, coarse
 
 
@@ -256,6 +272,7 @@ class _ConvStack(nn.Module):
     dtype: Dtype = jnp.float32
     norm: str = "batch"
     activation: str = "relu"
+    width: float = 1.0  # channel multiplier (scaled()), also on the FC 1024
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -263,13 +280,13 @@ class _ConvStack(nn.Module):
         _check_choice("model.d_activation", self.activation, ACTIVATIONS)
         x = x.astype(self.dtype)
         for features in self.features:
-            x = PaddedConv(features, 5, stride=2, dtype=self.dtype)(x)
+            x = PaddedConv(scaled(features, self.width), 5, stride=2, dtype=self.dtype)(x)
             norm = _norm(self.norm, train, self.dtype)
             if norm is not None:
                 x = norm(x)
             x = _activation(self.activation, x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(1024, dtype=self.dtype, param_dtype=jnp.float32)(x)
+        x = nn.Dense(scaled(1024, self.width), dtype=self.dtype, param_dtype=jnp.float32)(x)
         return _activation(self.activation, x)
 
 
@@ -296,16 +313,17 @@ class ContextDiscriminator(nn.Module):
     norm: str = "batch"
     activation: str = "relu"
     use_global: bool = True
+    width: float = 1.0
 
     @nn.compact
     def __call__(
         self, global_image: jax.Array | None, local_image: jax.Array, train: bool = True
     ) -> jax.Array:
         feats = [LocalDiscriminator(dtype=self.dtype, norm=self.norm, activation=self.activation,
-                                    name="local")(local_image, train)]
+                                    width=self.width, name="local")(local_image, train)]
         if self.use_global:
             feats.insert(0, GlobalDiscriminator(dtype=self.dtype, norm=self.norm,
-                                                activation=self.activation,
+                                                activation=self.activation, width=self.width,
                                                 name="global")(global_image, train))
         x = jnp.concatenate(feats, axis=-1)
         logit = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
@@ -316,9 +334,10 @@ def make_generator(model_cfg) -> nn.Module:
     """The generator a config asks for: the GLCIC network, or the two-stage variant."""
     dtype = jnp.dtype(model_cfg.dtype)
     fill = str(model_cfg.get("fill", "mean"))  # absent from older configs
+    width = float(model_cfg.get("width", 1.0))
     if model_cfg.get("two_stage", False):
-        return TwoStageCompletion(dtype=dtype, padding=model_cfg.padding, fill=fill)
-    return CompletionNetwork(dtype=dtype, padding=model_cfg.padding, fill=fill)
+        return TwoStageCompletion(dtype=dtype, padding=model_cfg.padding, fill=fill, width=width)
+    return CompletionNetwork(dtype=dtype, padding=model_cfg.padding, fill=fill, width=width)
 
 
 def make_discriminator(model_cfg) -> nn.Module:
@@ -329,6 +348,7 @@ def make_discriminator(model_cfg) -> nn.Module:
         norm=model_cfg.d_norm,
         activation=model_cfg.d_activation,
         use_global=model_cfg.discriminator == "context",
+        width=float(model_cfg.get("width", 1.0)),
     )
 
 

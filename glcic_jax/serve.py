@@ -83,8 +83,8 @@ class _BucketedCompleter(complete.Completer):
     bucket = BUCKET
     last_shape: tuple[int, int] = (0, 0)
 
-    def _network_input(self, rgb, hole, max_size):
-        x, m, size = super()._network_input(rgb, hole, max_size)
+    def _network_input(self, rgb, hole, max_size, train_scale=False):
+        x, m, size = super()._network_input(rgb, hole, max_size, train_scale)
         h, w = x.shape[:2]
         ph, pw = bucket_shape(h, w, self.bucket)
         pads = ((0, ph - h), (0, pw - w))

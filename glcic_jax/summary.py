@@ -40,11 +40,25 @@ def config_changes(previous: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+# Small images are enlarged (nearest neighbour, an integer factor) until a cell is at least this
+# many pixels wide: a 32 px crop drawn 32 px large is too small to judge by eye.
+MIN_CELL = 128
+
+
 def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
               d_real: np.ndarray | None = None, d_fake: np.ndarray | None = None,
-              pad: int = 2, label_height: int = 12) -> np.ndarray:
-    """Rows of original | input | completed ([N, S, S, 3] each) -> one uint8 image."""
+              pad: int = 2, label_height: int = 12, min_cell: int = MIN_CELL) -> np.ndarray:
+    """Rows of original | input | completed ([N, S, S, 3] each) -> one uint8 image.
+
+    Images smaller than `min_cell` are drawn `ceil(min_cell / S)` times larger, each pixel a
+    block (nearest neighbour: no smoothing hides what the network drew).
+    """
     originals, inputs, completed = map(_to_uint8, (originals, inputs, completed))
+    factor = max(1, -(-int(min_cell) // originals.shape[1]))
+    if factor > 1:
+        originals, inputs, completed = (
+            np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
+            for x in (originals, inputs, completed))
     n, s = originals.shape[0], originals.shape[1]
     label = label_height if d_real is not None else 0
     row_h = s + label + pad

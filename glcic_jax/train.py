@@ -408,6 +408,7 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     throughput = _Throughput(int(config.batch_size), time.time())
     step_last = start
     compiled: set[str] = set()
+    grid_path = None
     step = start
     with _StopSignal() as stop, _saves_finished_on_error(ckpt):
         while step < total:
@@ -451,13 +452,16 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
                 if "sample grid" not in compiled:
                     logging.info("Compiling the sample-grid completion (first time only)...")
                 out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
-                writer.sample_grid(step, eval_imgs, jax.device_get(out))
+                grid_path = writer.sample_grid(step, eval_imgs, jax.device_get(out))
                 if "sample grid" not in compiled:
                     throughput.exclude(time.time() - t_eval)
                     compiled.add("sample grid")
             if periodic_eval is not None and step % int(config.eval_every) == 0:
                 t_eval = time.time()
-                writer.scalars(step, periodic_eval(state))
+                held_out = periodic_eval(state)
+                logging.info("step %d held-out: hole PSNR %.2f dB, hole L1 %.2f", step,
+                             held_out["eval/psnr_hole"], held_out["eval/l1_hole"])
+                writer.scalars(step, held_out)
                 if "eval" not in compiled:
                     throughput.exclude(time.time() - t_eval)
                     compiled.add("eval")
@@ -481,7 +485,21 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     writer.close()
     if hasattr(data, "close"):
         data.close()
+    if config.get("final_eval", False) and step == total:
+        report_final(config, workdir, grid_path, writer._tb is not None)
     return state
+
+
+def report_final(config, workdir: str, grid_path: str | None, tensorboard: bool) -> None:
+    """`config.final_eval`: --mode=eval's table for the finished run, and where its outputs are."""
+    from glcic_jax import evaluate
+
+    evaluate.evaluate(config, workdir)  # prints the table (process 0)
+    if jax.process_index() == 0:
+        if grid_path:
+            print(f"Sample grid (original | input with holes | completed): {grid_path}")
+        if tensorboard:
+            print(f"TensorBoard logs: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
 
 
 def _fmt_time(seconds: float) -> str:

@@ -179,6 +179,22 @@ def test_complete_with_postprocess_and_max_size(files, completer):
         np.testing.assert_array_equal(out[~hole], rgb[~hole])
 
 
+def test_train_scale_works_at_the_checkpoints_training_scale(files, completer):
+    """Item 4 of issue 14: a photo larger than training's resize range is completed scaled down
+    so that its shortest side is data.resize_max (40 for :tiny), only if asked (the CLI default)."""
+    cfg = completer.config
+    assert cfg.data.resize_max == 40
+    assert complete.training_scale_limit(cfg, H, W) == int(W * 40 / H)  # 46
+    assert complete.training_scale_limit(cfg, 40, 300) == 0  # already at the training scale
+    assert complete.training_scale_limit(cfg, 300, 452) == int(452 * 40 / 300)
+    _, rgb, _, hole = files
+    _, _, size = completer._network_input(rgb, hole, 1024, train_scale=True)
+    assert min(size) <= 40 and min(size) >= 38 and size[1] == 46
+    assert completer._network_input(rgb, hole, 1024)[2] == (H, W)  # off: full resolution
+    assert completer._network_input(rgb, hole, 30, train_scale=True)[2][1] == 30  # smaller wins
+    assert complete._parse(["complete", "--workdir=w", "--image=i", "--output=o"]).train_scale
+
+
 def test_hole_content_is_never_read(files, completer):
     """Whatever the photo holds inside the hole, the completion is the same."""
     _, rgb, _, hole = files

@@ -404,3 +404,37 @@ def test_completion_receptive_field(tiny_state, capsys):
     assert 280 <= span_cols <= 320
     # The field contains the centre pixel.
     assert rows.min() <= c <= rows.max() and cols.min() <= c <= cols.max()
+
+
+# ----------------------------------------------------------------------------------------------
+# model.width: a channel multiplier for quick CPU runs (1.0 = the paper's networks)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_width_multiplier_scales_channels_and_keeps_paper_default(tiny_config):
+    """width=1.0 (the default everywhere) is Table 1; width=0.25 quarters every hidden layer."""
+    x = jnp.zeros((1, 32, 32, 4))
+    assert tiny_config.model.width == 1.0
+    paper = abstract_init(models.make_generator(tiny_config.model), x)["params"]
+    assert models.count_params(paper) == 6_072_131
+    tiny_config.model.width = 0.25
+    narrow = abstract_init(models.make_generator(tiny_config.model), x)["params"]
+    kernels = [leaf.shape for leaf in jax.tree_util.tree_leaves(narrow) if leaf.ndim == 4]
+    assert (5, 5, 4, 16) in kernels and (3, 3, 8, 3) in kernels  # 64/4 first; output stays RGB
+    assert max(k[-1] for k in kernels) == 64  # 256 / 4
+    # Convolutions scale with width^2 (biases and BatchNorm with width): ~1/16 of the paper's.
+    assert 6_072_131 / 17 < models.count_params(narrow) < 6_072_131 / 15
+    d = models.make_discriminator(tiny_config.model)
+    d_params = abstract_init(d, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16, 16, 3)))["params"]
+    assert d_params["head"]["kernel"].shape == (2 * 256, 1)  # two FC 1024 / 4, one logit
+
+
+def test_width_is_a_shape_key_and_old_checkpoints_mean_width_one(tiny_config):
+    from glcic_jax import checkpointing
+
+    stored = tiny_config.to_dict()
+    del stored["model"]["width"]  # a checkpoint written before model.width existed
+    checkpointing.check_compatible(stored, tiny_config)
+    tiny_config.model.width = 0.5
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.width"):
+        checkpointing.check_compatible(stored, tiny_config)

@@ -77,12 +77,14 @@ def test_tfds_configs_train_end_to_end_on_mock_data(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_folder_source_trains_end_to_end(tmp_path, caplog):
+def test_folder_source_trains_end_to_end(tmp_path, caplog, capsys):
     photos = write_photo_folder(str(tmp_path / "photos"))
     config = load_config("quickstart")
+    assert load_config("quickstart", None).final_eval and not config.final_eval
     config.data.source = "folder"
     config.data.path = photos
     config.log_every = 3  # windows of 3 steps: 0-2 span phases 1 and 2, 3-5 phases 2 and 3
+    config.final_eval = True  # the quickstart's closing table, as its full config prints it
     caplog.set_level(logging.INFO)
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert_trained_workdir(str(tmp_path / "run"), state)
@@ -94,6 +96,14 @@ def test_folder_source_trains_end_to_end(tmp_path, caplog):
         assert text.count(f"Compiling the {kind} (first time only)") == 1, text
     assert "step 3/6 phases 1-2 (completion x2, discriminator x1) " in text, text
     assert "step 6/6 phases 2-3 (discriminator x1, joint x2) " in text, text
+    out = capsys.readouterr().out
+    for method in ("| model |", "| mean_fill |", "| telea |", "| navier_stokes |"):
+        assert method in out
+    assert "psnr_hole" in out and "ssim_hole" in out and "l1_hole" in out
+    grid = sorted(glob.glob(os.path.join(str(tmp_path / "run"), "samples", "*.png")))[-1]
+    assert f"Sample grid (original | input with holes | completed): {grid}" in out
+    assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in out
+    assert os.path.exists(str(tmp_path / "run" / "eval_6.json"))
 
 
 NO_TF_MAIN = """
@@ -554,3 +564,16 @@ def test_mean_pixel_cache_is_keyed_on_what_it_was_computed_from(tmp_path, monkey
         assert mean() == pytest.approx(0.1 * i) and len(calls) == i, field
     config.seed = 1  # another seed draws other images and crops
     assert mean() == pytest.approx(0.1 * (len(changes) + 2))
+
+
+def test_sample_grid_enlarges_small_images_by_an_integer_nearest_neighbour_factor():
+    from glcic_jax import summary
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    grid = summary.make_grid(*imgs, pad=2)
+    assert grid.shape == (2 * (128 + 2) + 2, 3 * (128 + 2) + 2, 3)  # ceil(128 / 32) = 4x
+    cell = grid[2 + 130 : 2 + 130 + 128, 2 + 2 * 130 : 2 + 2 * 130 + 128]  # row 1, completed
+    np.testing.assert_array_equal(cell, np.repeat(np.repeat(imgs[2][1], 4, 0), 4, 1))
+    big = rng.integers(0, 256, (1, 160, 160, 3), dtype=np.uint8)
+    assert summary.make_grid(big, big, big, pad=2).shape == (164, 3 * 162 + 2, 3)  # unchanged
