@@ -399,9 +399,12 @@ def test_console_shows_our_lines_only_unless_verbosity_is_given(files, workdir, 
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "", quiet.stderr  # no Orbax read-only warnings, no jax backend notes
     assert len(quiet.stdout.strip().splitlines()) == 2, quiet.stdout
+    # --verbosity is accepted and changes nothing else. (Restoring for inference no longer makes
+    # Orbax warn at all, issue 18; that the filter lets the libraries' records through when asked
+    # is tested in test_console.py::test_console_shows_our_records_only_unless_verbose.)
     loud = run("--verbosity=0")
     assert loud.returncode == 0, loud.stderr
-    assert "read only" in loud.stderr  # the libraries' lines are still there when asked for
+    assert (loud.stdout.split("% hole")[0] == quiet.stdout.split("% hole")[0]), loud.stdout
 
 
 # ----------------------------------------------------------------------------------------------

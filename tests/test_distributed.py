@@ -312,8 +312,9 @@ def test_indivisible_batch_stops_before_any_work(tmp_path):
            f"--workdir={workdir}", "--config.batch_size=6"]
     result = run_bounded(cmd, cpu_env(4), timeout=300)
     assert result.returncode == 1, result.stdout[-3000:]
-    assert ("error: batch_size=6 is not divisible by the 4 devices; use a multiple of 4"
-            in result.stdout)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stdout[-3000:]
+    assert "batch_size=6 is not divisible by the 4 devices; use a multiple of 4" in errors[0]
     assert "Traceback" not in result.stdout
     assert not workdir.exists()  # stopped before creating the workdir or computing anything
 
