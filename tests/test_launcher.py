@@ -153,7 +153,12 @@ def test_a_killed_training_process_stops_its_peer_within_seconds_with_one_line(t
         start_new_session=True)
     log0 = tmp_path / "logs" / "process_0.log"
     try:
-        assert wait_for(lambda: log0.exists() and "] step 3/2000" in log0.read_text(), 900), \
+        # Kill once a checkpoint is complete on disk (saves are asynchronous: the step-2 save
+        # may still be in flight when step 3 is logged), so that there is one to name.
+        from glcic_jax import checkpointing
+
+        assert wait_for(lambda: log0.exists() and "] step 3/2000" in log0.read_text()
+                        and checkpointing.finished_steps(str(workdir)), 900), \
             log0.read_text() if log0.exists() else "no log"
         victim = [p for p in _children(proc.pid) if "--process_id=1" in _cmdline(p)]
         assert len(victim) == 1
