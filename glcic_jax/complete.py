@@ -517,11 +517,13 @@ def _define_flags(fv):
                          "INFO, 1 DEBUG); by default only this tool's lines.", flag_values=fv)
 
 
-def _parse(argv: Sequence[str]):
+def parse_checkpoint_flags(argv: Sequence[str], define_flags):
+    """absl flags defined by `define_flags(fv)`, parsed from `argv`, with the checks every
+    checkpoint-reading command shares (complete, serve); bad flags are a CompletionError."""
     from absl import flags
 
     fv = flags.FlagValues()
-    _define_flags(fv)
+    define_flags(fv)
     try:
         rest = fv(list(argv))
     except flags.Error as e:
@@ -531,6 +533,11 @@ def _parse(argv: Sequence[str]):
                               f"--name=value).")
     if bool(fv.workdir) == bool(fv.checkpoint):
         raise CompletionError("pass exactly one of --workdir=DIR or --checkpoint=PATH.")
+    return fv
+
+
+def _parse(argv: Sequence[str]):
+    fv = parse_checkpoint_flags(argv, _define_flags)
     for name in ("image", "output"):
         if not fv[name].value:
             raise CompletionError(f"--{name} is required.")

@@ -444,20 +444,7 @@ def _define_flags(fv):
 
 
 def _parse(argv: Sequence[str]):
-    from absl import flags
-
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    try:
-        rest = fv(list(argv))
-    except flags.Error as e:
-        raise CompletionError(str(e)) from e
-    if len(rest) > 1:
-        raise CompletionError(f"unexpected arguments: {' '.join(rest[1:])} (flags are "
-                              f"--name=value).")
-    if bool(fv.workdir) == bool(fv.checkpoint):
-        raise CompletionError("pass exactly one of --workdir=DIR or --checkpoint=PATH.")
-    return fv
+    return complete.parse_checkpoint_flags(argv, _define_flags)
 
 
 def usage() -> str:
