@@ -9,8 +9,8 @@ noise, shortest side 256, longest side 256..400, JPEG quality 75..95), then meas
   `input_pipeline.train_iterator` (its default worker count) and through the same
   `StreamIterator` with explicit worker counts (`--workers`);
 * with TensorFlow and tensorflow-datasets importable (not on the GPU machine), the tf.data path
-  of `input_pipeline` (`_tfds_stream`: tf decode + bicubic resize + crop + flip, AUTOTUNE), reading
-  the same files through `tfds.ImageFolder` instead of a prepared tfds dataset;
+  of `input_pipeline` (`data/tf_datasets.stream`: tf decode + bicubic resize + crop + flip,
+  AUTOTUNE), reading the same files through `tfds.ImageFolder` instead of a prepared tfds dataset;
 
 and compares each with the step throughputs a training run needs: the targets (phase 1
 2000 img/s, joint 1500 img/s) and, with `--steps-json`, the img/s measured by bench_steps.py.
@@ -124,14 +124,15 @@ def bench_tfds(config, folder: str, batch: int, warmup: int, batches: int) -> di
         import tensorflow_datasets as tfds
 
         from glcic_jax import input_pipeline
+        from glcic_jax.data import tf_datasets
 
-        input_pipeline._import_tf()  # keeps TensorFlow off any GPU
+        tf_datasets.import_tf()  # keeps TensorFlow off any GPU
     except Exception as e:  # noqa: BLE001  (optional path: report why it did not run)
         return {"path": "tfds", "skipped": f"TensorFlow / tfds not importable ({e})"}
     try:
         builder = tfds.ImageFolder(folder)
-        original = input_pipeline._tfds_builder
-        input_pipeline._tfds_builder = lambda cfg: builder  # same stream, files from the folder
+        original = tf_datasets.prepare_builder
+        tf_datasets.prepare_builder = lambda cfg: builder  # same stream, files from the folder
         try:
             cfg = config.copy_and_resolve_references()
             with cfg.unlocked():
@@ -140,7 +141,7 @@ def bench_tfds(config, folder: str, batch: int, warmup: int, batches: int) -> di
             it = input_pipeline.train_iterator(cfg, batch)
             r = time_iterator(it, batch, warmup, batches)
         finally:
-            input_pipeline._tfds_builder = original
+            tf_datasets.prepare_builder = original
         print(f"tfds    tf.data AUTOTUNE:                {r['img_per_s']:8.1f} img/s", flush=True)
         return dict(r, path="tfds (tf.data over tfds.ImageFolder)", workers="AUTOTUNE")
     except Exception as e:  # noqa: BLE001  (optional path: report, go on)

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import time
-from typing import Callable
 
 import jax
 import numpy as np
@@ -174,35 +173,6 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
     return composite(images, out, hole)
 
 
-# The jitted completion every caller shares (its `_cache_size()` counts compiled shapes).
-_compiled_completion = inference.compiled_completion
-
-
-def completion_fn(nets, input_norm: str = "mean_fill") -> Callable:
-    """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for these networks' generator."""
-    return inference.completion_fn(nets.generator, input_norm)
-
-
-def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndarray,
-                      hole: np.ndarray, chunk: int) -> np.ndarray:
-    """The network's completions in chunks of `chunk` images (one compiled shape), as uint8.
-
-    The network's input is the image with its holes filled by the mean pixel, so the pixels inside
-    the hole are never seen; the result is composited in uint8 so the rest is exact.
-    """
-    outs = []
-    n = len(images)
-    for start in range(0, n, chunk):
-        img, m = images[start : start + chunk], hole[start : start + chunk]
-        k = len(img)
-        if k < chunk:  # pad the last chunk to the compiled shape
-            img = np.concatenate([img, np.repeat(img[-1:], chunk - k, 0)])
-            m = np.concatenate([m, np.repeat(m[-1:], chunk - k, 0)])
-        out = complete_fn(g_vars, img, m[..., None].astype(np.float32), mean_pixel)
-        outs.append(to_uint8(jax.device_get(out))[:k])
-    return composite(images, np.concatenate(outs), hole)
-
-
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
     """The held-out holes: bool [num, H, W], drawn from a fixed key with the config's hole sizes."""
     m = masks.fixed_eval_masks(config, num, height, width)
@@ -233,7 +203,7 @@ class TrainingEval:
         self.hole = eval_masks(config, len(self.images), h, w)
         self.chunk = max(1, min(len(self.images), int(config.batch_size) // jax.device_count()))
         if mesh is None:
-            self._complete = completion_fn(nets, norm)
+            self._complete = inference.completion_fn(nets.generator, norm)
         else:  # the training mesh: inputs and outputs replicated, as the training samples are
             rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             self._complete = jax.jit(
@@ -241,8 +211,8 @@ class TrainingEval:
                 in_shardings=rep, out_shardings=rep)
 
     def __call__(self, state) -> dict[str, float]:
-        pred = model_completions(self._complete, generator_variables(state), state.mean_pixel,
-                                 self.images, self.hole, self.chunk)
+        pred = inference.complete_in_chunks(self._complete, generator_variables(state),
+                                            state.mean_pixel, self.images, self.hole, self.chunk)
         return {f"eval/{k}": v for k, v in mean_metrics(pred, self.images, self.hole).items()}
 
 
@@ -294,8 +264,8 @@ def evaluate(config, workdir: str) -> dict:
         timings[name] = time.time() - t
         return out
 
-    model = timed("model", lambda: model_completions(completer.fn, completer.variables,
-                                                      mean_px, images, hole, chunk))
+    model = timed("model", lambda: inference.complete_in_chunks(completer.fn, completer.variables,
+                                                                mean_px, images, hole, chunk))
     outputs = {
         "model": model,
         "model+postprocess": timed("model+postprocess", lambda: np.stack(

@@ -16,7 +16,9 @@ authors' `inpaint.lua`: the mean is subtracted from the image and the hole set t
 the pixels inside the hole are never seen. BatchNorm uses its running statistics.
 
 `complete.py`, `evaluate.py`, the converter and the training loop's sample grids all go through
-`complete_images` below; `evaluate.py` and `complete.py` load through `load`.
+`complete_images` below; `evaluate.py` and `complete.py` load through `load`. Photos of any size
+(`Completer.complete`) are scaled to `--max_size` and the training scale (`network_size`), padded
+and batched by input shape; fixed-size evaluation sets go through `complete_in_chunks`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,30 @@ def completion_fn(generator, input_norm: str = "mean_fill") -> Callable:
     compiled = compiled_completion()
     return lambda g_vars, images, mask, mean_pixel: compiled(
         generator, g_vars, images, mask, mean_pixel, input_norm)
+
+
+def complete_in_chunks(fn: Callable, variables: dict, mean_pixel, images: np.ndarray,
+                       hole: np.ndarray, chunk: int) -> np.ndarray:
+    """uint8 completions of same-sized images, `chunk` at a time (one compiled shape).
+
+    Args:
+      fn: a jitted `(variables, images, mask, mean_pixel) -> completed` (`completion_fn`).
+      images: uint8 [N, H, W, 3], H and W multiples of 4; hole: bool [N, H, W].
+
+    The last chunk is padded to `chunk` images by repeating its last one. The result is
+    composited in uint8, so pixels outside the hole are exactly the input's.
+    """
+    outs = []
+    n = len(images)
+    for start in range(0, n, chunk):
+        img, m = images[start : start + chunk], hole[start : start + chunk]
+        k = len(img)
+        if k < chunk:  # pad the last chunk to the compiled shape
+            img = np.concatenate([img, np.repeat(img[-1:], chunk - k, 0)])
+            m = np.concatenate([m, np.repeat(m[-1:], chunk - k, 0)])
+        out = fn(variables, img, m[..., None].astype(np.float32), mean_pixel)
+        outs.append(to_uint8(jax.device_get(out))[:k])
+    return np.where(hole[..., None], np.concatenate(outs), images)
 
 
 def generator_variables(state) -> dict:
@@ -172,10 +198,8 @@ class Completer:
         # The hole's content is replaced before anything else (resizing included) reads it.
         x = np.where(hole[..., None], self.mean_u8, rgb)
         h, w = hole.shape
-        max_size = effective_max_size(self.config, h, w, max_size, train_scale)
-        if max_size and max(h, w) > max_size:
-            s = max_size / max(h, w)
-            small = (max(1, round(h * s)), max(1, round(w * s)))
+        small = network_size(h, w, effective_max_size(self.config, h, w, max_size, train_scale))
+        if small != (h, w):
             # BOX averages exactly the pixels under each output pixel: a low-resolution pixel
             # that touches the hole is a hole, the others average known pixels only.
             hole = _resize(hole.astype(np.uint8) * 255, small, Image.BOX) > 0
@@ -243,6 +267,15 @@ def training_scale_limit(config, height: int, width: int) -> int:
     if short <= top:
         return 0
     return max(1, int(long * top / short))  # rounded down: the shortest side ends <= resize_max
+
+
+def network_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """The (H, W) a photo is completed at, before padding: scaled down (aspect kept, area
+    averaging in `Completer`) so that its longer side is at most `max_size` (0 = any size)."""
+    if max_size and max(height, width) > max_size:
+        s = max_size / max(height, width)
+        return max(1, round(height * s)), max(1, round(width * s))
+    return height, width
 
 
 def effective_max_size(config, height: int, width: int, max_size: int,

@@ -123,6 +123,26 @@ def fixed_eval_masks(config, num: int, height: int, width: int) -> Masks:
     return sample_masks(jax.random.PRNGKey(EVAL_MASK_SEED), num, height, width, spec)
 
 
+def random_hole(config, size: tuple[int, int], key: jax.Array):
+    """Random holes for an (H, W) photo, drawn as the checkpoint's training holes were: numpy
+    bool [H, W] on the host (`complete` without --mask).
+
+    The config's hole and window sizes are scaled by min(H, W) / image_size; its `mask.square`
+    and `mask.position` (e.g. the landscape config's square centred hole) and `mask.max_holes`
+    are kept.
+    """
+    h, w = size
+    scale = min(h, w) / float(config.data.image_size)
+    local = max(1, min(h, w, round(int(config.mask.local_size) * scale)))
+    hole_max = max(1, min(local, round(int(config.mask.hole_max) * scale)))
+    hole_min = max(1, min(hole_max, round(int(config.mask.hole_min) * scale)))
+    # The checkpoint's own hole shape and placement (mask.square, mask.position), scaled.
+    spec = MaskSpec.from_config(config.mask)._replace(
+        local_size=local, hole_min=hole_min, hole_max=hole_max)
+    m = jax.jit(sample_masks, static_argnums=(1, 2, 3, 4))(key, 1, h, w, spec).mask
+    return jax.device_get(m)[0, ..., 0] > 0.5
+
+
 def crop(images: jax.Array, corners: jax.Array, size: int) -> jax.Array:
     """Crop `size` x `size` windows at per-sample corners: [B, H, W, C] -> [B, size, size, C]."""
 

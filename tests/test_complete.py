@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, complete, config_lib, postprocess, state
+from glcic_jax import checkpointing, complete, config_lib, errors, postprocess, state
 
 H, W = 257, 301  # odd, not a multiple of 4, not square
 
@@ -353,6 +353,26 @@ def test_ctrl_c_is_a_one_line_message_and_exit_130(monkeypatch, capsys):
     assert complete.run(["glcic_jax.complete", "--workdir=x", "--image=a.png"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("error: Interrupted (Ctrl-C)") and "Traceback" not in err
+
+
+def test_any_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    # CompletionError is one kind of errors.UserError; complete prints every UserError (e.g. a
+    # config error raised deep in the network's input code) as one line, and nothing else.
+    assert issubclass(complete.CompletionError, errors.UserError)
+
+    def bad_config(argv):
+        raise errors.ConfigError("model.input_norm='x' is not supported")
+
+    monkeypatch.setattr(complete, "_run", bad_config)
+    assert complete.run(["glcic_jax.complete", "--workdir=x", "--image=a.png"]) == 1
+    assert capsys.readouterr().err == "error: model.input_norm='x' is not supported\n"
+
+    def bug(argv):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(complete, "_run", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        complete.run(["glcic_jax.complete", "--workdir=x", "--image=a.png"])
 
 
 # ----------------------------------------------------------------------------------------------

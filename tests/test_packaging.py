@@ -103,7 +103,8 @@ def test_wheel_installs_a_working_package_with_configs_and_commands(tmp_path):
                     str(src)], check=True, cwd=tmp_path, timeout=300)
     (wheel,) = tmp_path.glob("glcic_jax-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {f"glcic_jax/{p.name}" for p in (ROOT / "glcic_jax").glob("*.py")}
+    modules = {f"glcic_jax/{p.relative_to(ROOT / 'glcic_jax').as_posix()}"  # subpackages too
+               for p in (ROOT / "glcic_jax").rglob("*.py") if "__pycache__" not in p.parts}
     configs = {f"glcic_jax/configs/{p.name}" for p in (ROOT / "configs").glob("*.py")}
     assert modules | configs <= names, sorted(modules | configs - names)
 

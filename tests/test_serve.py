@@ -28,7 +28,7 @@ import pytest
 from conftest import make_tiny_config, smooth_images
 from PIL import Image
 
-from glcic_jax import checkpointing, complete, evaluate, serve
+from glcic_jax import checkpointing, complete, inference, serve
 
 TRAINED_STEPS = 2
 MAX_UPLOAD = 64 * 1024  # bytes; small, so a "too large" upload is cheap to build
@@ -222,11 +222,11 @@ def test_completion_is_exact_outside_the_hole_and_compiles_once_per_bucket(serve
     assert_completed(data, image, hole)
 
     # Another size in the same bucket: no new compilation of the network.
-    compiled = evaluate._compiled_completion()._cache_size()
+    compiled = inference.compiled_completion()._cache_size()
     image2, hole2 = photo(50, 61, seed=1), box_hole(50, 61, 30, 40, 15)
     status, headers, data = post_files(server, png(image2), png(hole2.astype(np.uint8) * 255))
     assert status == 200 and headers["X-Compiled"] == "0" and headers["X-Bucket"] == "64x64"
-    assert evaluate._compiled_completion()._cache_size() == compiled
+    assert inference.compiled_completion()._cache_size() == compiled
     assert_completed(data, image2, hole2)
 
 

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, config_lib, input_pipeline, train
+from glcic_jax import checkpointing, config_lib, errors, input_pipeline, train
+from glcic_jax.data import tf_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -297,6 +298,22 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_every_data_source_has_one_reader_and_its_errors_are_user_errors():
+    # One table maps data.source to its reader, with the names the config validation accepts;
+    # a data problem is a user error (one line, exit 1), still caught as the old RuntimeError.
+    assert tuple(input_pipeline.SOURCES) == config_lib.DATA_SOURCES
+    for reader in input_pipeline.SOURCES.values():
+        assert all(callable(getattr(reader, m)) for m in ("train_batches", "eval_images",
+                                                          "describe"))
+    assert input_pipeline.DataError is errors.DataError
+    assert issubclass(input_pipeline.DataError, (errors.UserError, RuntimeError))
+    config = load_config("quickstart")
+    with config.unlocked():
+        config.data.source = "webdataset"
+    with pytest.raises(errors.ConfigError, match="data.source='webdataset' must be"):
+        input_pipeline.train_iterator(config, 2)
+
+
 def test_missing_dataset_that_cannot_be_fetched_says_how_to_place_it(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
@@ -325,7 +342,7 @@ def test_preparing_a_tfds_dataset_shows_progress(tmp_path, monkeypatch, caplog):
 
     tfds.disable_progress_bar()
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", slow_prepare)
-    monkeypatch.setattr(input_pipeline, "PROGRESS_EVERY_S", 0.1)
+    monkeypatch.setattr(tf_datasets, "PROGRESS_EVERY_S", 0.1)
     config = load_config("celeba")
     config.data.data_dir = str(tmp_path / "tfds")
     caplog.set_level(logging.INFO)
@@ -510,7 +527,7 @@ def test_tfds_prepare_runs_offline_up_to_the_first_download(name, tmp_path, monk
     config = load_config(name)
     config.data.data_dir = str(tmp_path / "tfds")
     with pytest.raises(input_pipeline.DataError) as err:
-        input_pipeline._tfds_builder(config)
+        tf_datasets.prepare_builder(config)
     assert urls and all(u.startswith("http") for u in urls)  # got as far as a real download
     message = str(err.value)
     assert "ConnectionError: offline test: no network" in message, message
@@ -528,7 +545,7 @@ def test_missing_module_while_preparing_is_named_as_a_missing_module(tmp_path, m
     config = load_config("celeba")
     config.data.data_dir = str(tmp_path / "tfds")
     with pytest.raises(input_pipeline.DataError) as err:
-        input_pipeline._tfds_builder(config)
+        tf_datasets.prepare_builder(config)
     message = str(err.value)
     assert "needs the Python module 'importlib_resources', which is not installed" in message
     assert "pip install -r requirements.txt" in message
