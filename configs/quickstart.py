@@ -40,6 +40,7 @@ def get_config(arg=None):
     c.data.resize_max = 128
     c.data.mean_pixel_images = 256
     c.data.num_eval_images = 6
+    c.data.color_augment = True  # random channel order and gains: see the docstring
     c.mask.local_size = 32
     c.mask.hole_min = 12
     c.mask.hole_max = 24

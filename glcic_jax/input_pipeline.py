@@ -28,6 +28,7 @@ import logging
 import os
 from typing import Iterator, Protocol
 
+import ml_collections
 import numpy as np
 
 from glcic_jax.data.folder import (  # noqa: F401  (public names of the data API)
@@ -127,6 +128,9 @@ def compute_mean_pixel(config) -> np.ndarray:
     """Mean RGB in [0, 1] over `data.mean_pixel_images` training crops (host 0's stream start)."""
     n = max(1, int(config.data.mean_pixel_images))
     batch = min(n, 64)
+    if config.data.get("color_augment", False):  # the photos' own mean, not the recoloured one
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.color_augment = False
     it = train_iterator(config, batch, start_step=0, host=0, hosts=1)
     total, count = np.zeros(3, np.float64), 0
     try:
@@ -144,7 +148,8 @@ def compute_mean_pixel(config) -> np.ndarray:
 # data.* fields that cannot change the mean pixel; every other one (source, name, data_dir, path,
 # train_split, image_size, resize_min/max, eval_fraction, shuffle_buffer, mean_pixel_images, ...)
 # and the seed (it picks the images and crops) is part of the cache key.
-_NOT_IN_MEAN_PIXEL_KEY = ("num_workers", "num_eval_images", "eval_split", "flip")
+_NOT_IN_MEAN_PIXEL_KEY = ("num_workers", "num_eval_images", "eval_split", "flip",
+                          "color_augment")
 
 
 def mean_pixel_key(config) -> dict:

@@ -218,6 +218,70 @@ def test_augment_resamples_only_the_crop_yet_matches_resizing_the_whole_image():
     assert np.abs(got[:, 1:].astype(int) - shifted[:, :-1].astype(int)).mean() > 4.0
 
 
+def test_color_augment_permutes_and_scales_channels_and_leaves_the_rest_alone():
+    import skimage.data
+
+    from glcic_jax.data import images as data_images
+
+    photo = skimage.data.astronaut()
+    perms = set()
+    for seed in range(12):
+        plain = input_pipeline.augment(photo, np.random.default_rng(seed), 32, 40, 90, True)
+        col = input_pipeline.augment(photo, np.random.default_rng(seed), 32, 40, 90, True, True)
+        # Drawn after the resize, crop and flip: the same crop, recoloured.
+        match = []
+        for c in range(3):
+            gains = [(col[..., c].astype(float).sum() / max(1.0, plain[..., k].sum()), k)
+                     for k in range(3)]
+            # Which source channel, scaled by which gain, gives output channel c (to rounding).
+            err, k, g = min((np.abs(col[..., c] - np.rint(plain[..., k] * g)).max(), k, g)
+                            for g, k in gains)
+            assert err <= 1 and data_images.COLOR_GAIN_MIN - 0.01 <= g <= 1.0, (seed, c, err, g)
+            match.append(k)
+        assert sorted(match) == [0, 1, 2], match  # a permutation
+        perms.add(tuple(match))
+    assert len(perms) > 2  # the channel order does vary
+
+
+def test_color_augment_in_tf_data_is_the_same_recolouring():
+    tf = pytest.importorskip("tensorflow")
+    import skimage.data
+
+    from glcic_jax.data import images as data_images
+
+    photo = tf.constant(skimage.data.astronaut())
+    seed = tf.constant([3, 5], tf.int64)
+    plain = data_images.augment_tf(tf, photo, seed, 32, 40, 90, True).numpy().astype(float)
+    col = data_images.augment_tf(tf, photo, seed, 32, 40, 90, True, True).numpy().astype(float)
+    used = []
+    for c in range(3):
+        # Output channel c is one source channel times a gain in [COLOR_GAIN_MIN, 1] (+-1 rounding).
+        fits = [(np.abs(col[..., c] - plain[..., k] * (col[..., c].sum() / plain[..., k].sum()))
+                 .max(), k, col[..., c].sum() / plain[..., k].sum()) for k in range(3)]
+        err, k, g = min(fits)
+        assert err <= 1.5 and data_images.COLOR_GAIN_MIN - 0.01 <= g <= 1.0, (c, err, g)
+        used.append(k)
+    assert sorted(used) == [0, 1, 2]
+
+
+def test_color_augment_is_in_the_training_stream_but_not_in_the_mean_pixel():
+    from glcic_jax import config_lib
+
+    c = config_lib.shrink_to_tiny(config_lib.base_config())
+    c.data.source = "skimage"
+    c.data.mean_pixel_images = 16
+    base = next(input_pipeline.train_iterator(c, 4, 0, 0, 1))
+    c.data.color_augment = True
+    recoloured = next(input_pipeline.train_iterator(c, 4, 0, 0, 1))
+    assert base.shape == recoloured.shape and not np.array_equal(base, recoloured)
+    c2 = config_lib.shrink_to_tiny(config_lib.base_config())
+    c2.data.source = "skimage"
+    c2.data.mean_pixel_images = 16
+    np.testing.assert_array_equal(input_pipeline.compute_mean_pixel(c),
+                                  input_pipeline.compute_mean_pixel(c2))
+    assert input_pipeline.mean_pixel_key(c) == input_pipeline.mean_pixel_key(c2)
+
+
 def test_large_jpegs_decode_at_reduced_scale_but_never_below_the_needed_size(tmp_path):
     import skimage.data
 

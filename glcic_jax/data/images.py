@@ -62,9 +62,17 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
 # a random horizontal flip with data.flip (our addition: the paper mentions no flips).
 
 
+# Colour augmentation (data.color_augment): each crop's channels in a random order, each scaled by
+# a random gain in [COLOR_GAIN_MIN, 1]. Our choice for the quickstart (neither report nor the
+# paper uses it): trained on a handful of photos, the network otherwise learns their palette
+# instead of continuing the colours around a hole, and fills held-out photos with the wrong ones.
+COLOR_GAIN_MIN = 0.6
+
+
 def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
-            resize_max: int, flip: bool) -> np.ndarray:
-    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop; flip if asked.
+            resize_max: int, flip: bool, color: bool = False) -> np.ndarray:
+    """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop; flip if asked;
+    `color`: the colour augmentation above (drawn after the rest, so it leaves those unchanged).
 
     Only the crop is resampled: PIL resizes the source box that maps onto it (with the filter's
     support reaching past the box edges), which equals cropping the fully resized image up to
@@ -85,14 +93,19 @@ def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: 
                                                        reducing_gap=3.0))
     if flip and rng.random() < 0.5:
         out = out[:, ::-1]
+    if color:
+        gain = rng.uniform(COLOR_GAIN_MIN, 1.0, 3).astype(np.float32)
+        out = np.rint(out[..., rng.permutation(3)] * gain).astype(np.uint8)
     return np.ascontiguousarray(out)
 
 
-def augment_tf(tf, image, seed, size: int, resize_min: int, resize_max: int, flip: bool):
+def augment_tf(tf, image, seed, size: int, resize_min: int, resize_max: int, flip: bool,
+               color: bool = False):
     """`augment` in tf.data: a decoded uint8 image [H, W, 3] -> uint8 [size, size, 3].
 
-    `seed` is a stateless-RNG seed (int64 [2]); the resize, the crop and the flip use seed,
-    seed + 1 and seed + 2. The whole image is resized (bicubic, antialiased), then cropped.
+    `seed` is a stateless-RNG seed (int64 [2]); the resize, the crop, the flip and the colour
+    augmentation use seed, seed + 1, seed + 2 and seed + 3. The whole image is resized (bicubic,
+    antialiased), then cropped.
     """
     short = tf.random.stateless_uniform([], seed, resize_min, resize_max + 1, dtype=tf.int32)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -102,7 +115,12 @@ def augment_tf(tf, image, seed, size: int, resize_min: int, resize_max: int, fli
     image = tf.image.stateless_random_crop(image, [size, size, 3], seed + 1)
     if flip:
         image = tf.image.stateless_random_flip_left_right(image, seed + 2)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    image = tf.clip_by_value(tf.round(image), 0, 255)
+    if color:  # the crop as it would be without, recoloured (as `augment`)
+        u = tf.random.stateless_uniform([6], seed + 3)
+        image = tf.gather(image, tf.argsort(u[:3]), axis=-1)
+        image = tf.round(image * (COLOR_GAIN_MIN + (1.0 - COLOR_GAIN_MIN) * u[3:]))
+    return tf.cast(image, tf.uint8)
 
 
 def center_crop_tf(tf, image, size: int):

@@ -78,7 +78,8 @@ class StreamIterator:
         self.seed = seed
         self.host = host
         d = config.data
-        self._aug = (int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip))
+        self._aug = (int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip),
+                     bool(d.get("color_augment", False)))
         workers = workers or min(32, (os.cpu_count() or 2) * 2)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="glcic-data")
         self._pending: collections.deque = collections.deque()
