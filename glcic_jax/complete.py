@@ -63,6 +63,7 @@ from typing import IO, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from glcic_jax import errors
 from glcic_jax import inference
 from glcic_jax.input_pipeline import IMAGE_EXTENSIONS
 
@@ -81,7 +82,7 @@ REFUSED_FORMATS = {
 HOLE_THRESHOLD = 128
 
 
-class CompletionError(Exception):
+class CompletionError(errors.UserError):
     """A problem the user can fix (bad path, wrong mask, missing checkpoint); one-line message."""
 
 

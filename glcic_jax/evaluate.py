@@ -41,7 +41,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from glcic_jax import config_lib, inference, input_pipeline, masks, postprocess
+from glcic_jax import config_lib, errors, inference, input_pipeline, masks, postprocess
 from glcic_jax.inference import generator_variables, to_uint8  # noqa: F401  (re-exported)
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
@@ -124,7 +124,7 @@ def ssim(pred, target, mask=None) -> np.ndarray:
     if mask is None:
         b = _SSIM_BORDER
         if min(smap.shape[-3:-1]) <= 2 * b:
-            raise ValueError(f"SSIM needs images larger than {2 * b} pixels per side.")
+            raise errors.ConfigError(f"SSIM needs images larger than {2 * b} pixels per side.")
         return smap[..., b:-b, b:-b, :].mean(axis=axes)
     m = _hole(mask, smap)
     return (smap * m).sum(axis=axes) / np.maximum(m.sum(axis=axes), 1.0)
@@ -275,7 +275,7 @@ def evaluate(config, workdir: str) -> dict:
     stored_config, step = completer.config, completer.step
     n = num_eval_images(config)
     if n < 1:
-        raise ValueError("num_eval_batches * batch_size must be at least 1.")
+        raise errors.ConfigError("num_eval_batches * batch_size must be at least 1.")
     input_pipeline.describe_split(config)
     images = input_pipeline.eval_images(config, n)
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
@@ -339,7 +339,7 @@ def evaluate(config, workdir: str) -> dict:
         except OSError as e:
             if os.path.exists(tmp):
                 os.remove(tmp)
-            raise OSError(f"Could not write {path} ({e.strerror or e}); the table above holds "
-                          f"the results.") from e
+            raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
+                                        f"above holds the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
     return payload

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glcic_jax import masks, models
+from glcic_jax import errors, masks, models
 
 
-class LoadError(ValueError):
+class LoadError(errors.WorkdirError):
     """No usable completion network at a path (missing, incomplete or foreign checkpoint)."""
 
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from glcic_jax import errors
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # scikit-image's colour sample photos (shipped with the package; no download). The last two are
@@ -41,8 +42,8 @@ SKIMAGE_TRAIN = ("astronaut", "coffee", "immunohistochemistry", "hubble_deep_fie
 SKIMAGE_EVAL = ("chelsea", "rocket")
 
 
-class DataError(RuntimeError):
-    """A dataset is missing, empty or unreadable; the message says what to do."""
+# A dataset is missing, empty or unreadable; the message says what to do (errors.py).
+DataError = errors.DataError
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib
+from glcic_jax import config_lib, errors
 
 Dtype = Any
 
@@ -73,7 +73,8 @@ def scaled(features: int, width: float) -> int:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+        raise errors.ConfigError(
+            f"{name}={value!r} is not supported; choose one of {list(choices)}.")
 
 
 class PaddedConv(nn.Module):

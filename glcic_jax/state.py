@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from glcic_jax import config_lib, models
+from glcic_jax import config_lib, errors, models
 
 OPTIMIZERS = config_lib.OPTIMIZERS
 
@@ -54,7 +54,7 @@ def create_optimizer(opt_cfg) -> optax.GradientTransformation:
         return optax.rmsprop(
             lr, decay=float(opt_cfg.decay), eps=float(opt_cfg.eps), eps_in_sqrt=False
         )
-    raise ValueError(
+    raise errors.ConfigError(
         f"Unknown optimizer.name={opt_cfg.name!r}; choose one of {list(OPTIMIZERS)} "
         f"(e.g. --config.optimizer.name=adam)."
     )

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, inference, losses, masks, models
+from glcic_jax import config_lib, errors, inference, losses, masks, models
 from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
@@ -69,10 +69,10 @@ class StepSettings(NamedTuple):
     def from_config(cls, config) -> "StepSettings":
         loss = config.loss
         if loss.gan not in GAN_LOSSES:
-            raise ValueError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
+            raise errors.ConfigError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
         real_crop = str(config.mask.get("real_crop", "hole"))  # absent from older configs
         if real_crop not in REAL_CROPS:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"mask.real_crop={real_crop!r} must be one of {list(REAL_CROPS)}."
             )
         return cls(
