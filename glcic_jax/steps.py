@@ -65,6 +65,11 @@ class StepSettings(NamedTuple):
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
     phase3_start: int = 0
 
+    @property
+    def gan(self) -> losses.GanLoss:
+        """The loss kind's entry in losses.GAN_KINDS."""
+        return losses.GAN_KINDS[self.gan_loss]
+
     @classmethod
     def from_config(cls, config) -> "StepSettings":
         loss = config.loss
@@ -155,6 +160,17 @@ def _guard(settings: StepSettings, old: GANState, new: GANState, ok: jax.Array) 
     return kept.replace(step=new.step)
 
 
+def _finish(settings: StepSettings, state: GANState, metrics: dict, checked: tuple,
+            **updated: ModelState) -> tuple[GANState, dict]:
+    """The tail every training step shares: the new state (`updated` networks, step + 1), the
+    finite check over `checked` (losses, gradients, the updated model states), the nan_policy
+    guard, and the `nonfinite` metric."""
+    new = state.replace(step=state.step + 1, **updated)
+    ok = _all_finite(*checked)
+    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+    return _guard(settings, state, new, ok), metrics
+
+
 class _Batch(NamedTuple):
     images: jax.Array  # [B, H, W, 3] float32 in [0, 1]
     masks: masks.Masks
@@ -206,14 +222,12 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
     real_logits, stats = _discriminate(nets, d, d_params, d.batch_stats, batch.images,
                                        batch.real_local, True)
     fake_logits, stats = _discriminate(nets, d, d_params, stats, completed, fake_local, True)
-    if settings.gan_loss == "bce":
-        gan = losses.d_bce_loss(real_logits, fake_logits)
-        metrics = {"d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
-                   "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
-        loss = scale * gan
-        metrics["d_loss"] = gan
-    else:
-        gan = losses.wgan_critic_loss(real_logits, fake_logits)
+    kind = settings.gan
+    gan = kind.d_loss(real_logits, fake_logits)
+    metrics = {"d_real": jnp.mean(kind.score(real_logits)),
+               "d_fake": jnp.mean(kind.score(fake_logits))}
+    unweighted = gan
+    if kind.gradient_penalty:
         # The penalty needs per-sample gradients: BatchNorm critics are evaluated in inference
         # mode here; layer-norm / no-norm critics (the default for WGAN) are per-sample anyway.
         gp_train = not bool(d.batch_stats)
@@ -225,18 +239,18 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
         gp = losses.gradient_penalty(
             critic, (batch.images, batch.real_local), (completed, fake_local), batch.k_gp
         )
-        metrics = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits), "gp": gp,
-                   "wasserstein": -gan}
-        # Landscape report 4a: the critic's loss unscaled in every phase (no alpha).
-        loss = gan + settings.gp_weight * gp
-        metrics["d_loss"] = loss
+        metrics.update(gp=gp, wasserstein=-gan)
+        unweighted = gan + settings.gp_weight * gp
+    metrics["d_loss"] = unweighted
+    # Landscape report 4a: the WGAN-GP critic's loss is never weighted (no alpha).
+    loss = scale * unweighted if kind.alpha_weighs_d else unweighted
     return loss, (stats, metrics)
 
 
 def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array | float:
     """Weight of D's BCE loss: alpha in phase 3 (the joint step, or a D-only step at or after
-    Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (see _d_loss)."""
-    if settings.gan_loss != "bce":
+    Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (GanLoss.alpha_weighs_d)."""
+    if not settings.gan.alpha_weighs_d:
         return 1.0
     if joint:
         return settings.alpha
@@ -247,9 +261,7 @@ def _adv_loss(settings, nets, d: ModelState, completed, corners):
     """Generator's adversarial term for a completed batch, with D fixed (its stats discarded)."""
     fake_local = masks.crop(completed, corners, settings.mask.local_size)
     logits, _ = _discriminate(nets, d, d.params, d.batch_stats, completed, fake_local, True)
-    if settings.gan_loss == "bce":
-        return losses.g_bce_loss(logits)
-    return losses.wgan_generator_loss(logits)
+    return settings.gan.g_loss(logits)
 
 
 def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -261,10 +273,9 @@ def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
-    ok = _all_finite(loss, grads, new.g)
-    metrics.update(g_loss=loss, nonfinite=1.0 - ok.astype(jnp.float32))
-    return _guard(settings, state, new, ok), metrics
+    g = _apply_updates(nets.g_tx, state.g, grads, stats)
+    metrics["g_loss"] = loss
+    return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
 def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -278,10 +289,8 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
         lambda p: _d_loss(settings, nets, state.d, p, batch, completed, scale), has_aux=True
     )
     (loss, (stats, metrics)), grads = grad_fn(state.d.params)
-    new = state.replace(step=state.step + 1, d=_apply_updates(nets.d_tx, state.d, grads, stats))
-    ok = _all_finite(loss, grads, new.d)
-    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    return _guard(settings, state, new, ok), metrics
+    d = _apply_updates(nets.d_tx, state.d, grads, stats)
+    return _finish(settings, state, metrics, (loss, grads, d), d=d)
 
 
 def _generator_loss(settings, nets, perceptual_fn, d: ModelState, batch: _Batch, outs):
@@ -319,10 +328,8 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     (g_grads,) = g_vjp(d_outs)
     new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats)
     metrics.update(g_metrics)
-    ok = _all_finite(d_loss, g_loss, d_grads, g_grads, new_d, new_g)
-    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    new = state.replace(step=state.step + 1, g=new_g, d=new_d)
-    return _guard(settings, state, new, ok), metrics
+    return _finish(settings, state, metrics, (d_loss, g_loss, d_grads, g_grads, new_d, new_g),
+                   g=new_g, d=new_d)
 
 
 def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -334,10 +341,8 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
-    ok = _all_finite(loss, grads, new.g)
-    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    return _guard(settings, state, new, ok), metrics
+    g = _apply_updates(nets.g_tx, state.g, grads, stats)
+    return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
 def complete_images(nets: Networks, g_vars: dict, images, mask, mean_pixel,
@@ -356,7 +361,7 @@ def _evaluate(nets, settings, state: GANState, images, mask, corners):
                                    masks.crop(images, corners, size), False)
     fake_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, completed,
                                    masks.crop(completed, corners, size), False)
-    score = jax.nn.sigmoid if settings.gan_loss == "bce" else (lambda z: z)
+    score = settings.gan.score
     return {
         "completed": completed,
         # Shown as the hole filled with the mean pixel, whatever model.input_norm (the
