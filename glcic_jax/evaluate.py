@@ -42,7 +42,7 @@ import jax
 import numpy as np
 
 from glcic_jax import config_lib, errors, inference, input_pipeline, masks, postprocess
-from glcic_jax.inference import generator_variables, to_uint8  # noqa: F401  (re-exported)
+from glcic_jax.inference import generator_variables, quantize_uint8
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
 INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
@@ -151,14 +151,15 @@ def mean_metrics(pred, target, mask) -> dict[str, float]:
 # Methods: each maps (uint8 images [B, H, W, 3], hole mask bool [B, H, W]) -> uint8 images
 
 
-def composite(images: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Filled pixels inside the hole, the input's outside it (exactly, in uint8)."""
+def paste_into_hole(images: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Filled pixels inside the hole, the input's outside it: an exact select on uint8 images
+    with a bool hole [B, H, W] (`models.blend_into_hole` is the float blend inside the steps)."""
     return np.where(hole[..., None], filled, images)
 
 
 def mean_fill(images: np.ndarray, hole: np.ndarray, mean_pixel) -> np.ndarray:
-    fill = to_uint8(np.asarray(mean_pixel, np.float32).reshape(1, 1, 1, 3))
-    return composite(images, np.broadcast_to(fill, images.shape), hole)
+    fill = quantize_uint8(np.asarray(mean_pixel, np.float32).reshape(1, 1, 1, 3))
+    return paste_into_hole(images, np.broadcast_to(fill, images.shape), hole)
 
 
 def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
@@ -171,7 +172,7 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
     for i, (img, m) in enumerate(zip(images, hole)):
         masked = np.where(m[..., None], np.uint8(0), img)
         out[i] = cv2.inpaint(masked, m.astype(np.uint8) * 255, radius, flag)
-    return composite(images, out, hole)
+    return paste_into_hole(images, out, hole)
 
 
 # The jitted completion every caller shares (its `_cache_size()` counts compiled shapes).
@@ -199,8 +200,8 @@ def model_completions(complete_fn: Callable, g_vars, mean_pixel, images: np.ndar
             img = np.concatenate([img, np.repeat(img[-1:], chunk - k, 0)])
             m = np.concatenate([m, np.repeat(m[-1:], chunk - k, 0)])
         out = complete_fn(g_vars, img, m[..., None].astype(np.float32), mean_pixel)
-        outs.append(to_uint8(jax.device_get(out))[:k])
-    return composite(images, np.concatenate(outs), hole)
+        outs.append(quantize_uint8(jax.device_get(out))[:k])
+    return paste_into_hole(images, np.concatenate(outs), hole)
 
 
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:

@@ -49,7 +49,7 @@ def to_float_images(images) -> jax.Array:
     return images.astype(jnp.float32)
 
 
-def to_uint8(x) -> np.ndarray:
+def quantize_uint8(x) -> np.ndarray:
     """[0, 1] floats -> uint8, rounding to nearest (as a saved PNG would hold them)."""
     return np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
@@ -67,7 +67,7 @@ def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
     x = masks.fill_holes(images, mask, mean_pixel, input_norm)
     out = generator.apply(g_vars, x, train=False)
     out = out[0] if isinstance(out, tuple) else out
-    return models.composite(images, out, mask)
+    return models.blend_into_hole(images, out, mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,7 +123,7 @@ class Completer:
 
     def __post_init__(self):
         self.mean_pixel = np.asarray(self.mean_pixel, np.float32).reshape(3)
-        self.mean_u8 = to_uint8(self.mean_pixel)
+        self.mean_u8 = quantize_uint8(self.mean_pixel)
         self.input_norm = input_norm_of(self.config)
         self.fn = completion_fn(self.generator, self.input_norm)
 
@@ -160,7 +160,7 @@ class Completer:
 
     def complete_uint8(self, images: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] and bool [B, H, W] -> uint8 completions, exact outside the hole."""
-        out = to_uint8(self(images, hole))
+        out = quantize_uint8(self(images, hole))
         return np.where(hole[..., None], out, images)
 
     # -- photos of any size, as the command line completes them -------------------------------
@@ -213,7 +213,7 @@ class Completer:
                 chunk = indices[start : start + step]
                 x = np.stack([prepared[i][0] for i in chunk])
                 m = np.stack([prepared[i][1] for i in chunk])
-                out = to_uint8(np.asarray(self.fn(self.variables, x, m, self.mean_pixel)))
+                out = quantize_uint8(np.asarray(self.fn(self.variables, x, m, self.mean_pixel)))
                 for j, i in enumerate(chunk):
                     nh, nw = prepared[i][2]
                     filled = out[j, :nh, :nw]

@@ -70,12 +70,15 @@ class Networks(NamedTuple):
 
 
 def create_networks(config) -> Networks:
+    """The config's modules and optimizer. C and D share one optimizer setting (the paper's
+    Adadelta for both); an optax transformation is stateless, so one object serves both (each
+    network keeps its own optimizer state in `ModelState.opt_state`)."""
     tx = create_optimizer(config.optimizer)
     return Networks(
         generator=models.make_generator(config.model),
         discriminator=models.make_discriminator(config.model),
         g_tx=tx,
-        d_tx=create_optimizer(config.optimizer),
+        d_tx=tx,
     )
 
 

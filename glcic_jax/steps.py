@@ -124,8 +124,7 @@ def _generate(nets: Networks, ms: ModelState, params, x, train: bool):
     return outs[0], outs, new_stats
 
 
-def _discriminate(nets: Networks, d: ModelState, params, batch_stats, global_img, local_img,
-                  train: bool):
+def _discriminate(nets: Networks, params, batch_stats, global_img, local_img, train: bool):
     """Run D; returns (logits [B, 1], new batch stats)."""
     v = {"params": params}
     if batch_stats:
@@ -200,7 +199,7 @@ def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array
     total, metrics = mse, {"mse": mse}
     if settings.perceptual_weight and perceptual_fn is not None:
         size = settings.mask.local_size
-        fake_local = masks.crop(models.composite(batch.images, outs[0], batch.masks.mask),
+        fake_local = masks.crop(models.blend_into_hole(batch.images, outs[0], batch.masks.mask),
                                 batch.masks.corners, size)
         real_local = masks.crop(batch.images, batch.masks.corners, size)
         perc = perceptual_fn(fake_local, real_local)
@@ -219,9 +218,9 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
     fake_local = masks.crop(completed, batch.masks.corners, size)
     # Separate forward passes for real and completed batches (as the reference ports do): each
     # BatchNorm batch is all-real or all-fake.
-    real_logits, stats = _discriminate(nets, d, d_params, d.batch_stats, batch.images,
+    real_logits, stats = _discriminate(nets, d_params, d.batch_stats, batch.images,
                                        batch.real_local, True)
-    fake_logits, stats = _discriminate(nets, d, d_params, stats, completed, fake_local, True)
+    fake_logits, stats = _discriminate(nets, d_params, stats, completed, fake_local, True)
     kind = settings.gan
     gan = kind.d_loss(real_logits, fake_logits)
     metrics = {"d_real": jnp.mean(kind.score(real_logits)),
@@ -234,7 +233,7 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
 
         def critic(inputs):
             g_img, l_img = inputs
-            return _discriminate(nets, d, d_params, stats, g_img, l_img, gp_train)[0]
+            return _discriminate(nets, d_params, stats, g_img, l_img, gp_train)[0]
 
         gp = losses.gradient_penalty(
             critic, (batch.images, batch.real_local), (completed, fake_local), batch.k_gp
@@ -260,7 +259,7 @@ def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array 
 def _adv_loss(settings, nets, d: ModelState, completed, corners):
     """Generator's adversarial term for a completed batch, with D fixed (its stats discarded)."""
     fake_local = masks.crop(completed, corners, settings.mask.local_size)
-    logits, _ = _discriminate(nets, d, d.params, d.batch_stats, completed, fake_local, True)
+    logits, _ = _discriminate(nets, d.params, d.batch_stats, completed, fake_local, True)
     return settings.gan.g_loss(logits)
 
 
@@ -283,7 +282,7 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
     batch = _prepare(settings, state, images)
     # C is frozen: batch-statistics forward (as in the joint phase), its stat updates discarded.
     out, _, _ = _generate(nets, state.g, state.g.params, batch.x, True)
-    completed = jax.lax.stop_gradient(models.composite(batch.images, out, batch.masks.mask))
+    completed = jax.lax.stop_gradient(models.blend_into_hole(batch.images, out, batch.masks.mask))
     scale = _d_scale(settings, state.step, joint=False)
     grad_fn = jax.value_and_grad(
         lambda p: _d_loss(settings, nets, state.d, p, batch, completed, scale), has_aux=True
@@ -295,7 +294,7 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
 
 def _generator_loss(settings, nets, perceptual_fn, d: ModelState, batch: _Batch, outs):
     recon, metrics = _recon_loss(settings, outs, batch, perceptual_fn)
-    completed = models.composite(batch.images, outs[0], batch.masks.mask)
+    completed = models.blend_into_hole(batch.images, outs[0], batch.masks.mask)
     adv = _adv_loss(settings, nets, d, completed, batch.masks.corners)
     loss = settings.mse_weight * recon + settings.alpha * adv
     metrics.update(g_adv=adv, g_loss=loss)
@@ -313,7 +312,8 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     outs, g_vjp, g_stats = jax.vjp(g_fwd, state.g.params, has_aux=True)
 
     # 1) D on real vs completed (completed is a constant for D).
-    completed = jax.lax.stop_gradient(models.composite(batch.images, outs[0], batch.masks.mask))
+    completed = jax.lax.stop_gradient(
+        models.blend_into_hole(batch.images, outs[0], batch.masks.mask))
     (d_loss, (d_stats, metrics)), d_grads = jax.value_and_grad(
         lambda p: _d_loss(settings, nets, state.d, p, batch, completed,
                           _d_scale(settings, state.step, joint=True)),
@@ -345,21 +345,15 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
     return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
-def complete_images(nets: Networks, g_vars: dict, images, mask, mean_pixel,
-                    input_norm: str = "mean_fill") -> jax.Array:
-    """Inference (`inference.complete_images`) with these networks' generator."""
-    return inference.complete_images(nets.generator, g_vars, images, mask, mean_pixel, input_norm)
-
-
 def _evaluate(nets, settings, state: GANState, images, mask, corners):
     """Completed images and D's probabilities on real / completed, with running statistics."""
     images = to_float_images(images)
-    completed = complete_images(nets, _variables(state.g), images, mask, state.mean_pixel,
-                                settings.input_norm)
+    completed = inference.complete_images(nets.generator, _variables(state.g), images, mask,
+                                          state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
-    real_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, images,
+    real_logits, _ = _discriminate(nets, state.d.params, state.d.batch_stats, images,
                                    masks.crop(images, corners, size), False)
-    fake_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, completed,
+    fake_logits, _ = _discriminate(nets, state.d.params, state.d.batch_stats, completed,
                                    masks.crop(completed, corners, size), False)
     score = settings.gan.score
     return {
@@ -388,7 +382,7 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
         discriminator=jit_step(_discriminator_step),
         joint=jit_step(_joint_step),
         generator=jit_step(_generator_step),
-        complete=jax.jit(functools.partial(complete_images, nets,
+        complete=jax.jit(functools.partial(inference.complete_images, nets.generator,
                                            input_norm=settings.input_norm)),
         evaluate=jax.jit(functools.partial(_evaluate, nets, settings)),
     )

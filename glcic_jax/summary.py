@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw
 from glcic_jax import errors
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
+def _as_uint8(x: np.ndarray) -> np.ndarray:
+    """uint8 images as they are; [0, 1] floats rounded to uint8."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
         return x
@@ -56,7 +57,7 @@ def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
     Images smaller than `min_cell` are drawn `ceil(min_cell / S)` times larger, each pixel a
     block (nearest neighbour: no smoothing hides what the network drew).
     """
-    originals, inputs, completed = map(_to_uint8, (originals, inputs, completed))
+    originals, inputs, completed = map(_as_uint8, (originals, inputs, completed))
     factor = max(1, -(-int(min_cell) // originals.shape[1]))
     if factor > 1:
         originals, inputs, completed = (

@@ -105,16 +105,6 @@ def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
         raise
 
 
-def make_mesh() -> Mesh:
-    """One mesh over all devices (all hosts) with a single `data` axis (see distributed.py)."""
-    return distributed.make_mesh()
-
-
-def global_batch(images: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Assemble the global batch from this process's slice."""
-    return distributed.global_batch(images, sharding)
-
-
 def fixed_eval_masks(config, num: int) -> masks.Masks:
     """Masks for the sample grid / evaluation batch, identical in every run and checkpoint."""
     size = int(config.data.image_size)
@@ -323,7 +313,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
 
     Returns the final `GANState`.
     """
-    mesh = make_mesh()
+    mesh = distributed.make_mesh()
     config_lib.validate(config, num_devices=mesh.size)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
@@ -417,7 +407,7 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     step = start
     with _StopSignal() as stop, _saves_finished_on_error(ckpt):
         while step < total:
-            images = global_batch(next(data), batch_sharding)
+            images = distributed.global_batch(next(data), batch_sharding)
             name, fn = steps_lib.step_fn_for(step, config, steps)
             first_call = name not in compiled
             if first_call:  # a silent minute otherwise (GLCIC's networks, on a CPU)

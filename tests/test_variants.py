@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import (checkpointing, config_lib, errors, losses, masks, models, perceptual,
-                       steps, train)
+from glcic_jax import (checkpointing, config_lib, errors, inference, losses, masks, models,
+                       perceptual, steps, train)
 from glcic_jax import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -520,11 +520,11 @@ class _FixedStages(flax.linen.Module):
 
 
 def test_inference_composites_the_refined_stage():
-    nets = state_lib.Networks(_FixedStages(), None, None, None)
     images = uniform_images(0, (2, 8, 8, 3))
     mask = np.zeros((2, 8, 8, 1), np.float32)
     mask[:, 2:5, 3:7] = 1.0
     out = np.asarray(
-        jax.jit(functools.partial(steps.complete_images, nets))({}, images, mask, np.zeros(3))
+        jax.jit(functools.partial(inference.complete_images, _FixedStages()))(
+            {}, images, mask, np.zeros(3))
     )
     np.testing.assert_allclose(out, images * (1 - mask) + 0.25 * mask, atol=1e-6)
