@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -224,14 +225,20 @@ def load_vgg16_weights(path: str, layer: str = DEFAULT_LAYER) -> tuple[dict, str
     if not os.path.isfile(path):
         raise errors.InputFileError(f"VGG-16 weights file {path!r} does not exist. " + _HOW_TO_GET)
     ext = path.lower()
-    if ext.endswith((".h5", ".hdf5")):
-        found, mode = _read_h5(path), "caffe"
-    elif ext.endswith(".npz"):
-        found, mode = _read_npz(path)
-        mode = mode or "caffe"
-    else:
+    if not ext.endswith((".h5", ".hdf5", ".npz")):
         raise errors.InputFileError(
             f"VGG-16 weights {path!r}: expected a Keras .h5 or an .npz file.")
+    try:
+        if ext.endswith(".npz"):
+            found, mode = _read_npz(path)
+            mode = mode or "caffe"
+        else:
+            found, mode = _read_h5(path), "caffe"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        # h5py and numpy's reports of a damaged or foreign file: the user's file, not our bug.
+        raise errors.InputFileError(
+            f"cannot read VGG-16 weights {path!r} ({type(e).__name__}: {e}). " + _HOW_TO_GET
+        ) from e
     if mode not in PREPROCESSING:
         raise errors.InputFileError(
             f"{path}: preprocessing={mode!r} must be one of {list(PREPROCESSING)}.")

@@ -400,6 +400,10 @@ def test_vgg_weight_file_errors_are_clear(tmp_path):
     )  # PyTorch's OIHW left as is
     with pytest.raises(errors.InputFileError, match="transposed"):
         perceptual.load_vgg16_weights(save_npz(tmp_path / "oihw.npz", arrays), "block1_conv2")
+    for damaged in ("damaged.h5", "damaged.npz"):  # read errors of h5py / numpy: one line
+        (tmp_path / damaged).write_bytes(b"not a weights file")
+        with pytest.raises(errors.InputFileError, match="cannot read VGG-16 weights"):
+            perceptual.load_vgg16_weights(str(tmp_path / damaged))
     (tmp_path / "vgg.pt").write_bytes(b"\0")
     with pytest.raises(errors.InputFileError, match=r"\.h5 or an \.npz"):
         perceptual.load_vgg16_weights(str(tmp_path / "vgg.pt"))
