@@ -33,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
+from glcic_jax import errors
+
 # Config fields that change array shapes or the optimizer state's structure: a checkpoint made
 # with other values cannot be resumed.
 SHAPE_KEYS = (
@@ -50,15 +52,19 @@ SHAPE_KEYS = (
 FIELD_DEFAULTS = {"model.input_norm": "mean_fill", "model.fill": "mean", "model.width": 1.0}
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(errors.WorkdirError):
     """The workdir holds a checkpoint made with a config whose shapes differ."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(errors.WorkdirError, OSError):
     """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
 
 
-class NoIntactCheckpointError(FileNotFoundError):
+class NoCheckpointError(errors.WorkdirError, FileNotFoundError):
+    """A path holds no (finished) checkpoint, or not the step asked for."""
+
+
+class NoIntactCheckpointError(NoCheckpointError):
     """Every checkpoint in a workdir is damaged (none reads back whole)."""
 
 
@@ -299,8 +305,12 @@ class Checkpointer:
         if jax.process_index() == 0:
             for step, _ in damaged:
                 target = self._aside_path(step)  # the path the warning line named
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.replace(os.path.join(self.directory, str(step)), target)
+                try:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.replace(os.path.join(self.directory, str(step)), target)
+                except OSError as e:
+                    raise self._write_error(f"{target} (moving damaged step {step} aside)",
+                                            e) from e
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -412,7 +422,7 @@ def _resolve(path: str) -> tuple[str, int | None]:
         return parent, None
     if base.isdigit() and os.path.basename(parent) == "checkpoints":
         return os.path.dirname(parent), int(base)
-    raise FileNotFoundError(
+    raise NoCheckpointError(
         f"No GLCIC checkpoint at {path}: expected a training workdir (holding checkpoints/), "
         f"its checkpoints/ folder, or one checkpoints/STEP folder."
     )
@@ -435,9 +445,9 @@ def restore_for_inference(path: str, step: int | None = None):
     try:
         steps = ckpt.all_steps()
         if not steps:
-            raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
+            raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
         if step is not None and step not in steps:
-            raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no checkpoint of step "
+            raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no checkpoint of step "
                                     f"{step} (it holds {', '.join(map(str, steps))}).")
         built = {}
 
@@ -452,5 +462,5 @@ def restore_for_inference(path: str, step: int | None = None):
         with library_log(None):
             ckpt.close()
     if found is None:  # pragma: no cover - steps were listed above
-        raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
+        raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
     return built["config"], built["nets"], found[2]

@@ -17,6 +17,8 @@ import os
 
 import ml_collections
 
+from glcic_jax import errors
+
 # The choices of each string field (the modules that implement them import these tuples).
 DATA_SOURCES = ("tfds", "folder", "skimage")
 MASK_POSITIONS = ("random", "center")
@@ -177,7 +179,7 @@ def check_mask(mask_cfg, height: int, width: int) -> None:
     """Raise a clear ValueError when the config's holes cannot be drawn in an H x W image."""
     problems = mask_problems(mask_cfg, height, width)
     if problems:
-        raise ValueError("Impossible hole settings: " + "; ".join(problems) + ".")
+        raise errors.ConfigError("Impossible hole settings: " + "; ".join(problems) + ".")
 
 
 def _problems(config, num_devices: int) -> list[str]:
@@ -310,11 +312,11 @@ def _problems(config, num_devices: int) -> list[str]:
 
 
 def validate(config, num_devices: int = 1) -> None:
-    """Check every field's range and choice; raise one ValueError naming all that are wrong.
+    """Check every field's range and choice; raise one ConfigError naming all that are wrong.
 
     Called before anything is written to a workdir (train and eval), so a bad setting never
     leaves a half-made workdir behind.
     """
     problems = _problems(config, num_devices)
     if problems:
-        raise ValueError("Bad config: " + "; ".join(problems) + ".")
+        raise errors.ConfigError("Bad config: " + "; ".join(problems) + ".")

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from glcic_jax import torch7
+from glcic_jax import errors, torch7
 
 # The authors' Places2 model (project page, 47 MB).
 OFFICIAL_PLACES2_MD5 = "b1527543a0ee22c23fca44cefdf48531"
@@ -63,8 +63,11 @@ _SIGMOID = ("nn.Sigmoid", "cudnn.Sigmoid")
 _SKIPPED = ("nn.Identity",)  # no-ops nngraph models often start with
 
 
-class ConversionError(ValueError):
-    """The file is not the authors' completion network (or the workdir cannot take it)."""
+class ConversionError(errors.UserError, ValueError):
+    """The file is not the authors' completion network (or the flags or the workdir do not fit).
+
+    It covers the source file, the flags and the target workdir alike, so it derives from the
+    family's base rather than one kind (ValueError: what it derived from before)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,7 +492,7 @@ def run(argv: Sequence[str]) -> int:
         if not fv.source or not fv.workdir:
             raise ConversionError("--source=FILE.t7 and --workdir=DIR are required")
         info = convert(fv.source, fv.workdir, fv.config)
-    except ConversionError as e:
+    except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

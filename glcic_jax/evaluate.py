@@ -40,8 +40,8 @@ import time
 import jax
 import numpy as np
 
-from glcic_jax import config_lib, inference, input_pipeline, masks, postprocess
-from glcic_jax.inference import generator_variables, to_uint8  # noqa: F401  (re-exported)
+from glcic_jax import config_lib, errors, inference, input_pipeline, masks, postprocess
+from glcic_jax.inference import generator_variables, quantize_uint8
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
 INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
@@ -123,7 +123,7 @@ def ssim(pred, target, mask=None) -> np.ndarray:
     if mask is None:
         b = _SSIM_BORDER
         if min(smap.shape[-3:-1]) <= 2 * b:
-            raise ValueError(f"SSIM needs images larger than {2 * b} pixels per side.")
+            raise errors.ConfigError(f"SSIM needs images larger than {2 * b} pixels per side.")
         return smap[..., b:-b, b:-b, :].mean(axis=axes)
     m = _hole(mask, smap)
     return (smap * m).sum(axis=axes) / np.maximum(m.sum(axis=axes), 1.0)
@@ -150,14 +150,15 @@ def mean_metrics(pred, target, mask) -> dict[str, float]:
 # Methods: each maps (uint8 images [B, H, W, 3], hole mask bool [B, H, W]) -> uint8 images
 
 
-def composite(images: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Filled pixels inside the hole, the input's outside it (exactly, in uint8)."""
+def paste_into_hole(images: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Filled pixels inside the hole, the input's outside it: an exact select on uint8 images
+    with a bool hole [B, H, W] (`models.blend_into_hole` is the float blend inside the steps)."""
     return np.where(hole[..., None], filled, images)
 
 
 def mean_fill(images: np.ndarray, hole: np.ndarray, mean_pixel) -> np.ndarray:
-    fill = to_uint8(np.asarray(mean_pixel, np.float32).reshape(1, 1, 1, 3))
-    return composite(images, np.broadcast_to(fill, images.shape), hole)
+    fill = quantize_uint8(np.asarray(mean_pixel, np.float32).reshape(1, 1, 1, 3))
+    return paste_into_hole(images, np.broadcast_to(fill, images.shape), hole)
 
 
 def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
@@ -170,7 +171,7 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
     for i, (img, m) in enumerate(zip(images, hole)):
         masked = np.where(m[..., None], np.uint8(0), img)
         out[i] = cv2.inpaint(masked, m.astype(np.uint8) * 255, radius, flag)
-    return composite(images, out, hole)
+    return paste_into_hole(images, out, hole)
 
 
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
@@ -245,7 +246,7 @@ def evaluate(config, workdir: str) -> dict:
     stored_config, step = completer.config, completer.step
     n = num_eval_images(config)
     if n < 1:
-        raise ValueError("num_eval_batches * batch_size must be at least 1.")
+        raise errors.ConfigError("num_eval_batches * batch_size must be at least 1.")
     input_pipeline.describe_split(config)
     images = input_pipeline.eval_images(config, n)
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
@@ -309,7 +310,7 @@ def evaluate(config, workdir: str) -> dict:
         except OSError as e:
             if os.path.exists(tmp):
                 os.remove(tmp)
-            raise OSError(f"Could not write {path} ({e.strerror or e}); the table above holds "
-                          f"the results.") from e
+            raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
+                                        f"above holds the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
     return payload

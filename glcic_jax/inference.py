@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glcic_jax import masks, models
+from glcic_jax import errors, masks, models
 
 
-class LoadError(ValueError):
+class LoadError(errors.WorkdirError):
     """No usable completion network at a path (missing, incomplete or foreign checkpoint)."""
 
 
@@ -51,7 +51,7 @@ def to_float_images(images) -> jax.Array:
     return images.astype(jnp.float32)
 
 
-def to_uint8(x) -> np.ndarray:
+def quantize_uint8(x) -> np.ndarray:
     """[0, 1] floats -> uint8, rounding to nearest (as a saved PNG would hold them)."""
     return np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
@@ -69,7 +69,7 @@ def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
     x = masks.fill_holes(images, mask, mean_pixel, input_norm)
     out = generator.apply(g_vars, x, train=False)
     out = out[0] if isinstance(out, tuple) else out
-    return models.composite(images, out, mask)
+    return models.blend_into_hole(images, out, mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,7 +109,7 @@ def complete_in_chunks(fn: Callable, variables: dict, mean_pixel, images: np.nda
             img = np.concatenate([img, np.repeat(img[-1:], chunk - k, 0)])
             m = np.concatenate([m, np.repeat(m[-1:], chunk - k, 0)])
         out = fn(variables, img, m[..., None].astype(np.float32), mean_pixel)
-        outs.append(to_uint8(jax.device_get(out))[:k])
+        outs.append(quantize_uint8(jax.device_get(out))[:k])
     return np.where(hole[..., None], np.concatenate(outs), images)
 
 
@@ -149,7 +149,7 @@ class Completer:
 
     def __post_init__(self):
         self.mean_pixel = np.asarray(self.mean_pixel, np.float32).reshape(3)
-        self.mean_u8 = to_uint8(self.mean_pixel)
+        self.mean_u8 = quantize_uint8(self.mean_pixel)
         self.input_norm = input_norm_of(self.config)
         self.fn = completion_fn(self.generator, self.input_norm)
 
@@ -186,7 +186,7 @@ class Completer:
 
     def complete_uint8(self, images: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] and bool [B, H, W] -> uint8 completions, exact outside the hole."""
-        out = to_uint8(self(images, hole))
+        out = quantize_uint8(self(images, hole))
         return np.where(hole[..., None], out, images)
 
     # -- photos of any size, as the command line completes them -------------------------------
@@ -237,7 +237,7 @@ class Completer:
                 chunk = indices[start : start + step]
                 x = np.stack([prepared[i][0] for i in chunk])
                 m = np.stack([prepared[i][1] for i in chunk])
-                out = to_uint8(np.asarray(self.fn(self.variables, x, m, self.mean_pixel)))
+                out = quantize_uint8(np.asarray(self.fn(self.variables, x, m, self.mean_pixel)))
                 for j, i in enumerate(chunk):
                     nh, nw = prepared[i][2]
                     filled = out[j, :nh, :nw]

@@ -1,10 +1,13 @@
 """Losses: masked MSE, GAN losses on logits, WGAN losses and the gradient penalty.
 
-All losses are computed in float32 whatever the activation dtype.
+All losses are computed in float32 whatever the activation dtype. `GAN_KINDS` is the table the
+training steps look a config's `loss.gan` up in: one `GanLoss` per kind, instead of if/else
+branches in the discriminator loss, the adversarial term and the metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -82,3 +85,38 @@ def gradient_penalty(
     )
     norms = jnp.sqrt(sq + 1e-12)
     return jnp.mean(jnp.square(norms - 1.0))
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class GanLoss:
+    """One GAN loss kind (`loss.gan`): what the steps need to know about it.
+
+    Attributes:
+      d_loss: `(real_logits, fake_logits) -> scalar`, D's (the critic's) loss without penalty.
+      g_loss: `fake_logits -> scalar`, the completion network's adversarial term.
+      score: what D's output means in metrics and sample grids: `sigmoid` (the probability of
+        "real") for BCE, the raw critic score for WGAN.
+      gradient_penalty: D's loss adds `loss.gp_weight` times `gradient_penalty`, and D's update
+        reports `gp` and `wasserstein` (minus the critic loss: the Wasserstein estimate).
+      alpha_weighs_d: phase 3 multiplies D's loss by alpha (GLCIC's BCE, see steps.py); the
+        WGAN-GP critic's loss is never weighted (landscape report 4a).
+    """
+
+    d_loss: Callable[[jax.Array, jax.Array], jax.Array]
+    g_loss: Callable[[jax.Array], jax.Array]
+    score: Callable[[jax.Array], jax.Array]
+    gradient_penalty: bool
+    alpha_weighs_d: bool
+
+
+# The names are config_lib.GAN_LOSSES (configs import no JAX, so they list the names only).
+GAN_KINDS: dict[str, GanLoss] = {
+    "bce": GanLoss(d_loss=d_bce_loss, g_loss=g_bce_loss, score=jax.nn.sigmoid,
+                   gradient_penalty=False, alpha_weighs_d=True),
+    "wgan-gp": GanLoss(d_loss=wgan_critic_loss, g_loss=wgan_generator_loss, score=_identity,
+                       gradient_penalty=True, alpha_weighs_d=False),
+}

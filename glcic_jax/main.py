@@ -1,7 +1,8 @@
 """Entry point: `python -m glcic_jax.main --config=configs/celeba.py --workdir=DIR [--mode=...]`.
 
 Only parses flags, sets up logging and the distributed runtime, and dispatches (flax examples'
-convention). Errors a user can cause end with a one-paragraph message, not a traceback.
+convention). Errors a user can cause (`errors.UserError`) end with a one-line message, not a
+traceback; every other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def main(argv) -> None:
             local_device_ids=([int(i) for i in FLAGS.local_device_ids]
                               if FLAGS.local_device_ids else None),
         )
-    from glcic_jax import checkpointing, input_pipeline, train
+    from glcic_jax import checkpointing, errors, train
 
     if jax.process_index() != 0 and not _verbose():  # the others: warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
@@ -122,8 +123,9 @@ def main(argv) -> None:
             from glcic_jax import evaluate
 
             evaluate.evaluate(config, FLAGS.workdir)
-    except (input_pipeline.DataError, checkpointing.IncompatibleCheckpointError, ValueError,
-            FileNotFoundError, train.NonFiniteError, OSError) as e:
+    except errors.UserError as e:
+        # Only errors the user can fix (errors.py) end in one line; anything else is a bug in
+        # our code (or a library's) and keeps its traceback.
         if isinstance(e, checkpointing.CheckpointWriteError):
             # tensorstore's I/O threads may still report into Orbax's closed event loop: keep
             # their tracebacks off the console (they went to WORKDIR/library.log until now).

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib
+from glcic_jax import config_lib, errors
 
 POSITIONS = config_lib.MASK_POSITIONS
 # The holes of every fixed evaluation set (training's sample grids, periodic and --mode=eval
@@ -177,6 +177,6 @@ def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
     elif norm == "mean_subtract":
         filled = (images - mean) * (1.0 - mask)
     else:
-        raise ValueError(f"model.input_norm={norm!r} is not supported; choose one of "
+        raise errors.ConfigError(f"model.input_norm={norm!r} is not supported; choose one of "
                          f"{list(INPUT_NORMS)}.")
     return jnp.concatenate([filled, mask.astype(images.dtype)], axis=-1)

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib
+from glcic_jax import config_lib, errors
 
 Dtype = Any
 
@@ -73,7 +73,8 @@ def scaled(features: int, width: float) -> int:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+        raise errors.ConfigError(
+            f"{name}={value!r} is not supported; choose one of {list(choices)}.")
 
 
 class PaddedConv(nn.Module):
@@ -211,7 +212,8 @@ class CompletionNetwork(nn.Module):
         if self.fill == "learned":
             rgb, mask = x[..., :3], x[..., 3:]
             content = FillNetwork(self.dtype, self.padding, name="fill")(x)
-            x = jnp.concatenate([composite(rgb, content.astype(rgb.dtype), mask), mask], axis=-1)
+            filled = blend_into_hole(rgb, content.astype(rgb.dtype), mask)
+            x = jnp.concatenate([filled, mask], axis=-1)
         x = x.astype(self.dtype)
         for kind, kernel, dilation, stride, features in COMPLETION_LAYERS:
             if kind != "output":
@@ -236,8 +238,12 @@ class CompletionNetwork(nn.Module):
         return jax.nn.sigmoid(x.astype(jnp.float32))
 
 
-def composite(images: jax.Array, generated: jax.Array, mask: jax.Array) -> jax.Array:
-    """Generated pixels inside the hole, original pixels outside. mask: [B, H, W, 1], 1 = hole."""
+def blend_into_hole(images: jax.Array, generated: jax.Array, mask: jax.Array) -> jax.Array:
+    """Generated pixels inside the hole, original pixels outside, as `images * (1 - mask) +
+    generated * mask` (floats; differentiable). mask: [B, H, W, 1], 1 = hole.
+
+    The completed image the discriminator sees (GLCIC 3.2). `evaluate.paste_into_hole` is the
+    exact uint8 counterpart for finished outputs."""
     return images * (1.0 - mask) + generated * mask
 
 
@@ -259,7 +265,7 @@ class TwoStageCompletion(nn.Module):
         coarse = CompletionNetwork(self.dtype, self.padding, self.fill, self.width,
                                    name="coarse")(x, train)
         rgb, mask = x[..., :3], x[..., 3:]
-        stage2_in = jnp.concatenate([composite(rgb, coarse, mask), mask], axis=-1)
+        stage2_in = jnp.concatenate([blend_into_hole(rgb, coarse, mask), mask], axis=-1)
         refined = CompletionNetwork(self.dtype, self.padding, width=self.width, name="refine")(
             stage2_in, train)
         return refined, coarse

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +44,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from glcic_jax import errors
 
 # VGG-16 (configuration D) convolutional part, in Keras' layer names: (name, output channels);
 # pools have 0 channels.
@@ -88,7 +91,8 @@ _HOW_TO_GET = (
 
 def _check_layer(layer: str) -> None:
     if layer not in LAYER_NAMES:
-        raise ValueError(f"Unknown VGG-16 layer {layer!r}; choose one of {list(LAYER_NAMES)}.")
+        raise errors.ConfigError(
+            f"Unknown VGG-16 layer {layer!r}; choose one of {list(LAYER_NAMES)}.")
 
 
 def conv_layers_up_to(layer: str) -> tuple[str, ...]:
@@ -147,7 +151,7 @@ def preprocess(images: jax.Array, mode: str) -> jax.Array:
         mean = jnp.asarray(TORCH_MEAN_RGB, jnp.float32)
         std = jnp.asarray(TORCH_STD_RGB, jnp.float32)
         return (images - mean) / std
-    raise ValueError(f"VGG preprocessing {mode!r} must be one of {list(PREPROCESSING)}.")
+    raise errors.ConfigError(f"VGG preprocessing {mode!r} must be one of {list(PREPROCESSING)}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,32 +215,40 @@ def load_vgg16_weights(path: str, layer: str = DEFAULT_LAYER) -> tuple[dict, str
     """Read the conv weights needed up to `layer` from a .h5 or .npz file.
 
     Returns `(params, preprocessing)`: flax params `{layer_name: {'kernel', 'bias'}}` (float32,
-    HWIO kernels) for `VGG16Features`, and 'caffe' or 'torch'. Raises FileNotFoundError when the
-    file is missing and ValueError when it lacks a needed layer or a shape is wrong.
+    HWIO kernels) for `VGG16Features`, and 'caffe' or 'torch'. Raises ConfigError when no file is
+    named and InputFileError when the file is missing, lacks a needed layer or a shape is wrong.
     """
     needed = conv_layers_up_to(layer)
     if not path:
-        raise ValueError("No VGG-16 weights file given (loss.vgg_weights). " + _HOW_TO_GET)
+        raise errors.ConfigError("No VGG-16 weights file given (loss.vgg_weights). " + _HOW_TO_GET)
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"VGG-16 weights file {path!r} does not exist. " + _HOW_TO_GET)
+        raise errors.InputFileError(f"VGG-16 weights file {path!r} does not exist. " + _HOW_TO_GET)
     ext = path.lower()
-    if ext.endswith((".h5", ".hdf5")):
-        found, mode = _read_h5(path), "caffe"
-    elif ext.endswith(".npz"):
-        found, mode = _read_npz(path)
-        mode = mode or "caffe"
-    else:
-        raise ValueError(f"VGG-16 weights {path!r}: expected a Keras .h5 or an .npz file.")
+    if not ext.endswith((".h5", ".hdf5", ".npz")):
+        raise errors.InputFileError(
+            f"VGG-16 weights {path!r}: expected a Keras .h5 or an .npz file.")
+    try:
+        if ext.endswith(".npz"):
+            found, mode = _read_npz(path)
+            mode = mode or "caffe"
+        else:
+            found, mode = _read_h5(path), "caffe"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        # h5py and numpy's reports of a damaged or foreign file: the user's file, not our bug.
+        raise errors.InputFileError(
+            f"cannot read VGG-16 weights {path!r} ({type(e).__name__}: {e}). " + _HOW_TO_GET
+        ) from e
     if mode not in PREPROCESSING:
-        raise ValueError(f"{path}: preprocessing={mode!r} must be one of {list(PREPROCESSING)}.")
+        raise errors.InputFileError(
+            f"{path}: preprocessing={mode!r} must be one of {list(PREPROCESSING)}.")
 
     missing = [
         f"{n}/{leaf}" for n in needed for leaf in ("kernel", "bias") if leaf not in found.get(n, {})
     ]
     if missing:
         have = sorted(found) or ["none"]
-        raise ValueError(
+        raise errors.InputFileError(
             f"VGG-16 weights {path!r} lack {', '.join(missing)} (needed up to {layer}; found "
             f"layers: {', '.join(have)}). Is it a VGG-16 file with Keras layer names? "
             + _HOW_TO_GET
@@ -247,7 +259,7 @@ def load_vgg16_weights(path: str, layer: str = DEFAULT_LAYER) -> tuple[dict, str
         kernel, bias = found[name]["kernel"], found[name]["bias"]
         want_k, want_b = shapes[name]
         if kernel.shape != want_k or bias.shape != want_b:
-            raise ValueError(
+            raise errors.InputFileError(
                 f"VGG-16 weights {path!r}: {name} has kernel {kernel.shape} and bias "
                 f"{bias.shape}, expected {want_k} (HWIO) and {want_b}. PyTorch kernels "
                 f"[out, in, 3, 3] must be transposed: use tools/convert_vgg16_weights.py."
@@ -290,7 +302,7 @@ def make_feature_fn(
 
     def features(images: jax.Array) -> jax.Array:
         if min(images.shape[1:3]) < smallest:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"VGG-16 layer {layer} needs crops of at least {smallest}x{smallest}, got "
                 f"{images.shape[1]}x{images.shape[2]}: raise mask.local_size or pick an earlier "
                 f"layer."

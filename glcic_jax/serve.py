@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import complete
+from glcic_jax import complete, errors
 from glcic_jax.complete import CompletionError
 
 BUCKET = 64  # the network's input is padded up to multiples of this: one compilation per bucket
@@ -476,7 +476,7 @@ def run(argv: Sequence[str]) -> int:
         except BaseException:
             server.server_close()
             raise
-    except CompletionError as e:
+    except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from glcic_jax import config_lib, models
+from glcic_jax import config_lib, errors, models
 
 OPTIMIZERS = config_lib.OPTIMIZERS
 
@@ -54,7 +54,7 @@ def create_optimizer(opt_cfg) -> optax.GradientTransformation:
         return optax.rmsprop(
             lr, decay=float(opt_cfg.decay), eps=float(opt_cfg.eps), eps_in_sqrt=False
         )
-    raise ValueError(
+    raise errors.ConfigError(
         f"Unknown optimizer.name={opt_cfg.name!r}; choose one of {list(OPTIMIZERS)} "
         f"(e.g. --config.optimizer.name=adam)."
     )
@@ -70,12 +70,15 @@ class Networks(NamedTuple):
 
 
 def create_networks(config) -> Networks:
+    """The config's modules and optimizer. C and D share one optimizer setting (the paper's
+    Adadelta for both); an optax transformation is stateless, so one object serves both (each
+    network keeps its own optimizer state in `ModelState.opt_state`)."""
     tx = create_optimizer(config.optimizer)
     return Networks(
         generator=models.make_generator(config.model),
         discriminator=models.make_discriminator(config.model),
         g_tx=tx,
-        d_tx=create_optimizer(config.optimizer),
+        d_tx=tx,
     )
 
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, inference, losses, masks, models
+from glcic_jax import config_lib, errors, inference, losses, masks, models
 from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
@@ -65,14 +65,19 @@ class StepSettings(NamedTuple):
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
     phase3_start: int = 0
 
+    @property
+    def gan(self) -> losses.GanLoss:
+        """The loss kind's entry in losses.GAN_KINDS."""
+        return losses.GAN_KINDS[self.gan_loss]
+
     @classmethod
     def from_config(cls, config) -> "StepSettings":
         loss = config.loss
         if loss.gan not in GAN_LOSSES:
-            raise ValueError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
+            raise errors.ConfigError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
         real_crop = str(config.mask.get("real_crop", "hole"))  # absent from older configs
         if real_crop not in REAL_CROPS:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"mask.real_crop={real_crop!r} must be one of {list(REAL_CROPS)}."
             )
         return cls(
@@ -119,8 +124,7 @@ def _generate(nets: Networks, ms: ModelState, params, x, train: bool):
     return outs[0], outs, new_stats
 
 
-def _discriminate(nets: Networks, d: ModelState, params, batch_stats, global_img, local_img,
-                  train: bool):
+def _discriminate(nets: Networks, params, batch_stats, global_img, local_img, train: bool):
     """Run D; returns (logits [B, 1], new batch stats)."""
     v = {"params": params}
     if batch_stats:
@@ -155,6 +159,17 @@ def _guard(settings: StepSettings, old: GANState, new: GANState, ok: jax.Array) 
     return kept.replace(step=new.step)
 
 
+def _finish(settings: StepSettings, state: GANState, metrics: dict, checked: tuple,
+            **updated: ModelState) -> tuple[GANState, dict]:
+    """The tail every training step shares: the new state (`updated` networks, step + 1), the
+    finite check over `checked` (losses, gradients, the updated model states), the nan_policy
+    guard, and the `nonfinite` metric."""
+    new = state.replace(step=state.step + 1, **updated)
+    ok = _all_finite(*checked)
+    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+    return _guard(settings, state, new, ok), metrics
+
+
 class _Batch(NamedTuple):
     images: jax.Array  # [B, H, W, 3] float32 in [0, 1]
     masks: masks.Masks
@@ -184,7 +199,7 @@ def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array
     total, metrics = mse, {"mse": mse}
     if settings.perceptual_weight and perceptual_fn is not None:
         size = settings.mask.local_size
-        fake_local = masks.crop(models.composite(batch.images, outs[0], batch.masks.mask),
+        fake_local = masks.crop(models.blend_into_hole(batch.images, outs[0], batch.masks.mask),
                                 batch.masks.corners, size)
         real_local = masks.crop(batch.images, batch.masks.corners, size)
         perc = perceptual_fn(fake_local, real_local)
@@ -203,40 +218,38 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
     fake_local = masks.crop(completed, batch.masks.corners, size)
     # Separate forward passes for real and completed batches (as the reference ports do): each
     # BatchNorm batch is all-real or all-fake.
-    real_logits, stats = _discriminate(nets, d, d_params, d.batch_stats, batch.images,
+    real_logits, stats = _discriminate(nets, d_params, d.batch_stats, batch.images,
                                        batch.real_local, True)
-    fake_logits, stats = _discriminate(nets, d, d_params, stats, completed, fake_local, True)
-    if settings.gan_loss == "bce":
-        gan = losses.d_bce_loss(real_logits, fake_logits)
-        metrics = {"d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
-                   "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
-        loss = scale * gan
-        metrics["d_loss"] = gan
-    else:
-        gan = losses.wgan_critic_loss(real_logits, fake_logits)
+    fake_logits, stats = _discriminate(nets, d_params, stats, completed, fake_local, True)
+    kind = settings.gan
+    gan = kind.d_loss(real_logits, fake_logits)
+    metrics = {"d_real": jnp.mean(kind.score(real_logits)),
+               "d_fake": jnp.mean(kind.score(fake_logits))}
+    unweighted = gan
+    if kind.gradient_penalty:
         # The penalty needs per-sample gradients: BatchNorm critics are evaluated in inference
         # mode here; layer-norm / no-norm critics (the default for WGAN) are per-sample anyway.
         gp_train = not bool(d.batch_stats)
 
         def critic(inputs):
             g_img, l_img = inputs
-            return _discriminate(nets, d, d_params, stats, g_img, l_img, gp_train)[0]
+            return _discriminate(nets, d_params, stats, g_img, l_img, gp_train)[0]
 
         gp = losses.gradient_penalty(
             critic, (batch.images, batch.real_local), (completed, fake_local), batch.k_gp
         )
-        metrics = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits), "gp": gp,
-                   "wasserstein": -gan}
-        # Landscape report 4a: the critic's loss unscaled in every phase (no alpha).
-        loss = gan + settings.gp_weight * gp
-        metrics["d_loss"] = loss
+        metrics.update(gp=gp, wasserstein=-gan)
+        unweighted = gan + settings.gp_weight * gp
+    metrics["d_loss"] = unweighted
+    # Landscape report 4a: the WGAN-GP critic's loss is never weighted (no alpha).
+    loss = scale * unweighted if kind.alpha_weighs_d else unweighted
     return loss, (stats, metrics)
 
 
 def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array | float:
     """Weight of D's BCE loss: alpha in phase 3 (the joint step, or a D-only step at or after
-    Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (see _d_loss)."""
-    if settings.gan_loss != "bce":
+    Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (GanLoss.alpha_weighs_d)."""
+    if not settings.gan.alpha_weighs_d:
         return 1.0
     if joint:
         return settings.alpha
@@ -246,10 +259,8 @@ def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array 
 def _adv_loss(settings, nets, d: ModelState, completed, corners):
     """Generator's adversarial term for a completed batch, with D fixed (its stats discarded)."""
     fake_local = masks.crop(completed, corners, settings.mask.local_size)
-    logits, _ = _discriminate(nets, d, d.params, d.batch_stats, completed, fake_local, True)
-    if settings.gan_loss == "bce":
-        return losses.g_bce_loss(logits)
-    return losses.wgan_generator_loss(logits)
+    logits, _ = _discriminate(nets, d.params, d.batch_stats, completed, fake_local, True)
+    return settings.gan.g_loss(logits)
 
 
 def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -261,10 +272,9 @@ def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
-    ok = _all_finite(loss, grads, new.g)
-    metrics.update(g_loss=loss, nonfinite=1.0 - ok.astype(jnp.float32))
-    return _guard(settings, state, new, ok), metrics
+    g = _apply_updates(nets.g_tx, state.g, grads, stats)
+    metrics["g_loss"] = loss
+    return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
 def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -272,21 +282,19 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
     batch = _prepare(settings, state, images)
     # C is frozen: batch-statistics forward (as in the joint phase), its stat updates discarded.
     out, _, _ = _generate(nets, state.g, state.g.params, batch.x, True)
-    completed = jax.lax.stop_gradient(models.composite(batch.images, out, batch.masks.mask))
+    completed = jax.lax.stop_gradient(models.blend_into_hole(batch.images, out, batch.masks.mask))
     scale = _d_scale(settings, state.step, joint=False)
     grad_fn = jax.value_and_grad(
         lambda p: _d_loss(settings, nets, state.d, p, batch, completed, scale), has_aux=True
     )
     (loss, (stats, metrics)), grads = grad_fn(state.d.params)
-    new = state.replace(step=state.step + 1, d=_apply_updates(nets.d_tx, state.d, grads, stats))
-    ok = _all_finite(loss, grads, new.d)
-    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    return _guard(settings, state, new, ok), metrics
+    d = _apply_updates(nets.d_tx, state.d, grads, stats)
+    return _finish(settings, state, metrics, (loss, grads, d), d=d)
 
 
 def _generator_loss(settings, nets, perceptual_fn, d: ModelState, batch: _Batch, outs):
     recon, metrics = _recon_loss(settings, outs, batch, perceptual_fn)
-    completed = models.composite(batch.images, outs[0], batch.masks.mask)
+    completed = models.blend_into_hole(batch.images, outs[0], batch.masks.mask)
     adv = _adv_loss(settings, nets, d, completed, batch.masks.corners)
     loss = settings.mse_weight * recon + settings.alpha * adv
     metrics.update(g_adv=adv, g_loss=loss)
@@ -304,7 +312,8 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     outs, g_vjp, g_stats = jax.vjp(g_fwd, state.g.params, has_aux=True)
 
     # 1) D on real vs completed (completed is a constant for D).
-    completed = jax.lax.stop_gradient(models.composite(batch.images, outs[0], batch.masks.mask))
+    completed = jax.lax.stop_gradient(
+        models.blend_into_hole(batch.images, outs[0], batch.masks.mask))
     (d_loss, (d_stats, metrics)), d_grads = jax.value_and_grad(
         lambda p: _d_loss(settings, nets, state.d, p, batch, completed,
                           _d_scale(settings, state.step, joint=True)),
@@ -319,10 +328,8 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     (g_grads,) = g_vjp(d_outs)
     new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats)
     metrics.update(g_metrics)
-    ok = _all_finite(d_loss, g_loss, d_grads, g_grads, new_d, new_g)
-    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    new = state.replace(step=state.step + 1, g=new_g, d=new_d)
-    return _guard(settings, state, new, ok), metrics
+    return _finish(settings, state, metrics, (d_loss, g_loss, d_grads, g_grads, new_d, new_g),
+                   g=new_g, d=new_d)
 
 
 def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -334,29 +341,21 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    new = state.replace(step=state.step + 1, g=_apply_updates(nets.g_tx, state.g, grads, stats))
-    ok = _all_finite(loss, grads, new.g)
-    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    return _guard(settings, state, new, ok), metrics
-
-
-def complete_images(nets: Networks, g_vars: dict, images, mask, mean_pixel,
-                    input_norm: str = "mean_fill") -> jax.Array:
-    """Inference (`inference.complete_images`) with these networks' generator."""
-    return inference.complete_images(nets.generator, g_vars, images, mask, mean_pixel, input_norm)
+    g = _apply_updates(nets.g_tx, state.g, grads, stats)
+    return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
 def _evaluate(nets, settings, state: GANState, images, mask, corners):
     """Completed images and D's probabilities on real / completed, with running statistics."""
     images = to_float_images(images)
-    completed = complete_images(nets, _variables(state.g), images, mask, state.mean_pixel,
-                                settings.input_norm)
+    completed = inference.complete_images(nets.generator, _variables(state.g), images, mask,
+                                          state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
-    real_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, images,
+    real_logits, _ = _discriminate(nets, state.d.params, state.d.batch_stats, images,
                                    masks.crop(images, corners, size), False)
-    fake_logits, _ = _discriminate(nets, state.d, state.d.params, state.d.batch_stats, completed,
+    fake_logits, _ = _discriminate(nets, state.d.params, state.d.batch_stats, completed,
                                    masks.crop(completed, corners, size), False)
-    score = jax.nn.sigmoid if settings.gan_loss == "bce" else (lambda z: z)
+    score = settings.gan.score
     return {
         "completed": completed,
         # Shown as the hole filled with the mean pixel, whatever model.input_norm (the
@@ -383,7 +382,7 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
         discriminator=jit_step(_discriminator_step),
         joint=jit_step(_joint_step),
         generator=jit_step(_generator_step),
-        complete=jax.jit(functools.partial(complete_images, nets,
+        complete=jax.jit(functools.partial(inference.complete_images, nets.generator,
                                            input_norm=settings.input_norm)),
         evaluate=jax.jit(functools.partial(_evaluate, nets, settings)),
     )

@@ -7,17 +7,21 @@ completed image printed on the row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from glcic_jax import errors
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
+
+def _as_uint8(x: np.ndarray) -> np.ndarray:
+    """uint8 images as they are; [0, 1] floats rounded to uint8."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
         return x
@@ -53,7 +57,7 @@ def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
     Images smaller than `min_cell` are drawn `ceil(min_cell / S)` times larger, each pixel a
     block (nearest neighbour: no smoothing hides what the network drew).
     """
-    originals, inputs, completed = map(_to_uint8, (originals, inputs, completed))
+    originals, inputs, completed = map(_as_uint8, (originals, inputs, completed))
     factor = max(1, -(-int(min_cell) // originals.shape[1]))
     if factor > 1:
         originals, inputs, completed = (
@@ -79,6 +83,18 @@ def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
     return np.asarray(pil)
 
 
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """A failed write into the workdir (disk full, no permission) as a one-line user error."""
+    try:
+        yield
+    except OSError as e:
+        raise errors.InputFileError(
+            f"Could not write {path} ({e.strerror or e}). Free disk space or make --workdir "
+            f"writable, then rerun the same command (training resumes from the last checkpoint)."
+        ) from e
+
+
 class Writer:
     """TensorBoard (via tensorboardX when installed) plus PNG samples under WORKDIR/samples."""
 
@@ -88,11 +104,13 @@ class Writer:
         self._tb = None
         if not enabled:
             return
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        with _writing(os.path.join(workdir, "samples")):
+            os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            with _writing(os.path.join(workdir, "tensorboard")):
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:
             logging.warning("tensorboardX is not installed: no TensorBoard events (PNG samples "
                             "and console logs still work). pip install tensorboardX")
@@ -110,15 +128,17 @@ class Writer:
         if not self.enabled:
             return changes
         tmp = os.path.join(self.workdir, "config.json.tmp")
-        with open(tmp, "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        os.replace(tmp, os.path.join(self.workdir, "config.json"))
+        with _writing(os.path.join(self.workdir, "config.json")):
+            with open(tmp, "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+            os.replace(tmp, os.path.join(self.workdir, "config.json"))
         if changes:
             text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
             logging.info("Resuming at step %d with changed settings: %s.", step, text)
             record = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "changed": {k: [old, new] for k, (old, new) in changes.items()}}
-            with open(os.path.join(self.workdir, "config_changes.jsonl"), "a") as f:
+            path = os.path.join(self.workdir, "config_changes.jsonl")
+            with _writing(path), open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             # Every run's event file carries the config it ran with (TensorBoard shows each).
@@ -144,7 +164,8 @@ class Writer:
         grid = make_grid(originals, out["inputs"], out["completed"], out.get("d_real"),
                          out.get("d_fake"))
         path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
-        Image.fromarray(grid).save(path)
+        with _writing(path):
+            Image.fromarray(grid).save(path)
         if self._tb is not None:
             self._tb.add_image("samples", grid, step, dataformats="HWC")
             self._tb.flush()
@@ -154,7 +175,7 @@ class Writer:
         if not self.enabled:
             return None
         path = os.path.join(self.workdir, name)
-        with open(path, "w") as f:
+        with _writing(path), open(path, "w") as f:
             json.dump(payload, f, indent=2)
         return path
 

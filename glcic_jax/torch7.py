@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from glcic_jax import errors
+
 _NIL, _NUMBER, _STRING, _TABLE, _TORCH, _BOOLEAN, _FUNCTION = 0, 1, 2, 3, 4, 5, 6
 _LEGACY_RECUR_FUNCTION, _RECUR_FUNCTION = 7, 8
 
@@ -49,8 +51,9 @@ _ELEMENT_TYPES = {
 }
 
 
-class Torch7Error(ValueError):
-    """The bytes are not a (complete, supported) Torch7 serialized object."""
+class Torch7Error(errors.InputFileError, ValueError):
+    """The bytes are not a (complete, supported) Torch7 serialized object (a damaged or foreign
+    file the user named)."""
 
 
 class TorchObject:

@@ -25,14 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from glcic_jax import checkpointing, config_lib, distributed, input_pipeline, masks
+from glcic_jax import checkpointing, config_lib, distributed, errors, input_pipeline, masks
 from glcic_jax import steps as steps_lib
 from glcic_jax import state as state_lib
 from glcic_jax import summary
 
 
-class NonFiniteError(FloatingPointError):
-    """A loss or gradient became NaN/inf and nan_policy='stop'."""
+class NonFiniteError(errors.UserError, FloatingPointError):
+    """A loss or gradient became NaN/inf and nan_policy='stop'.
+
+    A user error (one line, no traceback): a diverged run is an outcome of the config and the data
+    (learning rate, loss weights, a bad image), not a fault our traceback could locate, and the
+    message says what to change and that the last good checkpoint is kept. Our judgement."""
 
 
 class _StopSignal:
@@ -99,16 +103,6 @@ def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
         except Exception as e:  # report it, but the original error is the one to raise
             logging.error("%s", e)
         raise
-
-
-def make_mesh() -> Mesh:
-    """One mesh over all devices (all hosts) with a single `data` axis (see distributed.py)."""
-    return distributed.make_mesh()
-
-
-def global_batch(images: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Assemble the global batch from this process's slice."""
-    return distributed.global_batch(images, sharding)
 
 
 def fixed_eval_masks(config, num: int) -> masks.Masks:
@@ -235,7 +229,8 @@ INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm")
 def load_init_from(config):
     """The `inference.Completer` of `config.init_from`, checked against `config`.
 
-    Raises ValueError (one line) when it cannot be loaded or its model settings differ.
+    Raises inference.LoadError when it cannot be loaded and ConfigError when its model settings
+    differ (one line each).
     """
     from glcic_jax import inference
 
@@ -243,7 +238,7 @@ def load_init_from(config):
     diffs = [f"--config.{k}={checkpointing.setting(source.config, k)}" for k in INIT_FROM_KEYS
              if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
     if diffs:
-        raise ValueError(
+        raise errors.ConfigError(
             f"init_from={config.init_from} was trained with other model settings: add "
             f"{' '.join(diffs)} (the weights only make sense with the settings they learned)."
         )
@@ -273,8 +268,8 @@ def _start_from(config, state, source, nets, mesh: Mesh):
         shapes = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), ours)
         if jax.tree_util.tree_structure(ours) != jax.tree_util.tree_structure(theirs) or (
                 shapes != jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), theirs)):
-            raise ValueError(f"init_from={config.init_from}: its completion network's {name} do "
-                             f"not fit this config's completion network.")
+            raise errors.ConfigError(f"init_from={config.init_from}: its completion network's "
+                                     f"{name} do not fit this config's completion network.")
     put = functools.partial(_replicated_array, sharding=replicated)
     params = jax.tree_util.tree_map(put, jax.device_get(g_params))
     stats = jax.tree_util.tree_map(put, jax.device_get(g_stats))
@@ -318,7 +313,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
 
     Returns the final `GANState`.
     """
-    mesh = make_mesh()
+    mesh = distributed.make_mesh()
     config_lib.validate(config, num_devices=mesh.size)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
@@ -412,7 +407,7 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     step = start
     with _StopSignal() as stop, _saves_finished_on_error(ckpt):
         while step < total:
-            images = global_batch(next(data), batch_sharding)
+            images = distributed.global_batch(next(data), batch_sharding)
             name, fn = steps_lib.step_fn_for(step, config, steps)
             first_call = name not in compiled
             if first_call:  # a silent minute otherwise (GLCIC's networks, on a CPU)

@@ -184,7 +184,7 @@ def test_complete_cli_on_converted_workdir(synthetic, converted, tmp_path, capsy
         done = np.asarray(Image.open(out))
         np.testing.assert_array_equal(done[~hole], photo[~hole])
         if not extra:  # rounding to uint8 is the only difference from the reference
-            want = inference.to_uint8(ref_done)
+            want = inference.quantize_uint8(ref_done)
             assert np.abs(done.astype(int) - want.astype(int)).max() <= 1
 
 

@@ -170,3 +170,21 @@ def test_no_checkpoint_hint_names_no_flag_that_eval_lacks(tmp_path):
         evaluate.evaluate(config_lib.shrink_to_tiny(config_lib.base_config()),
                           str(tmp_path / "no_run"))
     assert "No GLCIC checkpoint" in str(info.value) and "--checkpoint" not in str(info.value)
+
+
+def test_the_float_blend_and_the_uint8_paste_agree_on_hard_masks():
+    # Two functions were both named `composite` (and two `to_uint8`): the steps' float blend
+    # (models.blend_into_hole) and evaluate's exact uint8 select (evaluate.paste_into_hole).
+    from glcic_jax import models
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    filled = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    hole = rng.random((2, 8, 8)) < 0.4
+    pasted = evaluate.paste_into_hole(images, filled, hole)
+    blended = models.blend_into_hole(images / 255.0, filled / 255.0,
+                                     hole[..., None].astype(np.float32))
+    # k / 255 * 255 is within a rounding error of k: quantising gives the uint8 values back.
+    np.testing.assert_array_equal(inference.quantize_uint8(blended), pasted)
+    np.testing.assert_array_equal(pasted[hole], filled[hole])
+    np.testing.assert_array_equal(pasted[~hole], images[~hole])

@@ -157,3 +157,18 @@ def test_gradient_penalty_evaluated_at_interpolates():
     # strictly between its values at the ends (1.0 at eps=1 and 0.04 at eps=0).
     gp = float(losses.gradient_penalty(critic, jnp.zeros_like(a), 2 * a, jax.random.PRNGKey(3)))
     assert 0.04 < gp < 1.0
+
+
+def test_the_gan_loss_table_has_one_entry_per_config_choice():
+    # config_lib lists the names without importing JAX; the steps look each one up here.
+    from glcic_jax import config_lib
+
+    assert tuple(losses.GAN_KINDS) == config_lib.GAN_LOSSES
+    bce, wgan = losses.GAN_KINDS["bce"], losses.GAN_KINDS["wgan-gp"]
+    assert (bce.d_loss, bce.g_loss, bce.gradient_penalty, bce.alpha_weighs_d) == (
+        losses.d_bce_loss, losses.g_bce_loss, False, True)
+    assert (wgan.d_loss, wgan.g_loss, wgan.gradient_penalty, wgan.alpha_weighs_d) == (
+        losses.wgan_critic_loss, losses.wgan_generator_loss, True, False)
+    z = jnp.asarray([-2.0, 0.0, 3.0])
+    np.testing.assert_array_equal(np.asarray(bce.score(z)), np.asarray(jax.nn.sigmoid(z)))
+    np.testing.assert_array_equal(np.asarray(wgan.score(z)), np.asarray(z))

@@ -218,7 +218,7 @@ def test_learned_fill_replaces_the_mean_fill_and_trains_through_the_completion_l
     content = jax.jit(models.FillNetwork().apply)({"params": params["fill"]}, x)
     assert content.shape == (2, 32, 32, 3)
     assert np.abs(np.asarray(content) - 0.2).max() > 0.1
-    refilled = jnp.concatenate([models.composite(images, content, mask), mask], axis=-1)
+    refilled = jnp.concatenate([models.blend_into_hole(images, content, mask), mask], axis=-1)
     mean_vars = {"params": {k: v for k, v in params.items() if k != "fill"},
                  "batch_stats": variables["batch_stats"]}
     paper = models.CompletionNetwork()

@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, config_lib, losses, masks, models, perceptual, steps, train
+from glcic_jax import (checkpointing, config_lib, errors, inference, losses, masks, models,
+                       perceptual, steps, train)
 from glcic_jax import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,25 +388,29 @@ def test_default_layer_perceptual_loss_on_the_tiny_local_crop(tmp_path):
 
 
 def test_vgg_weight_file_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*keras.applications.VGG16"):
+    with pytest.raises(errors.InputFileError, match="does not exist.*keras.applications.VGG16"):
         perceptual.make_perceptual_loss(str(tmp_path / "nowhere.h5"))
     partial = save_keras_h5(tmp_path / "partial.h5", random_vgg_arrays("block2_conv2"))
-    with pytest.raises(ValueError, match="lack block3_conv1/kernel"):
+    with pytest.raises(errors.InputFileError, match="lack block3_conv1/kernel"):
         perceptual.make_perceptual_loss(partial)
     arrays = random_vgg_arrays("block1_conv2")
     arrays["block1_conv2"] = (
         np.transpose(arrays["block1_conv2"][0], (3, 2, 0, 1)),
         arrays["block1_conv2"][1],
     )  # PyTorch's OIHW left as is
-    with pytest.raises(ValueError, match="transposed"):
+    with pytest.raises(errors.InputFileError, match="transposed"):
         perceptual.load_vgg16_weights(save_npz(tmp_path / "oihw.npz", arrays), "block1_conv2")
+    for damaged in ("damaged.h5", "damaged.npz"):  # read errors of h5py / numpy: one line
+        (tmp_path / damaged).write_bytes(b"not a weights file")
+        with pytest.raises(errors.InputFileError, match="cannot read VGG-16 weights"):
+            perceptual.load_vgg16_weights(str(tmp_path / damaged))
     (tmp_path / "vgg.pt").write_bytes(b"\0")
-    with pytest.raises(ValueError, match=r"\.h5 or an \.npz"):
+    with pytest.raises(errors.InputFileError, match=r"\.h5 or an \.npz"):
         perceptual.load_vgg16_weights(str(tmp_path / "vgg.pt"))
-    with pytest.raises(ValueError, match="Unknown VGG-16 layer"):
+    with pytest.raises(errors.ConfigError, match="Unknown VGG-16 layer"):
         perceptual.make_perceptual_loss(partial, layer="fc1")
     fn = perceptual.make_perceptual_loss(partial, layer="block2_conv2")
-    with pytest.raises(ValueError, match="at least 2x2"):
+    with pytest.raises(errors.ConfigError, match="at least 2x2"):
         fn(jnp.zeros((1, 1, 1, 3)), jnp.zeros((1, 1, 1, 3)))
 
 
@@ -519,11 +524,11 @@ class _FixedStages(flax.linen.Module):
 
 
 def test_inference_composites_the_refined_stage():
-    nets = state_lib.Networks(_FixedStages(), None, None, None)
     images = uniform_images(0, (2, 8, 8, 3))
     mask = np.zeros((2, 8, 8, 1), np.float32)
     mask[:, 2:5, 3:7] = 1.0
     out = np.asarray(
-        jax.jit(functools.partial(steps.complete_images, nets))({}, images, mask, np.zeros(3))
+        jax.jit(functools.partial(inference.complete_images, _FixedStages()))(
+            {}, images, mask, np.zeros(3))
     )
     np.testing.assert_allclose(out, images * (1 - mask) + 0.25 * mask, atol=1e-6)
