@@ -280,6 +280,9 @@ def test_color_augment_is_in_the_training_stream_but_not_in_the_mean_pixel():
     np.testing.assert_array_equal(input_pipeline.compute_mean_pixel(c),
                                   input_pipeline.compute_mean_pixel(c2))
     assert input_pipeline.mean_pixel_key(c) == input_pipeline.mean_pixel_key(c2)
+    # The held-out images are the photos' own colours (scores comparable with any config).
+    np.testing.assert_array_equal(input_pipeline.eval_images(c, 4),
+                                  input_pipeline.eval_images(c2, 4))
 
 
 def test_large_jpegs_decode_at_reduced_scale_but_never_below_the_needed_size(tmp_path):

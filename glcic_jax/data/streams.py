@@ -138,12 +138,13 @@ class IndexedReader:
 
     def eval_images(self, config, num: int) -> np.ndarray:
         """The first elements of the held-out split's stream with a fixed seed (random crops, no
-        flips), several crops per photo when `num` exceeds the held-out photos. Identical crops
+        flips or recolouring), several crops per photo when `num` exceeds the held-out photos. Identical crops
         are kept once, so fewer than `num` may come back (logged)."""
         source = self.examples(config, "eval")
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():
             cfg.data.flip = False
+            cfg.data.color_augment = False  # held-out photos in their own colours
 
         def take(src) -> list[np.ndarray]:
             it = StreamIterator(src, cfg, num, start=0, seed=EVAL_STREAM_SEED, host=0, workers=4,
