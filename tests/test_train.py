@@ -374,7 +374,9 @@ def test_from_three_images_one_is_held_out_whatever_the_order():
 
 # ----------------------------------------------------------------------------------------------
 # Faults in-process (issue 18 items 3, 4, 7): a damaged newest checkpoint, a save that fails in
-# the background, a second Ctrl-C whose KeyboardInterrupt is swallowed
+# the background, a second Ctrl-C whose KeyboardInterrupt is swallowed. Each trains the tiny
+# config through train_and_evaluate (10-60 CPU s each), so they are end-to-end runs: marked slow,
+# like the other kill/resume tests (CI runs them; `-m "not slow"` skips them).
 
 
 def _tiny_run_config(steps: int = 6):
@@ -384,6 +386,7 @@ def _tiny_run_config(steps: int = 6):
     return config
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_newest_intact_checkpoint_and_moves_the_damaged_one_aside(
         tmp_path, caplog):
     import shutil
@@ -413,6 +416,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint_and_moves_the_damage
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # resume is exact
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_in_the_background_stops_training_at_the_next_step(tmp_path,
                                                                             monkeypatch):
     config = _tiny_run_config()
@@ -443,6 +447,7 @@ def test_a_save_that_fails_in_the_background_stops_training_at_the_next_step(tmp
     assert checkpointing.finished_steps(str(tmp_path / "run")) == [2]
 
 
+@pytest.mark.slow
 def test_a_swallowed_second_ctrl_c_still_stops_without_saving(tmp_path, monkeypatch):
     import signal
 
