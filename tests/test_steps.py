@@ -21,19 +21,8 @@ from glcic_jax import losses, masks, state, steps
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def after_completion(tiny_steps, tiny_state, tiny_images):
-    return jax.device_get(tiny_steps.completion(tiny_state, tiny_images))
-
-
-@pytest.fixture(scope="module")
-def after_discriminator(tiny_steps, tiny_state, tiny_images):
-    return jax.device_get(tiny_steps.discriminator(tiny_state, tiny_images))
-
-
-@pytest.fixture(scope="module")
-def after_joint(tiny_steps, tiny_state, tiny_images):
-    return jax.device_get(tiny_steps.joint(tiny_state, tiny_images))
+# after_completion, after_discriminator, after_joint: conftest.py (shared with
+# test_distributed.py, which compares the same steps on 4 devices).
 
 
 def kernels(params) -> dict:
