@@ -115,3 +115,23 @@ def tiny_state(tiny_nets, tiny_images) -> state.GANState:
 def tiny_steps(tiny_nets) -> steps.Steps:
     """Jitted steps without buffer donation (compiled lazily, once per session)."""
     return steps.make_steps(make_tiny_config(), tiny_nets, donate=False)
+
+
+# One step of each kind from tiny_state on tiny_images, as host arrays: test_steps.py checks what
+# each step touches, test_distributed.py compares them with 4 devices. Computed once per session
+# (a full-width joint step is several CPU seconds); treat them as read-only.
+
+
+@pytest.fixture(scope="session")
+def after_completion(tiny_steps, tiny_state, tiny_images):
+    return jax.device_get(tiny_steps.completion(tiny_state, tiny_images))
+
+
+@pytest.fixture(scope="session")
+def after_discriminator(tiny_steps, tiny_state, tiny_images):
+    return jax.device_get(tiny_steps.discriminator(tiny_state, tiny_images))
+
+
+@pytest.fixture(scope="session")
+def after_joint(tiny_steps, tiny_state, tiny_images):
+    return jax.device_get(tiny_steps.joint(tiny_state, tiny_images))

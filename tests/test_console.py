@@ -111,6 +111,7 @@ def test_console_shows_our_records_only_unless_verbose():
         logging.getLogger("absl").setLevel(saved[1])
 
 
+@pytest.mark.slow  # two `python -m glcic_jax.main` subprocesses (the CLI error checks are slow)
 def test_a_user_error_is_one_line_and_library_notes_are_hidden(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS",
                                                             "TF_CPP_MIN_LOG_LEVEL")}

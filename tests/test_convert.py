@@ -287,6 +287,7 @@ def test_training_steps_build_the_configured_input(tiny_state, tiny_images):
     np.testing.assert_array_equal(np.asarray(batch.x[..., 3:]), m)
 
 
+@pytest.mark.slow  # an end-to-end training run (train_and_evaluate)
 def test_fine_tuning_starts_at_phase_2_from_another_workdir(synthetic, converted, tmp_path):
     """init_from: C from the source workdir, a fresh D, the source's mean pixel, phase 2 first.
 

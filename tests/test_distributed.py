@@ -145,12 +145,11 @@ def _unflatten_like(tree, out, key: str):
 
 
 @pytest.mark.slow
-def test_four_devices_match_one_device(tiny_steps, tiny_state, tiny_images, tmp_path):
-    # One device: this process (jax sees one CPU device), the same calls test_steps.py makes.
-    reference = {
-        name: jax.device_get(getattr(tiny_steps, name)(tiny_state, tiny_images))
-        for name in ("completion", "joint")
-    }
+def test_four_devices_match_one_device(after_completion, after_joint, tiny_state, tiny_images,
+                                       tmp_path):
+    # One device: this process (jax sees one CPU device), the same calls test_steps.py makes
+    # (conftest's session fixtures: one step of each kind from tiny_state on tiny_images).
+    reference = {"completion": after_completion, "joint": after_joint}
     init = jax.device_get(tiny_state)
     leaves = jax.tree_util.tree_leaves(init)
     np.savez(tmp_path / "in.npz", images=np.asarray(tiny_images),
@@ -190,11 +189,11 @@ def test_four_devices_match_one_device(tiny_steps, tiny_state, tiny_images, tmp_
 
 
 def test_sharding_comparison_accepts_the_reported_reduction_order_difference(
-        tiny_steps, tiny_state, tiny_images):
+        after_joint, tiny_state):
     """The difference seen on another 2-core x86 machine (one element of the joint step's
     g.params['PaddedConv_1'] kernel 1.06e-5 off, atol was 1e-5) passes; 10x the tolerance fails."""
     init = jax.device_get(tiny_state)
-    ref_state, ref_metrics = jax.device_get(tiny_steps.joint(tiny_state, tiny_images))
+    ref_state, ref_metrics = after_joint  # tiny_steps.joint(tiny_state, tiny_images), host arrays
     eps = 1e-6
 
     def with_gradient_shift(delta):
