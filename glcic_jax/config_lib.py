@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9  # adam
     c.optimizer.b2 = 0.999  # adam
     c.optimizer.decay = 0.99  # rmsprop (PyTorch's alpha)
+    # C's learning rate at the end of phase 1 as a fraction of learning_rate: cosine from 1 over
+    # phase 1, then constant (ours, for the CPU quickstart). 1.0 = constant, as in the paper.
+    c.optimizer.g_lr_final = 1.0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.gan = "bce"  # 'bce' (GLCIC, on logits) or 'wgan-gp' (landscape report)
@@ -292,6 +295,8 @@ def _problems(config, num_devices: int) -> list[str]:
     in_range("optimizer.b1", 0.0, 1.0)
     in_range("optimizer.b2", 0.0, 1.0)
     in_range("optimizer.decay", 0.0, 1.0)
+    in_range("optimizer.g_lr_final", 0.0, 1.0, high_open=False)
+    positive("optimizer.g_lr_final")
 
     # Losses.
     choice("loss.gan", GAN_LOSSES)

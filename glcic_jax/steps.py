@@ -64,6 +64,11 @@ class StepSettings(NamedTuple):
     # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
     phase3_start: int = 0
+    # The completion network's learning rate at the end of phase 1, as a fraction of
+    # optimizer.learning_rate: cosine from 1 over phase 1's Tc steps, then constant. 1.0 (the
+    # default, the paper's constant rate) leaves the steps exactly as without it.
+    g_lr_final: float = 1.0
+    tc: int = 0
 
     @property
     def gan(self) -> losses.GanLoss:
@@ -91,6 +96,8 @@ class StepSettings(NamedTuple):
             skip_nonfinite=config.get("nan_policy", "stop") == "skip",
             input_norm=inference.input_norm_of(config),
             phase3_start=int(config.schedule.tc) + int(config.schedule.td),
+            g_lr_final=float(config.optimizer.get("g_lr_final", 1.0)),
+            tc=int(config.schedule.tc),
         )
 
 
@@ -137,9 +144,23 @@ def _discriminate(nets: Networks, params, batch_stats, global_img, local_img, tr
     return nets.discriminator.apply(v, global_img, local_img, train=train), batch_stats
 
 
-def _apply_updates(tx, ms: ModelState, grads, new_stats) -> ModelState:
+def _apply_updates(tx, ms: ModelState, grads, new_stats, lr_factor=None) -> ModelState:
+    """One optimizer update; `lr_factor` (a scalar) multiplies it, i.e. the learning rate (every
+    optimizer here ends with its learning-rate scaling, so this is exact)."""
     updates, opt_state = tx.update(grads, ms.opt_state, ms.params)
+    if lr_factor is not None:
+        updates = jax.tree_util.tree_map(lambda u: u * lr_factor.astype(u.dtype), updates)
     return ModelState(optax.apply_updates(ms.params, updates), new_stats, opt_state)
+
+
+def g_lr_factor(settings: StepSettings, step: jax.Array) -> jax.Array | None:
+    """The completion network's learning-rate factor at global step `step` (optimizer.g_lr_final);
+    None when the rate is constant (nothing is added to the compiled step)."""
+    if settings.g_lr_final == 1.0 or settings.tc <= 0:
+        return None
+    t = jnp.minimum(step.astype(jnp.float32) / settings.tc, 1.0)
+    final = settings.g_lr_final
+    return (final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))).astype(jnp.float32)
 
 
 def _all_finite(*trees) -> jax.Array:
@@ -272,7 +293,7 @@ def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    g = _apply_updates(nets.g_tx, state.g, grads, stats)
+    g = _apply_updates(nets.g_tx, state.g, grads, stats, g_lr_factor(settings, state.step))
     metrics["g_loss"] = loss
     return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
@@ -326,7 +347,8 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
         lambda o: _generator_loss(settings, nets, perceptual_fn, new_d, batch, o), has_aux=True
     )(outs)
     (g_grads,) = g_vjp(d_outs)
-    new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats)
+    new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats,
+                           g_lr_factor(settings, state.step))
     metrics.update(g_metrics)
     return _finish(settings, state, metrics, (d_loss, g_loss, d_grads, g_grads, new_d, new_g),
                    g=new_g, d=new_d)
@@ -341,7 +363,7 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
         return loss, (stats, metrics)
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-    g = _apply_updates(nets.g_tx, state.g, grads, stats)
+    g = _apply_updates(nets.g_tx, state.g, grads, stats, g_lr_factor(settings, state.step))
     return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 

@@ -423,3 +423,37 @@ def test_real_local_crops_at_random_windows_on_request(tiny_config, tiny_state, 
     tiny_config.mask.real_crop = "hole_centered"
     with pytest.raises(ValueError, match=r"mask.real_crop='hole_centered' must be one of"):
         steps.StepSettings.from_config(tiny_config)
+
+
+def test_g_lr_final_scales_only_the_completion_networks_updates(tiny_nets, tiny_state,
+                                                                 tiny_images, tiny_steps):
+    """optimizer.g_lr_final: C's learning rate goes from 1x to g_lr_final x along a cosine over
+    phase 1 (Tc steps), then stays; D's rate and every optimizer state are untouched."""
+    cfg = make_tiny_config()
+    cfg.optimizer.g_lr_final = 0.1
+    decayed = steps.make_steps(cfg, tiny_nets, donate=False)
+    tc = int(cfg.schedule.tc)
+    assert tc == 2
+
+    def close(a, b):  # two compiled programs: fusion may round an accumulator differently
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-9)
+
+    def check(name, step, factor):
+        start = tiny_state.replace(step=jnp.asarray(step, tiny_state.step.dtype))
+        const, _ = jax.device_get(getattr(tiny_steps, name)(start, tiny_images))
+        got, _ = jax.device_get(getattr(decayed, name)(start, tiny_images))
+        close(const.g.opt_state, got.g.opt_state)  # the accumulators see the raw updates
+        close(const.g.batch_stats, got.g.batch_stats)
+        close(const.d, got.d)  # D (the joint step's) keeps its rate
+        for p0, pc, pg in zip(*(jax.tree_util.tree_leaves(t) for t in
+                                (start.g.params, const.g.params, got.g.params))):
+            p0, pc, pg = (np.asarray(a, np.float64) for a in (p0, pc, pg))
+            # Differences of float32 parameters: exact up to a rounding or two of each one.
+            tol = 4 * np.finfo(np.float32).eps * np.abs(p0).max() + 1e-12
+            np.testing.assert_allclose(pg - p0, factor * (pc - p0), rtol=1e-4, atol=tol)
+        assert factor == 1.0 or not tree_equal(const.g.params, got.g.params)
+
+    check("completion", 0, 1.0)  # start of phase 1: the full rate
+    check("completion", 1, 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 1 / tc)))  # halfway: 0.55
+    check("joint", 4, 0.1)  # phase 3: the final rate

@@ -138,8 +138,8 @@ class IndexedReader:
 
     def eval_images(self, config, num: int) -> np.ndarray:
         """The first elements of the held-out split's stream with a fixed seed (random crops, no
-        flips or recolouring), several crops per photo when `num` exceeds the held-out photos. Identical crops
-        are kept once, so fewer than `num` may come back (logged)."""
+        flips or recolouring), several crops per photo when `num` exceeds the held-out photos.
+        Identical crops are kept once, so fewer than `num` may come back (logged)."""
         source = self.examples(config, "eval")
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():
