@@ -9,8 +9,9 @@ writes /tmp/NAME.json. `train=` replaces the scikit-image training photos.
 
 The runs in benchmarks/results/quickstart_ablation.json were made with an earlier form of this
 script on commit 8b9f22b (the quickstart then had the old seven training photos and no colour
-augmentation; "caug" there wrapped `augment` with the same recolouring as `data.color_augment`
-now, except that the mean pixel was computed from recoloured crops), on the shared 2-core machine
+augmentation; "caug" there wrapped `augment` with the recolouring `data.color_augment` does
+now, with gains in [0.6, 1] instead of [0.25, 1], and the mean pixel and the held-out crops
+recoloured too), on the shared 2-core machine
 while other jobs ran (wall times are not comparable; `cpu` is the process's CPU seconds).
 On today's code, `data.color_augment=0 train=...` gives their uncoloured variants.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import resource
 import statistics
@@ -25,6 +26,15 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def _cpu_seconds() -> float:
@@ -48,11 +58,13 @@ def one_run(extra: list[str]) -> dict:
                 f"--workdir={os.path.join(tmp, 'run')}", *extra]
         train_wall, train_cpu, _ = _timed(base, env)
         eval_wall, eval_cpu, out = _timed(base + ["--mode=eval"], env)
-    row = re.search(r"^\| model \|(.*)\|$", out, re.M)
-    model = [float(v) for v in row.group(1).split("|")] if row else []
+    rows = {name: [float(v) for v in cells.split("|")]
+            for name, cells in re.findall(r"^\| (\w+) \|(.*)\|$", out, re.M)
+            if name != "method"}
     return {"train_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
             "eval_s": round(eval_wall, 1), "eval_cpu_s": round(eval_cpu, 1),
-            "model_row": model}
+            "model_row": rows.get("model", []), "table": rows,
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main() -> None:
@@ -61,6 +73,7 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args, extra = parser.parse_known_args()  # the rest: glcic_jax.main flags for both commands
     args.extra = extra
+    load_before = [round(x, 2) for x in os.getloadavg()]
     runs = []
     for i in range(args.runs):
         runs.append(one_run(args.extra))
@@ -76,10 +89,12 @@ def main() -> None:
         print(f"{key}: min {min(values):.0f}, median {statistics.median(values):.0f}, "
               f"max {max(values):.0f}")
     if all(r["model_row"] for r in runs):
-        psnr = [r["model_row"][1] for r in runs]
-        print(f"model psnr: min {min(psnr):.2f}, max {max(psnr):.2f} dB")
+        for name, col in (("psnr", 1), ("psnr_hole", 4)):
+            values = [r["model_row"][col] for r in runs]
+            print(f"model {name}: min {min(values):.2f}, max {max(values):.2f} dB")
     payload = {"runs": runs, "summary": summary, "cpus": os.cpu_count(),
-               "command": " ".join(sys.argv)}
+               "cpu": _cpu_name(), "python": platform.python_version(),
+               "load_avg_before": load_before, "command": " ".join(sys.argv)}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=2)

@@ -9,10 +9,13 @@ gains); two colour photos, chelsea and rocket, are held out for the sample grids
 the final table; holes of 12-24 px; all three phases in 1,000 steps of batch 8 (Tc 800, Td 60,
 joint 140). Choices for a 2-core CPU, not the paper's (which the other configs keep):
 
-* data.color_augment: measured on this config (phase 1, held-out hole PSNR), the network trained
-  on the photos as they are learned their palette and stayed within 1 dB of the mean-pixel fill
-  for 300 steps; recoloured crops make it continue the colours around each hole instead
-  (benchmarks/results/ and the README's learning curve). The mean pixel is the photos' own.
+* data.color_augment (gains in [0.25, 1], glcic_jax/data/images.py): measured (phase 1, held-out
+  hole PSNR; benchmarks/results/quickstart_ablation.json), the network trained on the photos as
+  they are learned their palette and stayed within 1 dB of the mean-pixel fill (the old seven
+  photos: 15.0-16.5 dB for 600 steps, fill 15.5); recoloured crops make colour a property of each
+  crop. The mean pixel is the photos' own; held-out crops are never recoloured.
+* optimizer.g_lr_final=0.1: C's rate falls from 1e-3 to 1e-4 along a cosine over phase 1; at a
+  constant 1e-3 the held-out PSNR swung by 1-2 dB from one evaluation to the next.
 * model.width=0.25: every hidden layer of C and D at a quarter of the paper's channels (~1/16 of
   the FLOPs and parameters). The issue that set this quickstart measured a quarter-width network
   at 32 px reaching the full one's held-out hole PSNR 11x faster.
@@ -20,10 +23,10 @@ joint 140). Choices for a 2-core CPU, not the paper's (which the other configs k
   only padding, so the model also holds up on larger photos.
 * model.padding='reflect' (the landscape report's option): at 64 px the widest dilated taps still
   fall outside the image; reflected content there is what a larger photo shows, zeros are not.
-* Adam at 1e-3 (eps 1e-8) instead of the paper's Adadelta: measured on this config (busy shared
-  2-core machine, benchmarks/results/), Adadelta's held-out hole PSNR stayed below the mean-pixel
-  fill's 15.5 dB for 300 steps (13.96, 13.71, 14.02 dB at steps 100-300); Adam was at 16.1 dB
-  after 50 steps.
+* Adam at 1e-3 (eps 1e-8) instead of the paper's Adadelta: measured on this config's first form
+  (the old seven photos, no recolouring; busy shared 2-core machine, benchmarks/results/),
+  Adadelta's held-out hole PSNR stayed below the mean-pixel fill's 15.5 dB for 300 steps (13.96,
+  13.71, 14.02 dB at steps 100-300); Adam was at 16.1 dB after 50 steps.
 
 Held-out hole PSNR every 100 steps goes to the console and TensorBoard. For a longer run (e.g. on
 a GPU): --config.num_train_steps=20000 --config.schedule.tc=12000 --config.schedule.td=2000.

