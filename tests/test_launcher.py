@@ -31,14 +31,22 @@ def fake_python(tmp_path) -> str:
     return str(path)
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def start(tmp_path, mode: str, *flags: str, cwd=None, k: int = 2, **env_extra):
     out = tmp_path / "records"
     out.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHON=fake_python(tmp_path), FAKE_OUT=str(out), FAKE_MODE=mode,
                GLCIC_PORT="1", TMPDIR=str(tmp_path), **env_extra)
+    # A shell cannot trap a signal that was ignored when it started (POSIX), and a test run
+    # started in the background (`nohup pytest ... &`) ignores SIGINT: give the launcher the
+    # default dispositions a terminal user's shell has.
     proc = subprocess.Popen(["bash", LAUNCHER, str(k), *flags], cwd=cwd or tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_signals)
     return proc, out
 
 
