@@ -59,7 +59,7 @@ def one_run(extra: list[str]) -> dict:
         train_wall, train_cpu, _ = _timed(base, env)
         eval_wall, eval_cpu, out = _timed(base + ["--mode=eval"], env)
     rows = {name: [float(v) for v in cells.split("|")]
-            for name, cells in re.findall(r"^\| (\w+) \|(.*)\|$", out, re.M)
+            for name, cells in re.findall(r"^\| ([\w+]+) \|(.*)\|$", out, re.M)
             if name != "method"}
     return {"train_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
             "eval_s": round(eval_wall, 1), "eval_cpu_s": round(eval_cpu, 1),
