@@ -7,40 +7,25 @@ The network is the generator of a real run of `configs/quickstart.py` (our own w
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from glcic_jax import inference
-from glcic_jax import state as state_lib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tools"))
+import export_test_model  # noqa: E402  (tools/: the file's writer, and its reader)
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "quickstart_generator.npz")
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *path, last = name.split("/")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return tree
-
-
 @pytest.fixture(scope="module")
 def completer() -> inference.Completer:
-    with np.load(MODEL) as z:
-        config = ml_collections.ConfigDict(json.loads(str(z["config"])))
-        variables = _unflatten({k[4:]: z[k].astype(np.float32) for k in z.files
-                                if k.startswith("var/")})
-        mean_pixel, step = z["mean_pixel"], int(z["step"])
-    nets = state_lib.create_networks(config)
-    return inference.Completer(config, nets.generator, variables, mean_pixel, step)
+    return export_test_model.load(MODEL)
 
 
 def _hole_and_ring(shape, top, left, size, ring=6):

@@ -44,6 +44,22 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+def load(path: str):
+    """The `inference.Completer` of a file this tool wrote (float32 again)."""
+    import ml_collections
+
+    from glcic_jax import inference
+    from glcic_jax import state as state_lib
+
+    with np.load(path) as z:
+        config = ml_collections.ConfigDict(json.loads(str(z["config"])))
+        variables = unflatten({k[4:]: z[k].astype(np.float32) for k in z.files
+                               if k.startswith("var/")})
+        mean_pixel, step = z["mean_pixel"], int(z["step"])
+    nets = state_lib.create_networks(config)
+    return inference.Completer(config, nets.generator, variables, mean_pixel, step)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
