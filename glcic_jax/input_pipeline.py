@@ -28,7 +28,6 @@ import logging
 import os
 from typing import Iterator, Protocol
 
-import ml_collections
 import numpy as np
 
 from glcic_jax.data.folder import (  # noqa: F401  (public names of the data API)
@@ -129,8 +128,9 @@ def compute_mean_pixel(config) -> np.ndarray:
     n = max(1, int(config.data.mean_pixel_images))
     batch = min(n, 64)
     if config.data.get("color_augment", False):  # the photos' own mean, not the recoloured one
-        config = ml_collections.ConfigDict(config.to_dict())
-        config.data.color_augment = False
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.data.color_augment = False
     it = train_iterator(config, batch, start_step=0, host=0, hosts=1)
     total, count = np.zeros(3, np.float64), 0
     try:
