@@ -308,6 +308,42 @@ def restore_or_init(config, nets, mesh: Mesh, ckpt: checkpointing.Checkpointer):
     return state, np.asarray(meta["mean_pixel"], np.float32), meta["config"]
 
 
+# The jitted steps of the runs in this process, by setup. A process that trains more than once (a
+# sweep, a notebook, the test suite) reuses the steps of an identical setup instead of tracing and
+# lowering them again: ~10 s per run for the tiny config on a CPU, more for the paper's networks.
+# The key holds everything the steps read: the model and optimizer settings (what
+# `state_lib.create_networks` builds from), the `StepSettings` and the mesh. A run with a
+# perceptual loss builds its own (the VGG weights file is read when that loss is made).
+_SETUPS: collections.OrderedDict = collections.OrderedDict()
+_SETUPS_KEPT = 4
+
+
+def _setup_key(config, mesh: Mesh):
+    import json
+
+    def as_json(section):
+        return json.dumps(section.to_dict(), sort_keys=True, default=repr)
+
+    return (as_json(config.model), as_json(config.optimizer),
+            steps_lib.StepSettings.from_config(config), mesh)
+
+
+def _networks_and_steps(config, mesh: Mesh, perceptual_fn=None):
+    """`(Networks, Steps)` for the config, the steps sharded over the mesh (reused; see _SETUPS)."""
+    key = _setup_key(config, mesh) if perceptual_fn is None else None
+    if key is not None and key in _SETUPS:
+        _SETUPS.move_to_end(key)
+        return _SETUPS[key]
+    nets = state_lib.create_networks(config)
+    # State replicated, batch split over the mesh; outputs pinned replicated (distributed.py).
+    setup = nets, distributed.shard_steps(steps_lib.make_steps(config, nets, perceptual_fn), mesh)
+    if key is not None:
+        _SETUPS[key] = setup
+        while len(_SETUPS) > _SETUPS_KEPT:
+            _SETUPS.popitem(last=False)
+    return setup
+
+
 def train_and_evaluate(config, workdir: str) -> Any:
     """Train GLCIC as configured; checkpoints, samples and TensorBoard events go to `workdir`.
 
@@ -331,7 +367,12 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     batch_sharding = distributed.batch_sharded(mesh)
 
     ckpt = checkpointing.Checkpointer(workdir, config)
-    nets = state_lib.create_networks(config)
+    perceptual_fn = None
+    if config.loss.get("perceptual_weight", 0.0):
+        from glcic_jax import perceptual  # optional variant (VGG-16 features)
+
+        perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
+    nets, steps = _networks_and_steps(config, mesh, perceptual_fn)
     # Refuses an incompatible workdir before any write; skips damaged newer checkpoints.
     # resumed_config: the config the checkpoint was trained with (config.json records changes).
     state, mean_px, resumed_config = restore_or_init(config, nets, mesh, ckpt)
@@ -359,13 +400,6 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
                    else np.zeros(3, np.float32))
         mean_px = distributed.broadcast_from_main(mean_px).astype(np.float32)
 
-    perceptual_fn = None
-    if config.loss.get("perceptual_weight", 0.0):
-        from glcic_jax import perceptual  # optional variant (VGG-16 features)
-
-        perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
-    # State replicated, batch split over the mesh; outputs pinned replicated (distributed.py).
-    steps = distributed.shard_steps(steps_lib.make_steps(config, nets, perceptual_fn), mesh)
     if state is None:
         # Created replicated under jit: each process fills its own devices, nothing is copied.
         state = distributed.init_replicated(lambda: state_lib.create_state(

@@ -66,15 +66,34 @@ def assert_trained_workdir(workdir: str, state, steps: int = 6) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["celeba", "places2"])
-def test_tfds_configs_train_end_to_end_on_mock_data(name, tmp_path):
+def test_tfds_config_trains_end_to_end_on_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
-    config = load_config(name)
+    config = load_config("celeba")
     assert config.data.source == "tfds"
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
         state = train.train_and_evaluate(config, str(tmp_path))
     assert_trained_workdir(str(tmp_path), state)
+
+
+def test_places2_config_reads_its_splits_on_mock_data(tmp_path):
+    """places2 trains through the same loop as celeba (trained end to end above, same `:tiny`
+    networks); what is its own is the dataset, its splits and the no-flip setting: read them."""
+    import tensorflow_datasets as tfds
+
+    config = load_config("places2")
+    assert config.data.source == "tfds" and config.data.name == "places365_small"
+    assert not config.data.flip
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        batches = input_pipeline.train_iterator(config, config.batch_size)
+        first, second = next(batches), next(batches)
+        held_out = input_pipeline.eval_images(config, int(config.data.num_eval_images))
+        mean = input_pipeline.mean_pixel(config, str(tmp_path))
+    size = config.data.image_size
+    assert first.shape == (config.batch_size, size, size, 3) and first.dtype == np.uint8
+    assert not np.array_equal(first, second)
+    assert held_out.shape == (config.data.num_eval_images, size, size, 3)
+    assert mean.shape == (3,) and np.all((mean > 0) & (mean < 1))
 
 
 @pytest.mark.slow
@@ -307,8 +326,15 @@ def test_large_jpegs_decode_at_reduced_scale_but_never_below_the_needed_size(tmp
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path):
-    """6 steps in one go == 3 steps, stop, rerun to 6 (phase 2 starts at step 2, phase 3 at 4)."""
+def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path, monkeypatch):
+    """6 steps in one go == 3 steps, stop, rerun to 6 (phase 2 starts at step 2, phase 3 at 4).
+
+    The three runs share one setup, so they also share its jitted steps (train._SETUPS): the
+    reused steps must compute what fresh ones do."""
+    built = []
+    make_steps = train.steps_lib.make_steps
+    monkeypatch.setattr(train.steps_lib, "make_steps",
+                        lambda *a, **k: built.append(1) or make_steps(*a, **k))
     config = load_config("quickstart")
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
 
@@ -335,6 +361,27 @@ def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path):
     # And the run really did something in every phase.
     assert not np.array_equal(np.asarray(partial.d.params["head"]["kernel"]),
                               np.asarray(b.d.params["head"]["kernel"]))
+    # Built once for the three runs (not at all if an earlier test in this process built them).
+    assert len(built) <= 1, built
+
+
+def test_runs_in_one_process_share_the_steps_of_an_identical_setup():
+    """Tracing and lowering the steps again costs ~10 s per run on a CPU: an identical setup
+    reuses them; anything the steps read (model, optimizer, step settings) gets its own."""
+    mesh = train.distributed.make_mesh()
+    config = load_config("quickstart")
+    nets, steps = train._networks_and_steps(config, mesh)
+    again = train._networks_and_steps(config.copy_and_resolve_references(), mesh)
+    assert again[0] is nets and again[1] is steps
+    longer = config.copy_and_resolve_references()
+    longer.num_train_steps = 60  # not read by the steps
+    assert train._networks_and_steps(longer, mesh)[1] is steps
+    for key, value in (("optimizer.learning_rate", 0.5), ("model.width", 0.5),
+                       ("loss.alpha", 0.1), ("mask.hole_max", 10), ("schedule.tc", 3)):
+        other = config.copy_and_resolve_references()
+        section, name = key.split(".")
+        other[section][name] = value
+        assert train._networks_and_steps(other, mesh)[1] is not steps, key
 
 
 def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
