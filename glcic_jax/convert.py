@@ -339,6 +339,7 @@ def load_config(path: str | None):
     config.model.input_norm = "mean_subtract"
     config.model.padding = "zero"
     config.model.two_stage = False
+    config.model.width = 1.0  # Table 1's channels (a `:tiny` config narrows them)
     return config
 
 

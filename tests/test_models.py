@@ -9,7 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glcic_jax import models
+from glcic_jax import config_lib, models
+
+
+@pytest.fixture
+def tiny_config():
+    """The `:tiny` config at the paper's channel widths (`:tiny` itself is a quarter as wide):
+    these tests check Table 1's layers."""
+    c = config_lib.shrink_to_tiny(config_lib.base_config())
+    c.model.width = 1.0
+    return c
 
 KEY = jax.random.PRNGKey(0)
 
@@ -378,9 +387,10 @@ def test_completion_receptive_field(tiny_state, capsys):
     The paper quotes 307 x 307. Counting kernel extents layer by layer for Table 1 (with the
     4x4 stride-2 deconvolutions contributing 2 input pixels each) gives ~301; the measured span
     is what the randomly initialised network actually depends on. Parameters do not depend on the
-    image size, so the (already initialised) tiny state's generator is reused.
+    image size, so the (already initialised) tiny state's generator is reused (a quarter of the
+    paper's channels: the layers, kernels and dilations that make the field are Table 1's).
     """
-    net = models.CompletionNetwork()
+    net = models.make_generator(config_lib.shrink_to_tiny(config_lib.base_config()).model)
     variables = {"params": tiny_state.g.params, "batch_stats": tiny_state.g.batch_stats}
     x = jax.random.uniform(jax.random.PRNGKey(1), (1, RF_SIZE, RF_SIZE, 4), jnp.float32)
     c = RF_SIZE // 2
@@ -414,7 +424,8 @@ def test_completion_receptive_field(tiny_state, capsys):
 def test_width_multiplier_scales_channels_and_keeps_paper_default(tiny_config):
     """width=1.0 (the default everywhere) is Table 1; width=0.25 quarters every hidden layer."""
     x = jnp.zeros((1, 32, 32, 4))
-    assert tiny_config.model.width == 1.0
+    assert config_lib.base_config().model.width == 1.0  # every full config: the paper's
+    assert config_lib.shrink_to_tiny(config_lib.base_config()).model.width == 0.25  # smoke runs
     paper = abstract_init(models.make_generator(tiny_config.model), x)["params"]
     assert models.count_params(paper) == 6_072_131
     tiny_config.model.width = 0.25
