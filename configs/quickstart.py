@@ -30,7 +30,7 @@ joint 140). Choices for a 2-core CPU, not the paper's (which the other configs k
 
 Held-out hole PSNR every 100 steps goes to the console and TensorBoard. For a longer run (e.g. on
 a GPU): --config.num_train_steps=20000 --config.schedule.tc=12000 --config.schedule.td=2000.
-`:tiny` is the CPU smoke-test version (32 px, a quarter of the channels, 6 steps) that the tests use.
+`:tiny` is the CPU smoke-test version (32 px, a quarter of the channels, 6 steps) the tests use.
 """
 
 from glcic_jax import config_lib

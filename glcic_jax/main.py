@@ -76,15 +76,16 @@ def _last_checkpoint_note(workdir: str) -> str:
             f"to resume from it" if done else "no checkpoint had been written")
 
 
-def _leave(status: int) -> None:
-    """Exit at once, output flushed. A multi-process run must not wait in jax.distributed's
-    exit-time shutdown barrier for peers that died or are leaving too (it waits up to 5 min)."""
+def _leave(status: int, at_once: bool = False) -> None:
+    """Exit, output flushed. A multi-process run must not wait in jax.distributed's exit-time
+    shutdown barrier for peers that died or are leaving too (it waits up to 5 min); `at_once`
+    skips the interpreter's shutdown in one process too."""
     import jax
 
     sys.stdout.flush()
     sys.stderr.flush()
     logging.disable(logging.CRITICAL)
-    if jax.process_count() > 1:
+    if at_once or jax.process_count() > 1:
         logging.shutdown()
         os._exit(status)
     sys.exit(status)
@@ -159,7 +160,11 @@ def main(argv) -> None:
         # finishes the step and checkpoints). Saves are atomic: an interrupted one is discarded.
         where = "; " + _last_checkpoint_note(FLAGS.workdir) if FLAGS.mode == "train" else ""
         sys.stderr.write(f"error: Interrupted (Ctrl-C){where}.\n")
-        _leave(130)
+        # At once: a Ctrl-C that lands inside Orbax's save() leaves threads waiting for signals
+        # that never come, and the interpreter's shutdown joins them (measured: 5 min). Finished
+        # saves are complete by now (train waits for the one in flight); the interrupted one is a
+        # temporary folder that the next run removes.
+        _leave(130, at_once=True)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

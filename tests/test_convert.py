@@ -23,7 +23,7 @@ import torch7_writer as tw
 from PIL import Image
 
 from glcic_jax import (checkpointing, complete, config_lib, convert, evaluate, inference, masks,
-                       torch7, train)
+                       models, torch7, train)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "quickstart.py") + ":tiny"
@@ -288,12 +288,12 @@ def test_training_steps_build_the_configured_input(tiny_state, tiny_images):
 
 
 @pytest.mark.slow  # an end-to-end training run (train_and_evaluate)
-def test_fine_tuning_starts_at_phase_2_from_another_workdir(synthetic, converted, tmp_path):
+def test_fine_tuning_starts_at_phase_2_from_another_workdir(converted, tmp_path):
     """init_from: C from the source workdir, a fresh D, the source's mean pixel, phase 2 first.
 
-    The source here is a `mean_fill` workdir holding the synthetic network (so the run compiles
-    the same steps as the other tiny training tests); the converted workdir's own setting is
-    checked by the one-line error below.
+    The source here is a `mean_fill` workdir holding a seeded random network of the `:tiny`
+    shapes (so the run compiles the same steps as the other tiny training tests); the converted
+    workdir's own setting is checked by the one-line error below.
     """
     cfg = config_lib.shrink_to_tiny(config_lib.base_config())
     cfg.data.source = "skimage"
@@ -301,7 +301,16 @@ def test_fine_tuning_starts_at_phase_2_from_another_workdir(synthetic, converted
     with pytest.raises(ValueError, match="--config.model.input_norm=mean_subtract"):
         train.load_init_from(cfg)
 
-    variables, mean, _ = convert.read_torch_model(synthetic[0])
+    generator = models.make_generator(cfg.model)
+    shapes = jax.eval_shape(lambda: generator.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 4)), train=False))
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: (rng.uniform(0.5, 1.5, leaf.shape)  # BatchNorm variances > 0
+                            if jax.tree_util.keystr(path).endswith("['var']")
+                            else rng.normal(0.0, 0.05, leaf.shape)).astype(np.float32),
+        dict(shapes))
+    mean = np.asarray([0.3, 0.4, 0.5], np.float32)
     source_dir = str(tmp_path / "source")
     ckpt = checkpointing.Checkpointer(source_dir, cfg)
     ckpt.save(7, convert.build_state(cfg, variables, mean), cfg)

@@ -347,9 +347,13 @@ def test_second_ctrl_c_stops_at_once_with_a_message_and_keeps_complete_checkpoin
     run.proc.send_signal(signal.SIGINT)
     assert run.wait_for(lambda: run.seen(r"SIGINT received:") is not None, timeout=60)
     run.proc.send_signal(signal.SIGINT)
+    second = time.monotonic()
     rc = run.finish()
     log = run.text()
     assert rc == 130, log[-4000:]
+    # At once: it used to hang for 5 min at exit, joining Orbax threads that a Ctrl-C inside
+    # save() had left waiting (60 s: a loaded 2-core machine, not a measured bound).
+    assert time.monotonic() - second < 60, log[-4000:]
     assert "Traceback" not in log, log[-4000:]
     done = finished_steps(workdir)
     assert done and done[-1] < 400
@@ -631,7 +635,11 @@ def test_a_full_disk_mid_run_stops_at_once_with_one_line_and_no_library_noise(re
     output = proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, report(proc)
-    assert f"the checkpoint of step {last + 2}" in errors[0], errors[0]
+    # Named as soon as it is known: after the next step, or, where the tiny steps outrun the
+    # background write (the failure lands after step last+3 ended), at the save of last+4, which
+    # then names both.
+    assert (f"the checkpoint of step {last + 2}" in errors[0]
+            or f"the checkpoint of step {last + 4} (or the one before)" in errors[0]), errors[0]
     assert f"last complete checkpoint (step {last}), which is intact" in errors[0]
     assert f"step {last + 5}/" not in output, report(proc)  # stopped long before
     assert "Traceback" not in output and "absl" not in output, report(proc)
