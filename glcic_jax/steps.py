@@ -59,6 +59,7 @@ class StepSettings(NamedTuple):
     gp_weight: float = 10.0  # WGAN-GP lambda
     perceptual_weight: float = 0.0
     real_crop: str = "hole"  # 'hole': real crops at the hole's window; 'random' (GLCIC-PyTorch)
+    skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
     input_norm: str = "mean_fill"  # how the completion input is built (masks.INPUT_NORMS)
     # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
@@ -92,6 +93,7 @@ class StepSettings(NamedTuple):
             gp_weight=float(loss.gp_weight),
             perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
             real_crop=real_crop,
+            skip_nonfinite=config.get("nan_policy", "stop") == "skip",
             input_norm=inference.input_norm_of(config),
             phase3_start=int(config.schedule.tc) + int(config.schedule.td),
             g_lr_final=float(config.optimizer.get("g_lr_final", 1.0)),
@@ -169,25 +171,24 @@ def _all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _guard(old: GANState, new: GANState, ok: jax.Array) -> GANState:
-    """A non-finite update leaves the state as it was (the step counter still advances), whatever
-    the nan_policy: with 'skip' training goes on from it; with 'stop' the trainer raises when it
-    reads the step's `nonfinite` metric, which it does before any save. One compiled program
-    serves both policies (the policy is the trainer's, not the step's), and a state that held
-    NaN never leaves a step."""
+def _guard(settings: StepSettings, old: GANState, new: GANState, ok: jax.Array) -> GANState:
+    """With nan_policy='skip', a non-finite update leaves the state as it was (the step counter
+    still advances)."""
+    if not settings.skip_nonfinite:
+        return new
     kept = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
     return kept.replace(step=new.step)
 
 
-def _finish(state: GANState, metrics: dict, checked: tuple,
+def _finish(settings: StepSettings, state: GANState, metrics: dict, checked: tuple,
             **updated: ModelState) -> tuple[GANState, dict]:
     """The tail every training step shares: the new state (`updated` networks, step + 1), the
-    finite check over `checked` (losses, gradients, the updated model states), the guard that
-    keeps the old state on a non-finite update, and the `nonfinite` metric."""
+    finite check over `checked` (losses, gradients, the updated model states), the nan_policy
+    guard, and the `nonfinite` metric."""
     new = state.replace(step=state.step + 1, **updated)
     ok = _all_finite(*checked)
     metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
-    return _guard(state, new, ok), metrics
+    return _guard(settings, state, new, ok), metrics
 
 
 class _Batch(NamedTuple):
@@ -294,7 +295,7 @@ def _completion_step(nets, settings, perceptual_fn, state: GANState, images):
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
     g = _apply_updates(nets.g_tx, state.g, grads, stats, g_lr_factor(settings, state.step))
     metrics["g_loss"] = loss
-    return _finish(state, metrics, (loss, grads, g), g=g)
+    return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
 def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
@@ -309,7 +310,7 @@ def _discriminator_step(nets, settings, perceptual_fn, state: GANState, images):
     )
     (loss, (stats, metrics)), grads = grad_fn(state.d.params)
     d = _apply_updates(nets.d_tx, state.d, grads, stats)
-    return _finish(state, metrics, (loss, grads, d), d=d)
+    return _finish(settings, state, metrics, (loss, grads, d), d=d)
 
 
 def _generator_loss(settings, nets, perceptual_fn, d: ModelState, batch: _Batch, outs):
@@ -349,7 +350,7 @@ def _joint_step(nets, settings, perceptual_fn, state: GANState, images):
     new_g = _apply_updates(nets.g_tx, state.g, g_grads, g_stats,
                            g_lr_factor(settings, state.step))
     metrics.update(g_metrics)
-    return _finish(state, metrics, (d_loss, g_loss, d_grads, g_grads, new_d, new_g),
+    return _finish(settings, state, metrics, (d_loss, g_loss, d_grads, g_grads, new_d, new_g),
                    g=new_g, d=new_d)
 
 
@@ -363,7 +364,7 @@ def _generator_step(nets, settings, perceptual_fn, state: GANState, images):
 
     (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
     g = _apply_updates(nets.g_tx, state.g, grads, stats, g_lr_factor(settings, state.step))
-    return _finish(state, metrics, (loss, grads, g), g=g)
+    return _finish(settings, state, metrics, (loss, grads, g), g=g)
 
 
 def _evaluate(nets, settings, state: GANState, images, mask, corners):
