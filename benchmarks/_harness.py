@@ -96,6 +96,28 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_info() -> dict:
+    """The CPU by name, family/model and vector extensions: two machines both called "AMD EPYC"
+    differed 2.3x in the quickstart's CPU time, and their different vector units (AVX-512 or
+    not) sum in different orders, so a run's numbers are only comparable on the same kind."""
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = {}
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return info
+    flags = set(fields.get("flags", "").split())
+    info.update(cpu=fields.get("model name", info["cpu"]), cpu_family=fields.get("cpu family"),
+                cpu_model=fields.get("model"),
+                vector=[f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags])
+    return info
+
+
 def run_meta(**extra: Any) -> dict:
     """The `meta` block of every result file: when, which Python, which machine, plus `extra`."""
     return {
@@ -103,6 +125,7 @@ def run_meta(**extra: Any) -> dict:
         "python": platform.python_version(),
         "host": platform.node(),
         "host_cpus": os.cpu_count(),
+        **cpu_info(),
         **extra,
     }
 

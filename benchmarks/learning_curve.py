@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 
+import _harness  # also puts the repository root on sys.path
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -46,14 +47,7 @@ flags.mark_flags_as_required(["workdir"])
 def machine_info() -> dict:
     import jax
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    return {**_harness.cpu_info(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
             "device": str(jax.devices()[0].platform)}
 

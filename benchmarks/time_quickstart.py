@@ -25,16 +25,9 @@ import sys
 import tempfile
 import time
 
+import _harness
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
 
 
 def _cpu_seconds() -> float:
@@ -93,7 +86,7 @@ def main() -> None:
             values = [r["model_row"][col] for r in runs]
             print(f"model {name}: min {min(values):.2f}, max {max(values):.2f} dB")
     payload = {"runs": runs, "summary": summary, "cpus": os.cpu_count(),
-               "cpu": _cpu_name(), "python": platform.python_version(),
+               **_harness.cpu_info(), "python": platform.python_version(),
                "load_avg_before": load_before, "command": " ".join(sys.argv)}
     if args.out:
         with open(args.out, "w") as f:
