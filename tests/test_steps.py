@@ -342,7 +342,7 @@ def test_an_overflowing_update_is_flagged_and_skipped_although_loss_and_grads_ar
 def test_the_skip_guard_is_one_conditional_not_a_select_per_leaf(tiny_nets, tiny_state,
                                                                  tiny_images):
     """nan_policy='skip' keeps the old state with one lax.cond: a jnp.where per state leaf (a
-    few hundred selects on a global predicate) made XLA's CPU compile of the joint step 6x
+    few hundred selects on a global predicate) made XLA's CPU compile of the joint step 7x
     slower (see steps._guard). Checked on the lowered program, without compiling it."""
     def lowered(policy):
         config = make_tiny_config()
