@@ -30,16 +30,10 @@ def measure(config_name: str, policy: str) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from glcic_jax import config_lib, state, steps
+    from configs import quickstart
+    from glcic_jax import state, steps
 
-    config = config_lib.base_config()
-    config.data.source = "skimage"
-    if config_name == "tiny":
-        config = config_lib.shrink_to_tiny(config)
-    else:
-        from configs import quickstart
-
-        config = quickstart.get_config()
+    config = quickstart.get_config("tiny" if config_name == "tiny" else None)
     config.nan_policy = policy
     size = int(config.data.image_size)
     nets = state.create_networks(config)
