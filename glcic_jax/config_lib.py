@@ -64,9 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resize_min = 256  # shortest side resized to a random value in [resize_min, resize_max]
     c.data.resize_max = 384
     c.data.flip = True  # random horizontal flips (ours, not the paper's; places2.py: off)
-    # Random channel order and per-channel gains (data/images.py; ours, for the quickstart's few
-    # photos: not in the paper or the reports). The mean pixel is the photos', without it.
+    # Per-channel gains, and a random channel order with color_permute (data/images.py; ours, for
+    # the quickstart's few photos: not in the paper or the reports). The mean pixel is the
+    # photos', without it.
     c.data.color_augment = False
+    c.data.color_permute = True  # with color_augment: also shuffle the channels (quickstart: off)
     c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (images)
     c.data.num_workers = 0  # folder/skimage decode threads per host; 0 = min(32, 2 x CPUs)
     c.data.eval_fraction = 0.05  # folder source: share of files held out (deterministic by name)

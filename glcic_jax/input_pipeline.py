@@ -149,7 +149,7 @@ def compute_mean_pixel(config) -> np.ndarray:
 # train_split, image_size, resize_min/max, eval_fraction, shuffle_buffer, mean_pixel_images, ...)
 # and the seed (it picks the images and crops) is part of the cache key.
 _NOT_IN_MEAN_PIXEL_KEY = ("num_workers", "num_eval_images", "eval_split", "flip",
-                          "color_augment")
+                          "color_augment", "color_permute")
 
 
 def mean_pixel_key(config) -> dict:

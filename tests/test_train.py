@@ -262,6 +262,39 @@ def test_color_augment_permutes_and_scales_channels_and_leaves_the_rest_alone():
     assert len(perms) > 2  # the channel order does vary
 
 
+def test_color_augment_without_permute_keeps_the_channel_order():
+    """data.color_permute=False (the quickstart): per-channel gains only, same crop otherwise."""
+    import skimage.data
+
+    from glcic_jax.data import images as data_images
+
+    photo = skimage.data.astronaut()
+    gains = []
+    for seed in range(6):
+        plain = input_pipeline.augment(photo, np.random.default_rng(seed), 32, 40, 90, True)
+        col = data_images.augment(photo, np.random.default_rng(seed), 32, 40, 90, True, True,
+                                  permute=False)
+        for c in range(3):
+            g = col[..., c].astype(float).sum() / max(1.0, plain[..., c].sum())
+            # channel c is channel c times a gain in [COLOR_GAIN_MIN, 1], to rounding
+            assert np.abs(col[..., c] - np.rint(plain[..., c] * g)).max() <= 1, (seed, c, g)
+            assert data_images.COLOR_GAIN_MIN - 0.01 <= g <= 1.0, (seed, c, g)
+            gains.append(g)
+    assert np.ptp(gains) > 0.2  # the gains do vary
+
+
+def test_color_permute_reaches_the_training_stream():
+    from glcic_jax import config_lib
+
+    c = config_lib.shrink_to_tiny(config_lib.base_config())
+    c.data.source = "skimage"
+    c.data.color_augment = True
+    shuffled = next(input_pipeline.train_iterator(c, 4, 0, 0, 1))
+    c.data.color_permute = False
+    kept = next(input_pipeline.train_iterator(c, 4, 0, 0, 1))
+    assert shuffled.shape == kept.shape and not np.array_equal(shuffled, kept)
+
+
 def test_color_augment_in_tf_data_is_the_same_recolouring():
     tf = pytest.importorskip("tensorflow")
     import skimage.data
@@ -281,6 +314,23 @@ def test_color_augment_in_tf_data_is_the_same_recolouring():
         assert err <= 1.5 and data_images.COLOR_GAIN_MIN - 0.01 <= g <= 1.0, (c, err, g)
         used.append(k)
     assert sorted(used) == [0, 1, 2]
+
+
+def test_color_augment_in_tf_data_without_permute_keeps_the_channel_order():
+    tf = pytest.importorskip("tensorflow")
+    import skimage.data
+
+    from glcic_jax.data import images as data_images
+
+    photo = tf.constant(skimage.data.astronaut())
+    seed = tf.constant([3, 5], tf.int64)
+    plain = data_images.augment_tf(tf, photo, seed, 32, 40, 90, True).numpy().astype(float)
+    col = data_images.augment_tf(tf, photo, seed, 32, 40, 90, True, True,
+                                 permute=False).numpy().astype(float)
+    for c in range(3):
+        g = col[..., c].sum() / plain[..., c].sum()
+        assert np.abs(col[..., c] - plain[..., c] * g).max() <= 1.5, (c, g)
+        assert data_images.COLOR_GAIN_MIN - 0.01 <= g <= 1.0, (c, g)
 
 
 def test_color_augment_is_in_the_training_stream_but_not_in_the_mean_pixel():

@@ -62,19 +62,24 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
 # a random horizontal flip with data.flip (our addition: the paper mentions no flips).
 
 
-# Colour augmentation (data.color_augment): each crop's channels in a random order, each scaled by
-# a random gain in [COLOR_GAIN_MIN, 1]. Our choice for the quickstart (neither report nor the
-# paper uses it): trained on a handful of photos, the network otherwise learns their palette
-# instead of continuing the colours around a hole, and fills held-out photos with the wrong ones.
-# Gains from 0.25 rather than 0.6 tint the quickstart's six grey photos strongly enough to be
-# colour examples too: measured, 18.76 against 18.25 dB held-out hole PSNR after its 1,000 steps.
+# Colour augmentation (data.color_augment): each crop's channels scaled by random gains in
+# [COLOR_GAIN_MIN, 1], and, with data.color_permute, first put in a random order. Our choice for
+# the quickstart (neither report nor the paper uses it): trained on a handful of photos, the
+# network otherwise learns their palette instead of continuing the colours around a hole, and
+# fills held-out photos with the wrong ones. Gains from 0.25 rather than 0.6 tint the quickstart's
+# six grey photos strongly enough to be colour examples too: measured, 18.76 against 18.25 dB
+# held-out hole PSNR after its 1,000 steps (the quickstart of 2026-12-02). Without the channel
+# permutation (color_permute=False, the quickstart since 2026-12-03) the network learns the
+# colours around a hole faster: 21.45 and 21.86 dB against 21.04 and 20.86 after 600 phase-1
+# steps, two seeds each (benchmarks/results/quickstart_ablation_20261203.json).
 COLOR_GAIN_MIN = 0.25
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: int,
-            resize_max: int, flip: bool, color: bool = False) -> np.ndarray:
+            resize_max: int, flip: bool, color: bool = False, permute: bool = True) -> np.ndarray:
     """GLCIC 4: random shortest-side resize in [resize_min, resize_max], random crop; flip if asked;
-    `color`: the colour augmentation above (drawn after the rest, so it leaves those unchanged).
+    `color`: the colour augmentation above (drawn after the rest, so it leaves those unchanged),
+    with the channels in a random order if `permute`.
 
     Only the crop is resampled: PIL resizes the source box that maps onto it (with the filter's
     support reaching past the box edges), which equals cropping the fully resized image up to
@@ -97,12 +102,14 @@ def augment(image: np.ndarray, rng: np.random.Generator, size: int, resize_min: 
         out = out[:, ::-1]
     if color:
         gain = rng.uniform(COLOR_GAIN_MIN, 1.0, 3).astype(np.float32)
-        out = np.rint(out[..., rng.permutation(3)] * gain).astype(np.uint8)
+        if permute:
+            out = out[..., rng.permutation(3)]
+        out = np.rint(out * gain).astype(np.uint8)
     return np.ascontiguousarray(out)
 
 
 def augment_tf(tf, image, seed, size: int, resize_min: int, resize_max: int, flip: bool,
-               color: bool = False):
+               color: bool = False, permute: bool = True):
     """`augment` in tf.data: a decoded uint8 image [H, W, 3] -> uint8 [size, size, 3].
 
     `seed` is a stateless-RNG seed (int64 [2]); the resize, the crop, the flip and the colour
@@ -120,7 +127,8 @@ def augment_tf(tf, image, seed, size: int, resize_min: int, resize_max: int, fli
     image = tf.clip_by_value(tf.round(image), 0, 255)
     if color:  # the crop as it would be without, recoloured (as `augment`)
         u = tf.random.stateless_uniform([6], seed + 3)
-        image = tf.gather(image, tf.argsort(u[:3]), axis=-1)
+        if permute:
+            image = tf.gather(image, tf.argsort(u[:3]), axis=-1)
         image = tf.round(image * (COLOR_GAIN_MIN + (1.0 - COLOR_GAIN_MIN) * u[3:]))
     return tf.cast(image, tf.uint8)
 

@@ -79,7 +79,7 @@ class StreamIterator:
         self.host = host
         d = config.data
         self._aug = (int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip),
-                     bool(d.get("color_augment", False)))
+                     bool(d.get("color_augment", False)), bool(d.get("color_permute", True)))
         workers = workers or min(32, (os.cpu_count() or 2) * 2)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="glcic-data")
         self._pending: collections.deque = collections.deque()

@@ -137,13 +137,14 @@ def stream(config, split: str, batch: int, start: int, seed: int, host: int, hos
     ds = ds.enumerate().skip(start)  # exact resume: skip undecoded records
     size, rmin, rmax, flip = int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip)
     color = bool(d.get("color_augment", False))
+    permute = bool(d.get("color_permute", True))
 
     def process(k, encoded):
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         if not train:
             return center_crop_tf(tf, image, size)
         s = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + host, k])  # element k's own seed
-        return augment_tf(tf, image, s, size, rmin, rmax, flip, color)
+        return augment_tf(tf, image, s, size, rmin, rmax, flip, color, permute)
 
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
