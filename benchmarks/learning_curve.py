@@ -92,12 +92,14 @@ def draw_plot(path: str, curve: list[dict], baselines: dict[str, float], title: 
     d.text((4, 4), title, fill="black")
     d.text((4, 18), "hole PSNR (dB), held-out photos", fill="black")
     colors = {"mean_fill": (150, 150, 150), "telea": (0, 120, 0), "navier_stokes": (200, 120, 0)}
-    for name, db in baselines.items():
+    label_y = -1e9  # baselines' labels, top to bottom, kept 12 px apart (close values overlap)
+    for name, db in sorted(baselines.items(), key=lambda kv: -kv[1]):
         _, y = xy(0, db)
         color = colors.get(name, (100, 100, 100))
         for x in range(left, w - right, 8):
             d.line([x, y, min(x + 4, w - right), y], fill=color, width=2)
-        d.text((w - right + 6, y - 6), f"{name} {db:.1f}", fill=color)
+        label_y = max(y - 6, label_y + 12)
+        d.text((w - right + 6, label_y), f"{name} {db:.1f}", fill=color)
     pts = [xy(p["step"], p["psnr_hole"]) for p in curve]
     d.line(pts, fill=(0, 60, 200), width=2)
     for x, y in pts:

@@ -1,11 +1,14 @@
 """Phase-1 ablations of the quickstart: held-out hole PSNR every N steps for config overrides.
 
   python benchmarks/phase1_ablation.py tag=NAME steps=300 every=50 [section.key=value ...]
-      [train=photo1,photo2,...]
+      [train=photo1,photo2,...] [eval_images=64] [grid=PATH.png]
 
 Trains phase 1 only (the completion network on the hole MSE) of configs/quickstart.py with the
 given overrides, scores the fixed held-out crops every `every` steps (the `eval_every` metric) and
-writes /tmp/NAME.json. `train=` replaces the scikit-image training photos.
+writes /tmp/NAME.json. `train=` replaces the scikit-image training photos; `eval_images=N` scores
+N held-out crops whatever the batch size (by default the config's num_eval_batches x batch_size,
+so runs at different batch sizes would score different crops). The held-out holes are always the
+quickstart's (mask.* overrides change training only).
 
 The runs in benchmarks/results/quickstart_ablation.json were made with an earlier form of this
 script on commit 8b9f22b (the quickstart then had the old seven training photos and no colour
@@ -52,7 +55,9 @@ def cpu_seconds() -> float:
 def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
     steps_n, every = int(args.pop("steps", 300)), int(args.pop("every", 50))
+    eval_images = int(args.pop("eval_images", 0))  # 0: the config's num_eval_batches x batch
     tag = args.pop("tag", "ablation")
+    grid = args.pop("grid", "")  # a PNG of the final completions
     if args.get("train"):
         from glcic_jax.data import scikit_image
 
@@ -66,6 +71,8 @@ def main(argv: list[str]) -> None:
         old = node[last]
         node[last] = (value in ("1", "True", "true")) if isinstance(old, bool) else type(old)(value)
     c.schedule.tc, c.num_train_steps = steps_n + 10, steps_n + 20  # phase 1 throughout
+    if eval_images:  # the same held-out crops whatever the batch size
+        c.num_eval_batches = max(1, eval_images // c.batch_size)
     nets = state_lib.create_networks(c)
     mesh = distributed.make_mesh()
     t0 = time.time()
@@ -73,12 +80,18 @@ def main(argv: list[str]) -> None:
     steps = distributed.shard_steps(steps_lib.make_steps(c, nets), mesh)
     st = distributed.init_replicated(
         lambda: state_lib.create_state(c, nets, jax.random.PRNGKey(0), mean_px), mesh)
-    held_out = evaluate.TrainingEval(c, nets, mesh)
+    c_eval = c.copy_and_resolve_references()
+    c_eval.mask = quickstart_config().mask  # the same held-out holes whatever mask.* overrides
+    held_out = evaluate.TrainingEval(c_eval, nets, mesh)
     data = input_pipeline.train_iterator(c, c.batch_size, 0, 0, 1)
     sharding = distributed.batch_sharded(mesh)
     base = evaluate.mean_metrics(evaluate.mean_fill(held_out.images, held_out.hole, mean_px),
                                  held_out.images, held_out.hole)["psnr_hole"]
-    print(tag, "mean fill", round(base, 2), flush=True)
+    telea = evaluate.mean_metrics(
+        evaluate.opencv_inpaint(held_out.images, held_out.hole, "telea"),
+        held_out.images, held_out.hole)["psnr_hole"]
+    print(tag, len(held_out.images), "held-out crops; mean fill", round(base, 2), "Telea",
+          round(telea, 2), flush=True)
     cpu0, curve, mse = cpu_seconds(), [], []
     for s in range(1, steps_n + 1):
         st, m = steps.completion(st, distributed.global_batch(next(data), sharding))
@@ -91,8 +104,19 @@ def main(argv: list[str]) -> None:
             mse = []
             print(tag, point, flush=True)
             curve.append(point)
+    if grid:  # original | mean fill | network, the first 8 held-out crops, drawn large
+        from PIL import Image
+
+        from glcic_jax import inference, summary
+
+        pred = inference.complete_in_chunks(
+            held_out._complete, evaluate.generator_variables(st), st.mean_pixel,
+            held_out.images, held_out.hole, held_out.chunk)
+        fill = evaluate.mean_fill(held_out.images, held_out.hole, mean_px)
+        Image.fromarray(summary.make_grid(held_out.images[:8], fill[:8],
+                                          np.asarray(pred)[:8])).save(grid)
     with open(f"/tmp/{tag}.json", "w") as f:
-        json.dump({"args": argv, "mean_fill": base, "curve": curve}, f)
+        json.dump({"args": argv, "mean_fill": base, "telea": telea, "curve": curve}, f)
 
 
 if __name__ == "__main__":
