@@ -62,6 +62,8 @@ def test_full_size_photo_gets_a_fill_of_the_surrounding_colour(completer, where)
     fill = done[hole].astype(float).mean(0)
     surround = photo[ring].astype(float).mean(0)
     flat = 255.0 * np.asarray(completer.mean_pixel, float)  # what the network was given there
+    print(f"hole at {where}: fill {fill.round()} surroundings {surround.round()} "
+          f"mean pixel {flat.round()}")  # shown with pytest -s
     # The weights are fixed, so only the CPU's rounding (far below one level) moves the fill:
     # the bounds leave ~10 levels of margin over the measurements above. The former model's
     # fill misses both (its blue channel is 42 levels off), and so does the flat mean pixel
