@@ -107,14 +107,11 @@ def main(argv: list[str]) -> None:
     if grid:  # original | mean fill | network, the first 8 held-out crops, drawn large
         from PIL import Image
 
-        from glcic_jax import inference, summary
+        from glcic_jax import summary
 
-        pred = inference.complete_in_chunks(
-            held_out._complete, evaluate.generator_variables(st), st.mean_pixel,
-            held_out.images, held_out.hole, held_out.chunk)
         fill = evaluate.mean_fill(held_out.images, held_out.hole, mean_px)
         Image.fromarray(summary.make_grid(held_out.images[:8], fill[:8],
-                                          np.asarray(pred)[:8])).save(grid)
+                                          held_out.completions(st)[:8])).save(grid)
     with open(f"/tmp/{tag}.json", "w") as f:
         json.dump({"args": argv, "mean_fill": base, "telea": telea, "curve": curve}, f)
 

@@ -211,9 +211,13 @@ class TrainingEval:
                 functools.partial(inference.complete_images, nets.generator, input_norm=norm),
                 in_shardings=rep, out_shardings=rep)
 
-    def __call__(self, state) -> dict[str, float]:
-        pred = inference.complete_in_chunks(self._complete, generator_variables(state),
+    def completions(self, state) -> np.ndarray:
+        """uint8 completions of the held-out images by the current state."""
+        return inference.complete_in_chunks(self._complete, generator_variables(state),
                                             state.mean_pixel, self.images, self.hole, self.chunk)
+
+    def __call__(self, state) -> dict[str, float]:
+        pred = self.completions(state)
         return {f"eval/{k}": v for k, v in mean_metrics(pred, self.images, self.hole).items()}
 
 
