@@ -26,7 +26,9 @@ Metrics follow MMagic's conventions for its Global&Local numbers: uint8 results,
 
 Outside the hole every method returns the input exactly, so whole-image numbers are the hole
 numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` and a table on the
-console. `TrainingEval` computes the model's metrics during training (`config.eval_every`).
+console; `WORKDIR/eval_<step>.png` shows the first PICTURE_ROWS held-out images as each method
+completed them, side by side (drawn at least 128 px wide). `TrainingEval` computes the model's
+metrics during training (`config.eval_every`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ INPAINT_RADIUS = 5  # OpenCV baselines' neighbourhood radius (pixels)
 EVAL_MASK_SEED = masks.EVAL_MASK_SEED  # the held-out holes: fixed across runs and checkpoints
 METRICS = ("l1", "psnr", "ssim", "l1_hole", "psnr_hole", "ssim_hole")
 METHODS = ("model", "model+postprocess", "mean_fill", "telea", "navier_stokes")
+PICTURE_ROWS = 8  # held-out images in WORKDIR/eval_<step>.png
 
 # SSIM constants (Wang et al. 2004) for data range 255.
 _SSIM_SIGMA = 1.5
@@ -317,4 +320,32 @@ def evaluate(config, workdir: str) -> dict:
             raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
                                         f"above holds the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
+        picture = write_comparison(workdir, step, images, outputs)
+        if picture:
+            print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images): {picture}")
     return payload
+
+
+def write_comparison(workdir: str, step: int, images: np.ndarray,
+                     outputs: dict[str, np.ndarray]) -> str | None:
+    """WORKDIR/eval_<step>.png: the held-out images as each method completed them, side by side.
+
+    Columns: the original, the network's input (holes at the mean pixel), then every method of
+    the table. Returns the path, or None (with a warning: the JSON and the table stand) when the
+    picture cannot be written.
+    """
+    from PIL import Image
+
+    from glcic_jax import summary
+
+    k = min(len(images), PICTURE_ROWS)
+    columns = {"original": images[:k], "input = mean_fill": outputs["mean_fill"][:k],
+               **{name: outputs[name][:k] for name in METHODS if name != "mean_fill"}}
+    path = os.path.join(os.path.abspath(workdir), f"eval_{step}.png")
+    try:
+        Image.fromarray(summary.comparison_grid(columns)).save(path)
+    except OSError as e:
+        logging.warning("Could not write %s (%s); the table and the JSON above hold the results.",
+                        path, e.strerror or e)
+        return None
+    return path

@@ -83,6 +83,37 @@ def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
     return np.asarray(pil)
 
 
+def comparison_grid(columns: dict[str, np.ndarray], pad: int = 2, label_height: int = 14,
+                    min_cell: int = MIN_CELL) -> np.ndarray:
+    """Methods side by side: one column per `{name: [N, H, W, 3] images}`, named at the top.
+
+    Row i shows image i as each method left it (uint8 as is, [0, 1] floats rounded), drawn at
+    least `min_cell` pixels wide with the same nearest-neighbour enlargement as `make_grid`.
+    """
+    if not columns:
+        raise ValueError("comparison_grid needs at least one column.")
+    cols = [_as_uint8(x) for x in columns.values()]
+    shapes = {x.shape for x in cols}
+    if len(shapes) != 1 or len(cols[0].shape) != 4:
+        raise ValueError(f"every column must hold [N, H, W, 3] images of one shape; got {shapes}.")
+    n, h, w = cols[0].shape[:3]
+    factor = max(1, -(-int(min_cell) // w))
+    h, w = h * factor, w * factor
+    grid = np.full((label_height + n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255,
+                   np.uint8)
+    for j, x in enumerate(cols):
+        big = np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
+        left = pad + j * (w + pad)
+        for i in range(n):
+            top = label_height + pad + i * (h + pad)
+            grid[top : top + h, left : left + w] = big[i]
+    pil = Image.fromarray(grid)
+    draw = ImageDraw.Draw(pil)
+    for j, name in enumerate(columns):
+        draw.text((pad + j * (w + pad), 1), name, fill=(0, 0, 0))
+    return np.asarray(pil)
+
+
 @contextlib.contextmanager
 def _writing(path: str) -> Iterator[None]:
     """A failed write into the workdir (disk full, no permission) as a one-line user error."""

@@ -142,6 +142,37 @@ def test_training_eval_matches_mode_eval(tiny, eval_run):
         np.testing.assert_allclose(values[f"eval/{k}"], model[k], rtol=1e-6)
 
 
+def test_mode_eval_draws_the_methods_side_by_side(tiny, eval_run):
+    """eval_<step>.png: original | input | each method, the held-out images drawn large."""
+    from PIL import Image
+
+    from glcic_jax import input_pipeline, summary
+
+    cfg, workdir = tiny
+    path = os.path.join(workdir, "eval_0.png")
+    pic = np.asarray(Image.open(path).convert("RGB"))
+    images = input_pipeline.eval_images(cfg, eval_run["num_images"])
+    hole = evaluate.eval_masks(cfg, len(images), *images.shape[1:3])
+    _, nets, st = checkpointing.restore_for_inference(workdir)
+    expected = [images, evaluate.mean_fill(images, hole, st.mean_pixel),
+                evaluate.TrainingEval(cfg, nets).completions(st), None,
+                evaluate.opencv_inpaint(images, hole, "telea"),
+                evaluate.opencv_inpaint(images, hole, "navier_stokes")]
+    rows, size = min(len(images), evaluate.PICTURE_ROWS), images.shape[1]
+    factor = -(-summary.MIN_CELL // size)  # 32 px crops drawn 128 px wide
+    cell, pad, label = size * factor, 2, 14
+    assert pic.shape == (label + rows * (cell + pad) + pad, 6 * (cell + pad) + pad, 3)
+    for j, column in enumerate(expected):
+        if column is None:  # model+postprocess: checked by the table's numbers
+            continue
+        for i in range(rows):
+            top, left = label + pad + i * (cell + pad), pad + j * (cell + pad)
+            big = np.repeat(np.repeat(column[i], factor, 0), factor, 1)
+            np.testing.assert_array_equal(pic[top : top + cell, left : left + cell], big,
+                                          err_msg=f"row {i}, column {j}")
+    assert not np.array_equal(expected[2][hole], expected[1][hole])  # the model filled the holes
+
+
 def test_eval_masks_are_fixed(tiny):
     cfg, _ = tiny
     a = evaluate.eval_masks(cfg, 4, 32, 32)
