@@ -1,14 +1,17 @@
 """Phase-1 ablations of the quickstart: held-out hole PSNR every N steps for config overrides.
 
   python benchmarks/phase1_ablation.py tag=NAME steps=300 every=50 [section.key=value ...]
-      [train=photo1,photo2,...] [eval_images=64] [grid=PATH.png]
+      [train=photo1,photo2,...] [eval_images=64] [eval_holes=train] [grid=PATH.png]
 
 Trains phase 1 only (the completion network on the hole MSE) of configs/quickstart.py with the
 given overrides, scores the fixed held-out crops every `every` steps (the `eval_every` metric) and
 writes /tmp/NAME.json. `train=` replaces the scikit-image training photos; `eval_images=N` scores
 N held-out crops whatever the batch size (by default the config's num_eval_batches x batch_size,
-so runs at different batch sizes would score different crops). The held-out holes are always the
-quickstart's (mask.* overrides change training only).
+so runs at different batch sizes would score different crops). The held-out holes are the
+quickstart's (mask.* overrides change training only) unless `eval_holes=train`, which scores the
+held-out crops with the overridden holes and data settings too (then compare a run with its own
+baselines: the mean fill, OpenCV Telea and a fill with the mean colour of the 2 px around each
+hole, printed first and stored in the JSON).
 
 The runs in benchmarks/results/quickstart_ablation.json were made with an earlier form of this
 script on commit 8b9f22b (the quickstart then had the old seven training photos and no colour
@@ -58,6 +61,7 @@ def main(argv: list[str]) -> None:
     eval_images = int(args.pop("eval_images", 0))  # 0: the config's num_eval_batches x batch
     tag = args.pop("tag", "ablation")
     grid = args.pop("grid", "")  # a PNG of the final completions
+    eval_holes = args.pop("eval_holes", "quickstart")  # or "train": mask.* overrides apply too
     if args.get("train"):
         from glcic_jax.data import scikit_image
 
@@ -81,7 +85,8 @@ def main(argv: list[str]) -> None:
     st = distributed.init_replicated(
         lambda: state_lib.create_state(c, nets, jax.random.PRNGKey(0), mean_px), mesh)
     c_eval = c.copy_and_resolve_references()
-    c_eval.mask = quickstart_config().mask  # the same held-out holes whatever mask.* overrides
+    if eval_holes != "train":  # the same held-out holes whatever mask.* overrides
+        c_eval.mask = quickstart_config().mask
     held_out = evaluate.TrainingEval(c_eval, nets, mesh)
     data = input_pipeline.train_iterator(c, c.batch_size, 0, 0, 1)
     sharding = distributed.batch_sharded(mesh)
@@ -90,8 +95,12 @@ def main(argv: list[str]) -> None:
     telea = evaluate.mean_metrics(
         evaluate.opencv_inpaint(held_out.images, held_out.hole, "telea"),
         held_out.images, held_out.hole)["psnr_hole"]
+    from ring_fill import ring_fill
+
+    ring = evaluate.mean_metrics(ring_fill(held_out.images, held_out.hole, 2),
+                                 held_out.images, held_out.hole)["psnr_hole"]
     print(tag, len(held_out.images), "held-out crops; mean fill", round(base, 2), "Telea",
-          round(telea, 2), flush=True)
+          round(telea, 2), "2-px ring mean", round(ring, 2), flush=True)
     cpu0, curve, mse = cpu_seconds(), [], []
     for s in range(1, steps_n + 1):
         st, m = steps.completion(st, distributed.global_batch(next(data), sharding))
@@ -113,7 +122,8 @@ def main(argv: list[str]) -> None:
         Image.fromarray(summary.make_grid(held_out.images[:8], fill[:8],
                                           held_out.completions(st)[:8])).save(grid)
     with open(f"/tmp/{tag}.json", "w") as f:
-        json.dump({"args": argv, "mean_fill": base, "telea": telea, "curve": curve}, f)
+        json.dump({"args": argv, "mean_fill": base, "telea": telea, "ring_mean": ring,
+                   "curve": curve}, f)
 
 
 if __name__ == "__main__":
