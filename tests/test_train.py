@@ -124,6 +124,8 @@ def test_folder_source_trains_end_to_end(tmp_path, caplog, capsys):
     assert f"Sample grid (original | input with holes | completed): {grid}" in out
     assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in out
     assert os.path.exists(str(tmp_path / "run" / "eval_6.json"))
+    picture = tmp_path / "run" / "eval_6.png"
+    assert os.path.exists(str(picture)) and "Side by side " in out and str(picture) in out
 
 
 NO_TF_MAIN = """
