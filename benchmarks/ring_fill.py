@@ -11,16 +11,11 @@ match this; measured on 2026-12-03 for today's quickstart (32 crops): 23.49 dB h
 
 from __future__ import annotations
 
-import os
-import sys
-
 import _harness  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 from scipy import ndimage
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Config whose held-out set.")

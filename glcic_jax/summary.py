@@ -49,6 +49,15 @@ def config_changes(previous: dict, current: dict) -> dict[str, tuple[Any, Any]]:
 MIN_CELL = 128
 
 
+def _enlarged(images: np.ndarray, min_cell: int) -> np.ndarray:
+    """[N, H, W, C] images enlarged by the smallest integer factor that makes them at least
+    `min_cell` pixels wide, each pixel a block (nearest neighbour); as they are if wide enough."""
+    factor = max(1, -(-int(min_cell) // images.shape[2]))
+    if factor == 1:
+        return images
+    return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
+
+
 def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
               d_real: np.ndarray | None = None, d_fake: np.ndarray | None = None,
               pad: int = 2, label_height: int = 12, min_cell: int = MIN_CELL) -> np.ndarray:
@@ -57,12 +66,8 @@ def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
     Images smaller than `min_cell` are drawn `ceil(min_cell / S)` times larger, each pixel a
     block (nearest neighbour: no smoothing hides what the network drew).
     """
-    originals, inputs, completed = map(_as_uint8, (originals, inputs, completed))
-    factor = max(1, -(-int(min_cell) // originals.shape[1]))
-    if factor > 1:
-        originals, inputs, completed = (
-            np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
-            for x in (originals, inputs, completed))
+    originals, inputs, completed = (_enlarged(_as_uint8(x), min_cell)
+                                    for x in (originals, inputs, completed))
     n, s = originals.shape[0], originals.shape[1]
     label = label_height if d_real is not None else 0
     row_h = s + label + pad
@@ -88,25 +93,22 @@ def comparison_grid(columns: dict[str, np.ndarray], pad: int = 2, label_height: 
     """Methods side by side: one column per `{name: [N, H, W, 3] images}`, named at the top.
 
     Row i shows image i as each method left it (uint8 as is, [0, 1] floats rounded), drawn at
-    least `min_cell` pixels wide with the same nearest-neighbour enlargement as `make_grid`.
+    least `min_cell` pixels wide (`_enlarged`, as in `make_grid`).
     """
     if not columns:
         raise ValueError("comparison_grid needs at least one column.")
-    cols = [_as_uint8(x) for x in columns.values()]
-    shapes = {x.shape for x in cols}
-    if len(shapes) != 1 or len(cols[0].shape) != 4:
+    shapes = {np.shape(x) for x in columns.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4:
         raise ValueError(f"every column must hold [N, H, W, 3] images of one shape; got {shapes}.")
+    cols = [_enlarged(_as_uint8(x), min_cell) for x in columns.values()]
     n, h, w = cols[0].shape[:3]
-    factor = max(1, -(-int(min_cell) // w))
-    h, w = h * factor, w * factor
     grid = np.full((label_height + n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255,
                    np.uint8)
     for j, x in enumerate(cols):
-        big = np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
         left = pad + j * (w + pad)
         for i in range(n):
             top = label_height + pad + i * (h + pad)
-            grid[top : top + h, left : left + w] = big[i]
+            grid[top : top + h, left : left + w] = x[i]
     pil = Image.fromarray(grid)
     draw = ImageDraw.Draw(pil)
     for j, name in enumerate(columns):
