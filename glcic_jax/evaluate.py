@@ -1,9 +1,10 @@
 """Held-out evaluation: L1, PSNR and SSIM of the model against classical baselines.
 
 `python -m glcic_jax.main --config=... --workdir=DIR --mode=eval` restores DIR's latest checkpoint,
-completes a fixed held-out set (`num_eval_batches * batch_size` images of the config's eval split,
-with holes drawn from a fixed key, so every run and every checkpoint sees the same inputs) and
-scores five methods on it:
+completes a fixed held-out set (`num_eval_batches * batch_size` images of the config's eval split)
+under several fixed mask sets (`mask_sets`: the config's boxes, brush strokes binned by hole area
+0-10 % ... 40-50 %, and the mask files with mask.shape='files'; each drawn from a fixed key, so
+every run and every checkpoint sees the same inputs) and scores five methods on each set:
 
   model              the completion network (running BatchNorm statistics), composited
   model+postprocess  the same, then GLCIC's fast marching + Poisson blending (`postprocess.py`)
@@ -25,9 +26,11 @@ Metrics follow MMagic's conventions for its Global&Local numbers: uint8 results,
               skimage does) over hole pixels x channels
 
 Outside the hole every method returns the input exactly, so whole-image numbers are the hole
-numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` and a table on the
-console; `WORKDIR/eval_<step>.png` shows the first PICTURE_ROWS held-out images as each method
-completed them, side by side (drawn at least 128 px wide). `TrainingEval` computes the model's
+numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` (`results`: the
+boxes set; `mask_sets`: every set), TensorBoard (`eval/<set>/<method>/<metric>`) and a table on
+the console (a row per set and method); `WORKDIR/eval_<step>.png` shows the first PICTURE_ROWS
+held-out images with the boxes as each method completed them, side by side (drawn at least
+128 px wide). `TrainingEval` computes the model's
 metrics during training (`config.eval_every`).
 """
 
@@ -178,9 +181,47 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
 
 
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
-    """The held-out holes: bool [num, H, W], drawn from a fixed key with the config's hole sizes."""
+    """The held-out holes of the config's own hole shape: bool [num, H, W], drawn from a fixed
+    key (fixed crops of the mask files with mask.shape='files')."""
+    if config.mask.get("shape", "box") == "files":
+        return input_pipeline.fixed_file_masks(config, num)
     m = masks.fixed_eval_masks(config, num, height, width)
     return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
+
+
+# The mask sets of --mode=eval: the config's boxes, and brush strokes binned by hole area (the
+# bins of the free-form literature, e.g. DeepFill v2 and LaMa report by area). Strokes use
+# DeepFill v2's 12-40 px brushes at 256 px, scaled to the image size, whatever the config trains
+# with: every config and checkpoint of one image size is scored on the same holes.
+STROKE_BINS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5))
+EVAL_STROKE_WIDTHS = (12.0, 40.0)  # pixels at EVAL_STROKE_REFERENCE px
+EVAL_STROKE_REFERENCE = 256
+
+
+def stroke_set_name(lo: float, hi: float) -> str:
+    return f"strokes_{round(100 * lo):02d}-{round(100 * hi):02d}"
+
+
+def mask_sets(config, num: int, height: int, width: int) -> dict[str, np.ndarray]:
+    """{set name: bool [num, H, W] holes} for --mode=eval: 'boxes' (the config's rectangles,
+    the set scored before free-form holes existed), one stroke set per STROKE_BINS entry, and
+    'files' with mask.shape='files'. Fixed seeds: identical in every run and checkpoint."""
+    def holes(m):
+        return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
+
+    sets = {"boxes": holes(masks.fixed_eval_masks(config, num, height, width, shape="box"))}
+    scale = min(height, width) / EVAL_STROKE_REFERENCE
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.mask.stroke_width_min = max(1.0, EVAL_STROKE_WIDTHS[0] * scale)
+        cfg.mask.stroke_width_max = max(1.0, EVAL_STROKE_WIDTHS[1] * scale)
+        cfg.mask.max_strokes = 8
+    for i, (lo, hi) in enumerate(STROKE_BINS):
+        sets[stroke_set_name(lo, hi)] = holes(masks.fixed_eval_masks(
+            cfg, num, height, width, shape="strokes", area=(lo, hi), seed_offset=i + 1))
+    if config.mask.get("shape", "box") == "files":
+        sets["files"] = input_pipeline.fixed_file_masks(config, num)
+    return sets
 
 
 def num_eval_images(config) -> int:
@@ -228,6 +269,21 @@ class TrainingEval:
 # --mode=eval
 
 
+def format_sets_table(sets: dict[str, dict[str, dict[str, float]]],
+                      fractions: dict[str, float]) -> str:
+    """One table over every mask set: a row per (set, method), the set's hole fraction too."""
+    header = "| mask set | hole % | method | " + " | ".join(METRICS) + " |"
+    rule = "| --- | ---: | --- | " + " | ".join("---:" for _ in METRICS) + " |"
+    rows = []
+    for set_name, results in sets.items():
+        for name, vals in results.items():
+            cells = [f"{vals[k]:.3f}" if k.startswith("ssim") else f"{vals[k]:.2f}"
+                     for k in METRICS]
+            rows.append(f"| {set_name} | {100 * fractions[set_name]:.1f} | {name} | "
+                        + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width (and Markdown-compatible) table: one row per method."""
     header = "| method | " + " | ".join(METRICS) + " |"
@@ -258,56 +314,63 @@ def evaluate(config, workdir: str) -> dict:
     images = input_pipeline.eval_images(config, n)
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
     h, w = images.shape[1:3]
-    hole = eval_masks(config, n, h, w)
+    holes = mask_sets(config, n, h, w)
+    hole = holes["boxes"]
     mean_px = completer.mean_pixel
-    logging.info("Evaluating step %d on %d held-out %dx%d images (hole fraction %.3f).", step, n,
-                 h, w, hole.mean())
+    logging.info("Evaluating step %d on %d held-out %dx%d images, mask sets %s.", step, n, h, w,
+                 ", ".join(f"{k} ({100 * v.mean():.1f}% hole)" for k, v in holes.items()))
 
     chunk = min(n, int(config.batch_size))
-    results, timings = {}, {}
+    sets, timings, pictures = {}, {}, {}
 
     def timed(name, fn):
         t = time.time()
         out = fn()
-        timings[name] = time.time() - t
+        timings[name] = timings.get(name, 0.0) + time.time() - t
         return out
 
-    model = timed("model", lambda: inference.complete_in_chunks(completer.fn, completer.variables,
-                                                                mean_px, images, hole, chunk))
-    outputs = {
-        "model": model,
-        "model+postprocess": timed("model+postprocess", lambda: np.stack(
-            [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
-        "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
-        "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
-        "navier_stokes": timed("navier_stokes",
-                               lambda: opencv_inpaint(images, hole, "navier_stokes")),
-    }
-    for name in METHODS:
-        results[name] = mean_metrics(outputs[name], images, hole)
+    for set_name, hole in holes.items():
+        model = timed("model", lambda: inference.complete_in_chunks(
+            completer.fn, completer.variables, mean_px, images, hole, chunk))
+        outputs = {
+            "model": model,
+            "model+postprocess": timed("model+postprocess", lambda: np.stack(
+                [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
+            "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
+            "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
+            "navier_stokes": timed("navier_stokes",
+                                   lambda: opencv_inpaint(images, hole, "navier_stokes")),
+        }
+        sets[set_name] = {name: mean_metrics(outputs[name], images, hole) for name in METHODS}
+        if set_name == "boxes":
+            pictures = outputs
+    results = sets["boxes"]
+    fractions = {k: float(v.mean()) for k, v in holes.items()}
 
     payload = {
         "step": step,
         "workdir": os.path.abspath(workdir),
         "num_images": n,
         "image_size": [int(h), int(w)],
-        "hole_fraction": float(hole.mean()),
+        "hole_fraction": fractions["boxes"],
         "mask_seed": EVAL_MASK_SEED,
         "data": {"source": config.data.source, "name": config.data.name,
                  "path": config.data.path, "split": config.data.eval_split},
         "trained_image_size": int(stored_config.data.image_size),
+        "trained_mask_shape": str(stored_config.mask.get("shape", "box")),
         "inpaint_radius": INPAINT_RADIUS,
         "psnr_cap_db": PSNR_CAP,
-        "results": results,
+        "results": results,  # the 'boxes' set
+        "mask_sets": {k: {"hole_fraction": fractions[k], "results": v} for k, v in sets.items()},
         "seconds": {**{k: round(v, 3) for k, v in timings.items()},
                     "total": round(time.time() - t0, 3)},
         "device": str(jax.devices()[0].platform),
     }
     if jax.process_index() == 0:
         # The table first: a workdir that cannot be written (read-only, full) must not lose it.
-        print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction {hole.mean():.3f} "
-              f"(L1 in [0, 255], PSNR in dB; *_hole = inside the holes only)")
-        print(format_table(results), flush=True)
+        print(f"Step {step}: {n} held-out {h}x{w} images, {len(sets)} mask sets (L1 in "
+              f"[0, 255], PSNR in dB; *_hole = inside the holes only)")
+        print(format_sets_table(sets, fractions), flush=True)
         path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
         tmp = path + ".tmp"
         try:
@@ -320,10 +383,26 @@ def evaluate(config, workdir: str) -> dict:
             raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
                                         f"above holds the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
-        picture = write_comparison(workdir, step, images, outputs)
+        _write_tensorboard(workdir, step, sets)
+        picture = write_comparison(workdir, step, images, pictures)
         if picture:
-            print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images): {picture}")
+            print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images, boxes): "
+                  f"{picture}")
     return payload
+
+
+def _write_tensorboard(workdir: str, step: int, sets: dict) -> None:
+    """Every (set, method, metric) as the TensorBoard scalar `eval/<set>/<method>/<metric>`;
+    a failure only warns (the table and the JSON hold the results)."""
+    from glcic_jax import summary
+
+    try:
+        writer = summary.Writer(os.path.abspath(workdir))
+        writer.scalars(step, {f"eval/{s}/{m}/{k}": v for s, res in sets.items()
+                              for m, vals in res.items() for k, v in vals.items()})
+        writer.close()
+    except errors.UserError as e:
+        logging.warning("No TensorBoard scalars for this evaluation: %s", e)
 
 
 def write_comparison(workdir: str, step: int, images: np.ndarray,

@@ -106,8 +106,13 @@ def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
 
 
 def fixed_eval_masks(config, num: int) -> masks.Masks:
-    """Masks for the sample grid / evaluation batch, identical in every run and checkpoint."""
+    """Masks for the sample grid / evaluation batch, identical in every run and checkpoint
+    (fixed crops of the mask files with mask.shape='files')."""
     size = int(config.data.image_size)
+    if config.mask.get("shape", "box") == "files":
+        holes = input_pipeline.fixed_file_masks(config, num)
+        return masks.masks_from_holes(jnp.asarray(holes[..., None], jnp.float32),
+                                      masks.MaskSpec.from_config(config.mask))
     return masks.fixed_eval_masks(config, num, size, size)
 
 
@@ -351,6 +356,8 @@ def train_and_evaluate(config, workdir: str) -> Any:
     """
     mesh = distributed.make_mesh()
     config_lib.validate(config, num_devices=mesh.size)
+    if config.mask.get("shape", "box") == "files":  # a bad mask folder: one line, nothing written
+        input_pipeline.mask_file_holes(config)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -481,7 +488,8 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
                 if "sample grid" not in compiled:
                     logging.info("Compiling the sample-grid completion (first time only)...")
                 out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
-                grid_path = writer.sample_grid(step, eval_imgs, jax.device_get(out))
+                grid_path = writer.sample_grid(step, eval_imgs, {**jax.device_get(out),
+                                                                 "hole": eval_masks.mask})
                 if "sample grid" not in compiled:
                     throughput.exclude(time.time() - t_eval)
                     compiled.add("sample grid")
