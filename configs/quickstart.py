@@ -85,6 +85,6 @@ def get_config(arg=None):
         # Free-form holes: brush strokes over 5-50 % of the crop, DeepFill v2's 12-40 px
         # brushes at 256 px scaled to 64 px (masks.py).
         c.mask.shape = "strokes"
-        c.mask.stroke_width_min = 3
-        c.mask.stroke_width_max = 10
+        c.mask.stroke_width_min = 3.0
+        c.mask.stroke_width_max = 10.0
     return c

@@ -92,8 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
     # hole, randomly cropped, flipped and rotated to the training size).
     c.mask.shape = "box"
     c.mask.max_strokes = 8  # strokes: up to this many, added until the hole reaches its area
-    c.mask.stroke_width_min = 12  # strokes: brush widths in pixels at data.image_size ...
-    c.mask.stroke_width_max = 40  # ... (DeepFill v2's 12-40 at 256 px), before the area fit
+    c.mask.stroke_width_min = 12.0  # strokes: brush widths in pixels at data.image_size ...
+    c.mask.stroke_width_max = 40.0  # ... (DeepFill v2's 12-40 at 256 px), before the area fit
     c.mask.area_min = 0.05  # strokes: each hole's area, a fraction of the image, is drawn ...
     c.mask.area_max = 0.5  # ... uniformly from [area_min, area_max]
     c.mask.box_prob = 0.5  # mixed: probability that a sample's hole is a box
@@ -164,8 +164,8 @@ def shrink_to_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.mask.local_size = 16
     c.mask.hole_min = 6
     c.mask.hole_max = 12
-    c.mask.stroke_width_min = 2  # DeepFill v2's 12-40 px at 256, scaled to 32 px
-    c.mask.stroke_width_max = 5
+    c.mask.stroke_width_min = 2.0  # DeepFill v2's 12-40 px at 256, scaled to 32 px
+    c.mask.stroke_width_max = 5.0
     c.log_every = 1
     c.sample_every = 3
     c.checkpoint_every = 3

@@ -211,14 +211,12 @@ def mask_sets(config, num: int, height: int, width: int) -> dict[str, np.ndarray
 
     sets = {"boxes": holes(masks.fixed_eval_masks(config, num, height, width, shape="box"))}
     scale = min(height, width) / EVAL_STROKE_REFERENCE
-    cfg = config.copy_and_resolve_references()
-    with cfg.unlocked():
-        cfg.mask.stroke_width_min = max(1.0, EVAL_STROKE_WIDTHS[0] * scale)
-        cfg.mask.stroke_width_max = max(1.0, EVAL_STROKE_WIDTHS[1] * scale)
-        cfg.mask.max_strokes = 8
+    strokes = dict(shape="strokes", max_strokes=8,
+                   stroke_width_min=max(1.0, EVAL_STROKE_WIDTHS[0] * scale),
+                   stroke_width_max=max(1.0, EVAL_STROKE_WIDTHS[1] * scale))
     for i, (lo, hi) in enumerate(STROKE_BINS):
         sets[stroke_set_name(lo, hi)] = holes(masks.fixed_eval_masks(
-            cfg, num, height, width, shape="strokes", area=(lo, hi), seed_offset=i + 1))
+            config, num, height, width, seed_offset=i + 1, area_min=lo, area_max=hi, **strokes))
     if config.mask.get("shape", "box") == "files":
         sets["files"] = input_pipeline.fixed_file_masks(config, num)
     return sets
@@ -391,14 +389,19 @@ def evaluate(config, workdir: str) -> dict:
     return payload
 
 
+def tensorboard_tag(mask_set: str, method: str, metric: str) -> str:
+    """`eval/<set>/<method>/<metric>`, '+' written '_' (TensorBoard drops it from tags)."""
+    return f"eval/{mask_set}/{method.replace('+', '_')}/{metric}"
+
+
 def _write_tensorboard(workdir: str, step: int, sets: dict) -> None:
-    """Every (set, method, metric) as the TensorBoard scalar `eval/<set>/<method>/<metric>`;
-    a failure only warns (the table and the JSON hold the results)."""
+    """Every (set, method, metric) as a TensorBoard scalar (`tensorboard_tag`); a failure only
+    warns (the table and the JSON hold the results)."""
     from glcic_jax import summary
 
     try:
         writer = summary.Writer(os.path.abspath(workdir))
-        writer.scalars(step, {f"eval/{s}/{m}/{k}": v for s, res in sets.items()
+        writer.scalars(step, {tensorboard_tag(s, m, k): v for s, res in sets.items()
                               for m, vals in res.items() for k, v in vals.items()})
         writer.close()
     except errors.UserError as e:

@@ -313,21 +313,18 @@ def masks_from_holes(mask: jax.Array, spec: MaskSpec) -> Masks:
     return Masks(mask=mask.astype(jnp.float32), corners=corners, boxes=boxes, active=active)
 
 
-def fixed_eval_masks(config, num: int, height: int, width: int, shape: str | None = None,
-                     area: tuple[float, float] | None = None, seed_offset: int = 0) -> Masks:
+def fixed_eval_masks(config, num: int, height: int, width: int, seed_offset: int = 0,
+                     **overrides) -> Masks:
     """The fixed evaluation holes of a config: `num` samples from EVAL_MASK_SEED, the same in
     every run and checkpoint (the one place that builds evaluation masks from a config).
 
-    `shape` and `area` override the config's mask.shape and stroke area range (the evaluation's
-    mask sets); `seed_offset` gives each set its own key. 'files' holes are not drawn here
+    `overrides` replace MaskSpec fields (the evaluation's mask sets: shape, area range, brush
+    widths); `seed_offset` gives each set its own key. 'files' holes are not drawn here
     (input_pipeline.fixed_file_masks).
     """
     spec = MaskSpec.from_config(config.mask)
     spec.validate(height, width)
-    if shape is not None:
-        spec = spec._replace(shape=shape)
-    if area is not None:
-        spec = spec._replace(area_min=float(area[0]), area_max=float(area[1]))
+    spec = spec._replace(**overrides)
     key = jax.random.PRNGKey(EVAL_MASK_SEED)
     if seed_offset:
         key = jax.random.fold_in(key, seed_offset)

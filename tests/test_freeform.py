@@ -298,3 +298,29 @@ def test_free_form_config_variants_validate():
     bad.mask.area_max = 1.5
     with pytest.raises(config_lib.errors.ConfigError, match="mask.shape.*mask.area_max|mask.shape"):
         config_lib.validate(bad)
+
+
+# End to end: each run compiles the three training steps with its own mask code (a minute or
+# more of CPU each), so these are marked slow.
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["strokes", "mixed", "files"])
+def test_a_tiny_run_completes_all_three_phases(tmp_path, shape, caplog):
+    import glob
+    import logging
+
+    from glcic_jax import train
+
+    cfg = make_tiny_config()
+    cfg.data.source = "skimage"
+    cfg.mask.shape = shape
+    if shape == "files":
+        cfg.mask.files = _write_masks(tmp_path / "masks")
+    workdir = str(tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        final = train.train_and_evaluate(cfg, workdir)
+    assert int(jax.device_get(final.step)) == cfg.num_train_steps
+    for kind in ("phase-1 completion step", "phase-2 discriminator step", "phase-3 joint step"):
+        assert f"Compiling the {kind}" in caplog.text
+    for leaf in jax.tree_util.tree_leaves(jax.device_get((final.g.params, final.d.params))):
+        assert np.all(np.isfinite(leaf))
+    assert glob.glob(os.path.join(workdir, "samples", "step_*.png"))
