@@ -324,3 +324,21 @@ def test_a_tiny_run_completes_all_three_phases(tmp_path, shape, caplog):
     for leaf in jax.tree_util.tree_leaves(jax.device_get((final.g.params, final.d.params))):
         assert np.all(np.isfinite(leaf))
     assert glob.glob(os.path.join(workdir, "samples", "step_*.png"))
+
+
+def test_complete_random_holes_follow_a_strokes_checkpoint(tmp_path, capsys):
+    from glcic_jax import complete
+    from test_complete import make_workdir
+
+    workdir = make_workdir(str(tmp_path / "run"), shape="strokes", area_min=0.1, area_max=0.3)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((72, 64, 3), 120, np.uint8)).save(photo)
+    out = tmp_path / "out.png"
+    args = ["complete", f"--workdir={workdir}", f"--image={photo}", f"--output={out}",
+            "--random_holes"]
+    assert complete.run([*args, "--seed=3"]) == 0
+    hole = np.asarray(Image.open(tmp_path / "out_mask.png")) > 127
+    assert 0.1 <= hole.mean() <= 0.3
+    assert hole.sum() < 0.9 * _fill_bounding_boxes(hole[None])[0].sum()  # strokes, not a box
+    assert complete.run([*args, f"--mask={tmp_path / 'out_mask.png'}"]) == 1
+    assert "not both" in capsys.readouterr().err
