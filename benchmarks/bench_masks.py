@@ -13,9 +13,9 @@
 Reported: seconds per call (median of the repeats, and the min), and `strokes_fraction`: the
 strokes' generation time at the step's batch over the strokes step's time (the share of a step
 spent drawing its holes), plus the two steps' difference. On a CPU, the paper's step at batch 96
-needs ~40 GB of activations, so the step is timed at a smaller --batch: the step and the strokes
-both cost in proportion to the batch, so the fraction is the batch-96 one; the strokes alone are
-also timed at batch 96 (--mask_batches).
+needs ~40 GB of activations, so the step is timed at a smaller --batch; the strokes alone are
+also timed at batch 96 (--mask_batches) and `strokes_fraction_b96_step_scaled` sets them against
+the step's time scaled to batch 96 (a CPU step costs in proportion to its batch).
 """
 
 from __future__ import annotations
@@ -112,8 +112,16 @@ def main(argv=None) -> dict:
         strokes_step = report["step"]["strokes"]["median_s"]
         report["strokes_fraction"] = strokes_mask / strokes_step
         report["step_difference_s"] = strokes_step - report["step"]["box"]["median_s"]
+        for batch in batches:  # the strokes at another batch against the step scaled to it
+            if batch != args.batch:
+                scaled = strokes_step * batch / args.batch
+                report[f"strokes_fraction_b{batch}_step_scaled"] = (
+                    report["masks"][f"strokes/b{batch}"]["median_s"] / scaled)
         print(f"strokes: {100 * report['strokes_fraction']:.2f} % of the phase-1 step "
               f"(strokes step - box step: {report['step_difference_s']:+.2f} s)")
+        for key, value in report.items():
+            if key.startswith("strokes_fraction_b"):
+                print(f"{key}: {100 * value:.2f} %")
     if args.out:
         _harness.write_json(args.out, report)
         print(f"Wrote {args.out}")

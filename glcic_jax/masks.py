@@ -244,15 +244,17 @@ def sample_strokes(key: jax.Array, batch: int, height: int, width: int,
     vertices = _stroke_vertices(k_vert, (batch, n), height, width)
     half = 0.5 * jax.random.uniform(k_width, (batch, n), minval=spec.stroke_width_min,
                                     maxval=spec.stroke_width_max)
-    # Distance in half-widths: a pixel is under stroke k at width factor f when this is <= f.
-    scaled = _polyline_distance(vertices, height, width) / half[..., None, None]  # [B, n, H, W]
     target = jax.random.uniform(k_area, (batch,), minval=spec.area_min, maxval=spec.area_max)
-    # Add strokes while the nominal-width hole is smaller than its target area.
-    def add(k, field):
-        grow = jnp.mean(field <= 1.0, axis=(1, 2)) < target
-        return jnp.where(grow[:, None, None], jnp.minimum(field, scaled[:, k]), field)
 
-    field = jax.lax.fori_loop(1, n, add, scaled[:, 0])
+    # Add strokes while the nominal-width hole is smaller than its target area. `field` is the
+    # distance to the nearest added stroke in half-widths: a pixel is in the hole at width
+    # factor f when it is <= f. One stroke at a time keeps the memory at one [B, H, W] field.
+    def add(k, field):
+        scaled = _polyline_distance(vertices[:, k], height, width) / half[:, k, None, None]
+        grow = (jnp.mean(field <= 1.0, axis=(1, 2)) < target) | (k == 0)
+        return jnp.where(grow[:, None, None], jnp.minimum(field, scaled), field)
+
+    field = jax.lax.fori_loop(0, n, add, jnp.full((batch, height, width), jnp.inf, jnp.float32))
 
     def area(f):
         return jnp.mean(field <= f[:, None, None], axis=(1, 2))
