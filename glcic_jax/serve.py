@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import complete, errors
+from glcic_jax import cli, complete
 from glcic_jax.complete import CompletionError
 
 BUCKET = 64  # the network's input is padded up to multiples of this: one compilation per bucket
@@ -443,45 +443,35 @@ def _define_flags(fv):
                          lower_bound=1, flag_values=fv)
 
 
-def _parse(argv: Sequence[str]):
-    return complete.parse_checkpoint_flags(argv, _define_flags)
+def _help() -> str:
+    return __doc__.split("The checkpoint is loaded")[0]
 
 
-def usage() -> str:
-    from absl import flags
-
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    return __doc__.split("The checkpoint is loaded")[0].rstrip() + "\n\nFlags:\n" + fv.get_help()
+COMMAND = cli.Command("python -m glcic_jax.serve", _help(), lambda fv: _define_flags(fv),
+                      interrupted="stopped while loading the checkpoint; nothing was served")
 
 
 def run(argv: Sequence[str]) -> int:
     """The command line, in-process: `argv[0]` is the program name. Returns the exit status."""
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(usage())
-        return 0
+    return COMMAND.run(argv, _serve)
+
+
+def _serve(fv) -> int:
+    complete.check_checkpoint_flags(fv)
+    service = Service(None, fv.max_size, fv.max_upload_mb << 20)  # model: once loaded
     try:
-        fv = _parse(argv)
-        service = Service(None, fv.max_size, fv.max_upload_mb << 20)  # model: once loaded
-        try:
-            server = make_server(service, fv.host, fv.port)
-        except OSError as e:
-            raise CompletionError(f"cannot listen on {fv.host}:{fv.port}: {e.strerror or e}; "
-                                  f"pass another --port (0 = any free port).") from e
-        t0 = time.time()
-        path = fv.checkpoint or fv.workdir
-        print(f"Loading the checkpoint in {path} ...", flush=True)
-        try:
-            model = Model(path)
-        except BaseException:
-            server.server_close()
-            raise
-    except errors.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Stopped while loading (Ctrl-C).", file=sys.stderr)
-        return 130
+        server = make_server(service, fv.host, fv.port)
+    except OSError as e:
+        raise CompletionError(f"cannot listen on {fv.host}:{fv.port}: {e.strerror or e}; "
+                              f"pass another --port (0 = any free port).") from e
+    t0 = time.time()
+    path = fv.checkpoint or fv.workdir
+    print(f"Loading the checkpoint in {path} ...", flush=True)
+    try:
+        model = Model(path)
+    except BaseException:
+        server.server_close()
+        raise
     service.model = model
     import jax
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, complete, config_lib, errors, postprocess, state
+from glcic_jax import checkpointing, complete, config_lib, errors, inference, postprocess, state
 
 H, W = 257, 301  # odd, not a multiple of 4, not square
 
@@ -394,6 +394,25 @@ def test_each_image_line_says_how_long_it_took(files, workdir, tmp_path, capsys)
     assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[0])
     assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[1])
     assert re.search(r"hole, \d+\.\d\d s including compilation$", lines[2])
+
+
+def test_each_image_line_says_at_which_size_the_network_worked(files, workdir, completer,
+                                                               tmp_path, capsys):
+    # The :tiny checkpoint trained at a shortest side of 40 px: a 301x257 photo is completed at
+    # that scale (or smaller with --max_size) and only the hole is scaled back up.
+    paths = files[0]
+    given = (f"--workdir={workdir}", f"--image={paths['rgb']}", f"--mask={paths['mask']}")
+    assert _run(*given, f"--output={tmp_path / 'a.png'}") == 0
+    assert _run(*given, f"--output={tmp_path / 'b.png'}", "--max_size=30") == 0
+    assert _run(*given, f"--output={tmp_path / 'c.png'}", "--notrain_scale") == 0
+    a, b, c = [line for line in capsys.readouterr().out.splitlines() if " -> " in line]
+    h, w = inference.network_size(H, W, complete.training_scale_limit(completer.config, H, W))
+    assert (h, w) < (H, W) and w == 46
+    assert (f": {W}x{H} RGB (completed at {w}x{h}, the checkpoint's training scale; the hole "
+            f"scaled back up), ") in a, a
+    h, w = inference.network_size(H, W, 30)
+    assert f": {W}x{H} RGB (completed at {w}x{h}, --max_size=30; the hole scaled back" in b, b
+    assert f": {W}x{H} RGB, " in c and "completed at" not in c, c
 
 
 @pytest.mark.slow
