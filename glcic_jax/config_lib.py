@@ -134,6 +134,13 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def phase_starts(config) -> tuple[int, int, int]:
+    """The first step of phases 1, 2 and 3: (0, Tc, Tc + Td). Phase 1 trains the completion
+    network alone, phase 2 the discriminator alone, phase 3 both (GLCIC's schedule)."""
+    tc, td = int(config.schedule.tc), int(config.schedule.td)
+    return 0, tc, tc + td
+
+
 def shrink_to_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`:tiny`: a CPU smoke-run version of a config (small images, a few steps of each phase)."""
     c.batch_size = 4

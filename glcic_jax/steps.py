@@ -95,9 +95,9 @@ class StepSettings(NamedTuple):
             real_crop=real_crop,
             skip_nonfinite=config.get("nan_policy", "stop") == "skip",
             input_norm=inference.input_norm_of(config),
-            phase3_start=int(config.schedule.tc) + int(config.schedule.td),
+            phase3_start=config_lib.phase_starts(config)[2],
             g_lr_final=float(config.optimizer.get("g_lr_final", 1.0)),
-            tc=int(config.schedule.tc),
+            tc=config_lib.phase_starts(config)[1],
         )
 
 
@@ -418,12 +418,8 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
 
 def phase_of(step: int, config) -> int:
     """Training phase (1, 2 or 3) of a 0-based global step under the config's schedule."""
-    tc, td = int(config.schedule.tc), int(config.schedule.td)
-    if step < tc:
-        return 1
-    if step < tc + td:
-        return 2
-    return 3
+    _, phase2, phase3 = config_lib.phase_starts(config)
+    return 1 if step < phase2 else 2 if step < phase3 else 3
 
 
 def phase3_update(step: int, config) -> str:
@@ -431,7 +427,7 @@ def phase3_update(step: int, config) -> str:
     n_d, n_g = int(config.loss.n_critic), int(config.loss.n_generator)
     if n_d == 1 and n_g == 1:
         return "joint"
-    k = (step - int(config.schedule.tc) - int(config.schedule.td)) % (n_d + n_g)
+    k = (step - config_lib.phase_starts(config)[2]) % (n_d + n_g)
     return "discriminator" if k < n_d else "generator"
 
 
