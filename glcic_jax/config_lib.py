@@ -35,6 +35,39 @@ INPUT_NORMS = ("mean_fill", "mean_subtract")
 FILLS = ("mean", "learned")  # the holes' initial content (models.FillNetwork for 'learned')
 REAL_CROPS = ("hole", "random")  # where real images' local crops are cut (steps.py)
 
+# Each choice field and its allowed values: what `validate` and the implementing modules check
+# (`check_choice`), so that a wrong value reads the same wherever it is caught.
+CHOICES = {
+    "nan_policy": NAN_POLICIES,
+    "data.source": DATA_SOURCES,
+    "mask.position": MASK_POSITIONS,
+    "mask.real_crop": REAL_CROPS,
+    "model.dtype": DTYPES,
+    "model.padding": PADDING_MODES,
+    "model.d_activation": ACTIVATIONS,
+    "model.d_norm": NORMS,
+    "model.discriminator": DISCRIMINATORS,
+    "model.input_norm": INPUT_NORMS,
+    "model.fill": FILLS,
+    "optimizer.name": OPTIMIZERS,
+    "loss.gan": GAN_LOSSES,
+}
+
+
+def choice_problem(dotted: str, value) -> str | None:
+    """Why `value` is not a choice of the field `dotted` (None when it is one)."""
+    choices = CHOICES[dotted]
+    if value in choices:
+        return None
+    return f"{dotted}={value!r} must be one of {list(choices)}"
+
+
+def check_choice(dotted: str, value) -> None:
+    """Raise ConfigError unless `value` is one of the field's CHOICES."""
+    problem = choice_problem(dotted, value)
+    if problem:
+        raise errors.ConfigError(problem + ".")
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by all configs: the paper's Places2 settings (plus flips, see data.flip)."""
@@ -134,6 +167,22 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def upgrade(stored) -> ml_collections.ConfigDict:
+    """A config stored by any version (a checkpoint's), as today's schema: fields it lacks get
+    `base_config()`'s values. A field added later must default to the behaviour before it
+    existed, so that an old checkpoint means what it meant; everything reading a config can
+    then read every field directly. Fields this version no longer has are kept."""
+    def merged(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merged(base[key], value) if both else value
+        return out
+
+    stored = stored.to_dict() if isinstance(stored, ml_collections.ConfigDict) else stored
+    return ml_collections.ConfigDict(merged(base_config().to_dict(), dict(stored)))
+
+
 def phase_starts(config) -> tuple[int, int, int]:
     """The first step of phases 1, 2 and 3: (0, Tc, Tc + Td). Phase 1 trains the completion
     network alone, phase 2 the discriminator alone, phase 3 both (GLCIC's schedule)."""
@@ -172,9 +221,7 @@ def mask_problems(mask_cfg, height: int, width: int) -> list[str]:
     """Why holes of `mask_cfg` cannot be drawn in an H x W image ([] when they can)."""
     local, lo, hi = int(mask_cfg.local_size), int(mask_cfg.hole_min), int(mask_cfg.hole_max)
     position, max_holes = str(mask_cfg.position), int(mask_cfg.max_holes)
-    problems = []
-    if position not in MASK_POSITIONS:
-        problems.append(f"mask.position={position!r} must be one of {list(MASK_POSITIONS)}")
+    problems = [p for p in [choice_problem("mask.position", position)] if p]
     if not 1 <= lo <= hi:
         problems.append(f"need 1 <= mask.hole_min ({lo}) <= mask.hole_max ({hi})")
     if hi > local:
@@ -211,12 +258,10 @@ def _problems(config, num_devices: int) -> list[str]:
             node = node[part]
         return node
 
-    def choice(dotted: str, choices, lower: bool = False) -> None:
+    def choice(dotted: str, lower: bool = False) -> None:
         value = get(dotted)
-        if value is None:
-            return
-        if (str(value).lower() if lower else value) not in choices:
-            out.append(f"{dotted}={value!r} must be one of {list(choices)}")
+        if value is not None and choice_problem(dotted, str(value).lower() if lower else value):
+            out.append(f"{dotted}={value!r} must be one of {list(CHOICES[dotted])}")
 
     def at_least(dotted: str, low, note: str = "") -> None:
         value = get(dotted)
@@ -244,13 +289,13 @@ def _problems(config, num_devices: int) -> list[str]:
     # Run length and bookkeeping.
     at_least("seed", 0)
     at_least("num_train_steps", 1)
-    choice("nan_policy", NAN_POLICIES)
+    choice("nan_policy")
     at_least("schedule.tc", 0)
     at_least("schedule.td", 0)
     at_least("log_every", 1)
     at_least("sample_every", 1)
     at_least("checkpoint_every", 1)
-    # Orbax's LatestN(0) deletes every checkpoint, also those of earlier runs (issue 18).
+    # Orbax's LatestN(0) deletes every checkpoint, also those of earlier runs.
     at_least("keep_checkpoints", 1, " (0 would delete every checkpoint, old ones included)")
     at_least("keep_every", 0, " (0 = no milestones)")
     at_least("eval_every", 0, " (0 = off)")
@@ -267,7 +312,7 @@ def _problems(config, num_devices: int) -> list[str]:
 
     # Data.
     d = config.data
-    choice("data.source", DATA_SOURCES)
+    choice("data.source")
     if d.source == "folder" and not d.get("path"):
         out.append("data.source='folder' needs the photos' folder: add --config.data.path=DIR "
                    "(JPEG/PNG/... files, searched recursively)")
@@ -289,20 +334,16 @@ def _problems(config, num_devices: int) -> list[str]:
     out.extend(mask_problems(config.mask, size, size))
 
     # Networks and optimizer.
-    choice("model.dtype", DTYPES)
-    choice("model.padding", PADDING_MODES)
-    choice("model.d_activation", ACTIVATIONS)
-    choice("model.d_norm", NORMS)
-    choice("model.discriminator", DISCRIMINATORS)
-    choice("model.input_norm", INPUT_NORMS)
-    choice("model.fill", FILLS)
+    for dotted in ("model.dtype", "model.padding", "model.d_activation", "model.d_norm",
+                   "model.discriminator", "model.input_norm", "model.fill"):
+        choice(dotted)
     width = get("model.width")
     if width is not None and not (isinstance(width, (int, float)) and 0.0 < width <= 4.0):
         out.append(f"model.width={width!r} must be in (0, 4] (1.0 = the paper's networks)")
-    choice("mask.real_crop", REAL_CROPS)
+    choice("mask.real_crop")
     if get("init_phase") is not None and get("init_phase") not in (1, 2, 3):
         out.append(f"init_phase={get('init_phase')!r} must be 1, 2 or 3")
-    choice("optimizer.name", OPTIMIZERS, lower=True)
+    choice("optimizer.name", lower=True)
     positive("optimizer.learning_rate")
     in_range("optimizer.rho", 0.0, 1.0)
     positive("optimizer.eps")
@@ -313,7 +354,7 @@ def _problems(config, num_devices: int) -> list[str]:
     positive("optimizer.g_lr_final")
 
     # Losses.
-    choice("loss.gan", GAN_LOSSES)
+    choice("loss.gan")
     for name in ("alpha", "mse_weight", "gp_weight", "perceptual_weight"):
         at_least(f"loss.{name}", 0)
     at_least("loss.n_critic", 1)

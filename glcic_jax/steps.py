@@ -27,7 +27,7 @@ the same window as its hole's by default (`mask.real_crop='hole'`): the seed rep
 function, and with equal windows D cannot tell real from completed crops by where they were cut
 (with `mask.position='center'` the completed crops would otherwise always show the image centre).
 That report's network description also says an intact image's crop "is centered on a random
-pixel"; we follow its trainer, as DESIGN.md decides.
+pixel"; we follow its trainer (our judgement: the code is what was run).
 `mask.real_crop='random'` crops real images at an independent random window instead, as
 GLCIC-PyTorch's train.py does (its `hole_area_real`).
 """
@@ -41,12 +41,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, errors, inference, losses, masks, models
+from glcic_jax import config_lib, inference, losses, masks, models
 from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
-GAN_LOSSES = config_lib.GAN_LOSSES
-REAL_CROPS = config_lib.REAL_CROPS  # where real images' local crops are cut (module docstring)
 
 
 class StepSettings(NamedTuple):
@@ -60,7 +58,7 @@ class StepSettings(NamedTuple):
     perceptual_weight: float = 0.0
     real_crop: str = "hole"  # 'hole': real crops at the hole's window; 'random' (GLCIC-PyTorch)
     skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
-    input_norm: str = "mean_fill"  # how the completion input is built (masks.INPUT_NORMS)
+    input_norm: str = "mean_fill"  # how the completion input is built (config_lib.INPUT_NORMS)
     # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
     phase3_start: int = 0
@@ -78,25 +76,21 @@ class StepSettings(NamedTuple):
     @classmethod
     def from_config(cls, config) -> "StepSettings":
         loss = config.loss
-        if loss.gan not in GAN_LOSSES:
-            raise errors.ConfigError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
-        real_crop = str(config.mask.get("real_crop", "hole"))  # absent from older configs
-        if real_crop not in REAL_CROPS:
-            raise errors.ConfigError(
-                f"mask.real_crop={real_crop!r} must be one of {list(REAL_CROPS)}."
-            )
+        config_lib.check_choice("loss.gan", loss.gan)
+        real_crop = str(config.mask.real_crop)
+        config_lib.check_choice("mask.real_crop", real_crop)
         return cls(
             mask=masks.MaskSpec.from_config(config.mask),
             gan_loss=str(loss.gan),
             alpha=float(loss.alpha),
             mse_weight=float(loss.mse_weight),
             gp_weight=float(loss.gp_weight),
-            perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
+            perceptual_weight=float(loss.perceptual_weight),
             real_crop=real_crop,
-            skip_nonfinite=config.get("nan_policy", "stop") == "skip",
+            skip_nonfinite=config.nan_policy == "skip",
             input_norm=inference.input_norm_of(config),
             phase3_start=config_lib.phase_starts(config)[2],
-            g_lr_final=float(config.optimizer.get("g_lr_final", 1.0)),
+            g_lr_final=float(config.optimizer.g_lr_final),
             tc=config_lib.phase_starts(config)[1],
         )
 

@@ -180,7 +180,7 @@ def test_complete_with_postprocess_and_max_size(files, completer):
 
 
 def test_train_scale_works_at_the_checkpoints_training_scale(files, completer):
-    """Item 4 of issue 14: a photo larger than training's resize range is completed scaled down
+    """A photo larger than training's resize range is completed scaled down
     so that its shortest side is data.resize_max (40 for :tiny), only if asked (the CLI default)."""
     cfg = completer.config
     assert cfg.data.resize_max == 40
@@ -376,7 +376,7 @@ def test_any_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, c
 
 
 # ----------------------------------------------------------------------------------------------
-# What the console shows (issue 19)
+# What the console shows
 
 
 def test_each_image_line_says_how_long_it_took(files, workdir, tmp_path, capsys):
@@ -439,7 +439,7 @@ def test_console_shows_our_lines_only_unless_verbosity_is_given(files, workdir, 
     assert quiet.stderr == "", quiet.stderr  # no Orbax read-only warnings, no jax backend notes
     assert len(quiet.stdout.strip().splitlines()) == 2, quiet.stdout
     # --verbosity is accepted and changes nothing else. (Restoring for inference no longer makes
-    # Orbax warn at all, issue 18; that the filter lets the libraries' records through when asked
+    # Orbax warn at all; that the filter lets the libraries' records through when asked
     # is tested in test_console.py::test_console_shows_our_records_only_unless_verbose.)
     loud = run("--verbosity=0")
     assert loud.returncode == 0, loud.stderr

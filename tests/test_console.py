@@ -1,4 +1,4 @@
-"""What a user sees (issue 19): TensorBoard that starts, quiet and truthful console lines, tools
+"""What a user sees: TensorBoard that starts, quiet and truthful console lines, tools
 that fail in one line.
 """
 

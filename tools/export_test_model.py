@@ -6,7 +6,7 @@
 Writes the generator's parameters and batch statistics (float16: half the size, and the test's
 tolerances are far wider than that rounding), the mean pixel, the step and the config as JSON.
 `tests/test_quickstart_model.py` rebuilds a `inference.Completer` from it and checks that a
-quickstart-trained network completes a full-size held-out photo (issue 14). Regenerate it with
+quickstart-trained network completes a full-size held-out photo. Regenerate it with
 this command after a change to the networks or the quickstart.
 """
 
