@@ -100,9 +100,26 @@ def _run(fv) -> None:
     console.quiet_native_logs(fv.verbosity is not None)
     console.configure(fv.verbosity is not None, logging.WARNING)
     jobs = plan_jobs(fv.image, fv.mask, fv.output)
+    photos, holes = _read_and_check(jobs)
+    import jax
 
-    # Every check a user can fail comes before the network runs and before any output is
-    # written: formats, inputs, masks, then the output paths.
+    completer = Completer(fv.checkpoint or fv.workdir)
+    t_ready = time.time()
+    key = jax.random.PRNGKey(fv.seed)
+    for i, photo in enumerate(photos):
+        if holes[i] is None:
+            holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
+    t_complete = _complete_and_write(fv, completer, jobs, photos, holes)
+    device = jax.devices()[0].platform
+    print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
+          f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
+          f"{t_complete:.2f} s.")
+
+
+def _read_and_check(jobs: list[Job]):
+    """The photos and masks (None: a random hole), after every check a user can fail: it comes
+    before the network runs and before any output is written (formats, inputs, masks, then the
+    output paths)."""
     for job in jobs:
         output_format(job.output)
     photos = [read_photo(j.image) for j in jobs]
@@ -118,18 +135,13 @@ def _run(fv) -> None:
     for path in lossy:
         print(f"note: {path} is {output_format(path)}: re-encoding changes pixels outside the "
               f"hole too; use .png for an exact result.")
+    return photos, holes
 
-    import jax
 
-    completer = Completer(fv.checkpoint or fv.workdir)
-    t_ready = time.time()
-    key = jax.random.PRNGKey(fv.seed)
-    for i, photo in enumerate(photos):
-        if holes[i] is None:
-            holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
-    # --batch_size photos at a time, each written as soon as its batch is done; a photo's time is
-    # its batch's completion time shared by the photos in it (the first batch of each input size
-    # includes compiling the network for it).
+def _complete_and_write(fv, completer: Completer, jobs: list[Job], photos, holes) -> float:
+    """Complete --batch_size photos at a time, each written (and its line printed) as soon as its
+    batch is done; a photo's time is its batch's shared by the photos in it (the first batch of
+    each input size includes compiling the network for it). Returns the seconds completing."""
     t_complete, shapes_seen = 0.0, set()
     size = max(1, fv.batch_size)
     for start in range(0, len(jobs), size):
@@ -147,8 +159,8 @@ def _run(fv) -> None:
             for i in chunk)
         compiled = set(per_shape.items()) - shapes_seen
         shapes_seen |= compiled
-        each = seconds / len(chunk)
-        timing = (f"{each:.2f} s" + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
+        timing = (f"{seconds / len(chunk):.2f} s"
+                  + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
                   + (" including compilation" if compiled else ""))
         for i, rgb in zip(chunk, completed):
             job, photo, hole = jobs[i], photos[i], holes[i]
@@ -162,10 +174,7 @@ def _run(fv) -> None:
             scaled = _scale_note(completer, photo.size, fv.max_size, fv.train_scale)
             print(f"{job.image} -> {job.output}: {w}x{h} {photo.mode}{scaled}, "
                   f"{100.0 * hole.mean():.1f}% hole, {timing}{extra}{note}")
-    device = jax.devices()[0].platform
-    print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
-          f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
-          f"{t_complete:.2f} s.")
+    return t_complete
 
 
 def _write_or_explain(path: str, pixels: np.ndarray, icc_profile: bytes | None = None) -> None:

@@ -246,129 +246,138 @@ def check_mask(mask_cfg, height: int, width: int) -> None:
         raise errors.ConfigError("Impossible hole settings: " + "; ".join(problems) + ".")
 
 
-def _problems(config, num_devices: int) -> list[str]:
-    """Every field out of its range or choices, as 'what to change' phrases."""
-    out: list[str] = []
+class _Problems:
+    """Collects 'what to change' phrases for fields out of their range or choices; a field the
+    config lacks is not checked (validate runs on today's schema)."""
 
-    def get(dotted: str, default=None):
-        node = config
+    def __init__(self, config):
+        self.config = config
+        self.out: list[str] = []
+
+    def get(self, dotted: str, default=None):
+        node = self.config
         for part in dotted.split("."):
             if part not in node:
                 return default
             node = node[part]
         return node
 
-    def choice(dotted: str, lower: bool = False) -> None:
-        value = get(dotted)
+    def choice(self, dotted: str, lower: bool = False) -> None:
+        value = self.get(dotted)
         if value is not None and choice_problem(dotted, str(value).lower() if lower else value):
-            out.append(f"{dotted}={value!r} must be one of {list(CHOICES[dotted])}")
+            self.out.append(f"{dotted}={value!r} must be one of {list(CHOICES[dotted])}")
 
-    def at_least(dotted: str, low, note: str = "") -> None:
-        value = get(dotted)
+    def _number(self, dotted: str, ok, phrase: str) -> None:
+        value = self.get(dotted)
         if value is None:
             return
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-            out.append(f"{dotted}={value!r} must be >= {low}{note}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            self.out.append(f"{dotted}={value!r} must be {phrase}")
 
-    def in_range(dotted: str, low: float, high: float, high_open: bool = True) -> None:
-        value = get(dotted)
-        if value is None:
-            return
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value and (
-            value < high if high_open else value <= high)
-        if not ok:
-            out.append(f"{dotted}={value!r} must be in [{low}, {high}{')' if high_open else ']'}")
+    def at_least(self, dotted: str, low, note: str = "") -> None:
+        self._number(dotted, lambda v: v >= low, f">= {low}{note}")
 
-    def positive(dotted: str) -> None:
-        value = get(dotted)
-        if value is None:
-            return
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            out.append(f"{dotted}={value!r} must be > 0")
+    def in_range(self, dotted: str, low: float, high: float, high_open: bool = True) -> None:
+        self._number(dotted, lambda v: low <= v and (v < high if high_open else v <= high),
+                     f"in [{low}, {high}{')' if high_open else ']'}")
 
-    # Run length and bookkeeping.
-    at_least("seed", 0)
-    at_least("num_train_steps", 1)
-    choice("nan_policy")
-    at_least("schedule.tc", 0)
-    at_least("schedule.td", 0)
-    at_least("log_every", 1)
-    at_least("sample_every", 1)
-    at_least("checkpoint_every", 1)
+    def positive(self, dotted: str) -> None:
+        self._number(dotted, lambda v: v > 0, "> 0")
+
+
+def _run_problems(p: _Problems, num_devices: int) -> None:
+    """Run length, bookkeeping and the batch."""
+    p.at_least("seed", 0)
+    p.at_least("num_train_steps", 1)
+    p.choice("nan_policy")
+    p.at_least("schedule.tc", 0)
+    p.at_least("schedule.td", 0)
+    for dotted in ("log_every", "sample_every", "checkpoint_every", "num_eval_batches"):
+        p.at_least(dotted, 1)
     # Orbax's LatestN(0) deletes every checkpoint, also those of earlier runs.
-    at_least("keep_checkpoints", 1, " (0 would delete every checkpoint, old ones included)")
-    at_least("keep_every", 0, " (0 = no milestones)")
-    at_least("eval_every", 0, " (0 = off)")
-    at_least("num_eval_batches", 1)
-    batch = get("batch_size")
+    p.at_least("keep_checkpoints", 1, " (0 would delete every checkpoint, old ones included)")
+    p.at_least("keep_every", 0, " (0 = no milestones)")
+    p.at_least("eval_every", 0, " (0 = off)")
+    init_phase = p.get("init_phase")
+    if init_phase is not None and init_phase not in (1, 2, 3):
+        p.out.append(f"init_phase={init_phase!r} must be 1, 2 or 3")
+    batch = p.get("batch_size")
     if not isinstance(batch, int) or batch < 1:
-        out.append(f"batch_size={batch!r} must be >= 1")
+        p.out.append(f"batch_size={batch!r} must be >= 1")
     elif batch % num_devices:
-        out.append(
+        p.out.append(
             f"batch_size={batch} is not divisible by the {num_devices} devices; use a multiple "
             f"of {num_devices}, e.g. --config.batch_size="
             f"{max(num_devices, batch // num_devices * num_devices)}"
         )
 
-    # Data.
-    d = config.data
-    choice("data.source")
+
+def _data_problems(p: _Problems) -> None:
+    """The data source, image sizes and holes."""
+    d = p.config.data
+    p.choice("data.source")
     if d.source == "folder" and not d.get("path"):
-        out.append("data.source='folder' needs the photos' folder: add --config.data.path=DIR "
-                   "(JPEG/PNG/... files, searched recursively)")
+        p.out.append("data.source='folder' needs the photos' folder: add --config.data.path=DIR "
+                     "(JPEG/PNG/... files, searched recursively)")
     if d.source == "tfds" and not d.get("name"):
-        out.append("data.source='tfds' needs a dataset: add --config.data.name=NAME")
+        p.out.append("data.source='tfds' needs a dataset: add --config.data.name=NAME")
     size = int(d.image_size)
     if size < 4 or size % 4:
-        out.append(f"data.image_size ({size}) must be a positive multiple of 4")
+        p.out.append(f"data.image_size ({size}) must be a positive multiple of 4")
     if d.resize_min < size or d.resize_max < d.resize_min:
-        out.append(f"need data.image_size ({size}) <= data.resize_min ({d.resize_min}) "
-                   f"<= data.resize_max ({d.resize_max})")
-    at_least("data.shuffle_buffer", 1)
-    at_least("data.num_workers", 0, " (0 = auto)")
-    in_range("data.eval_fraction", 0.0, 1.0)
-    at_least("data.mean_pixel_images", 1)
-    at_least("data.num_eval_images", 1)
+        p.out.append(f"need data.image_size ({size}) <= data.resize_min ({d.resize_min}) "
+                     f"<= data.resize_max ({d.resize_max})")
+    p.at_least("data.shuffle_buffer", 1)
+    p.at_least("data.num_workers", 0, " (0 = auto)")
+    p.in_range("data.eval_fraction", 0.0, 1.0)
+    p.at_least("data.mean_pixel_images", 1)
+    p.at_least("data.num_eval_images", 1)
+    p.out.extend(mask_problems(p.config.mask, size, size))
+    p.choice("mask.real_crop")
 
-    # Holes.
-    out.extend(mask_problems(config.mask, size, size))
 
-    # Networks and optimizer.
+def _model_problems(p: _Problems) -> None:
+    """The networks and the optimizer."""
     for dotted in ("model.dtype", "model.padding", "model.d_activation", "model.d_norm",
                    "model.discriminator", "model.input_norm", "model.fill"):
-        choice(dotted)
-    width = get("model.width")
+        p.choice(dotted)
+    width = p.get("model.width")
     if width is not None and not (isinstance(width, (int, float)) and 0.0 < width <= 4.0):
-        out.append(f"model.width={width!r} must be in (0, 4] (1.0 = the paper's networks)")
-    choice("mask.real_crop")
-    if get("init_phase") is not None and get("init_phase") not in (1, 2, 3):
-        out.append(f"init_phase={get('init_phase')!r} must be 1, 2 or 3")
-    choice("optimizer.name", lower=True)
-    positive("optimizer.learning_rate")
-    in_range("optimizer.rho", 0.0, 1.0)
-    positive("optimizer.eps")
-    in_range("optimizer.b1", 0.0, 1.0)
-    in_range("optimizer.b2", 0.0, 1.0)
-    in_range("optimizer.decay", 0.0, 1.0)
-    in_range("optimizer.g_lr_final", 0.0, 1.0, high_open=False)
-    positive("optimizer.g_lr_final")
+        p.out.append(f"model.width={width!r} must be in (0, 4] (1.0 = the paper's networks)")
+    p.choice("optimizer.name", lower=True)
+    p.positive("optimizer.learning_rate")
+    p.positive("optimizer.eps")
+    for dotted in ("optimizer.rho", "optimizer.b1", "optimizer.b2", "optimizer.decay"):
+        p.in_range(dotted, 0.0, 1.0)
+    p.in_range("optimizer.g_lr_final", 0.0, 1.0, high_open=False)
+    p.positive("optimizer.g_lr_final")
 
-    # Losses.
-    choice("loss.gan")
+
+def _loss_problems(p: _Problems) -> None:
+    """The losses, and the VGG weights a perceptual loss needs (checked before any work)."""
+    p.choice("loss.gan")
     for name in ("alpha", "mse_weight", "gp_weight", "perceptual_weight"):
-        at_least(f"loss.{name}", 0)
-    at_least("loss.n_critic", 1)
-    at_least("loss.n_generator", 1)
-    if get("loss.perceptual_weight", 0) and not get("loss.vgg_weights"):
-        out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
-                   "--config.loss.vgg_weights=PATH (.h5 or .npz; see the README's 'Perceptual "
-                   "loss' section)")
-    elif get("loss.perceptual_weight", 0) and not os.path.isfile(get("loss.vgg_weights")):
-        # Checked here, before the mean pixel is computed or anything is written.
-        out.append(f"loss.vgg_weights={get('loss.vgg_weights')!r} is not a file: give the path "
-                   f"of the VGG-16 weights (.h5 or .npz; see the README's 'Perceptual loss' "
-                   f"section)")
-    return out
+        p.at_least(f"loss.{name}", 0)
+    p.at_least("loss.n_critic", 1)
+    p.at_least("loss.n_generator", 1)
+    weights = p.get("loss.vgg_weights")
+    if p.get("loss.perceptual_weight", 0) and not weights:
+        p.out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
+                     "--config.loss.vgg_weights=PATH (.h5 or .npz; see the README's 'Perceptual "
+                     "loss' section)")
+    elif p.get("loss.perceptual_weight", 0) and not os.path.isfile(weights):
+        p.out.append(f"loss.vgg_weights={weights!r} is not a file: give the path of the VGG-16 "
+                     f"weights (.h5 or .npz; see the README's 'Perceptual loss' section)")
+
+
+def _problems(config, num_devices: int) -> list[str]:
+    """Every field out of its range or choices, as 'what to change' phrases."""
+    p = _Problems(config)
+    _run_problems(p, num_devices)
+    _data_problems(p)
+    _model_problems(p)
+    _loss_problems(p)
+    return p.out
 
 
 def validate(config, num_devices: int = 1) -> None:

@@ -6,13 +6,6 @@ GLCIC 3.3 / Algorithm 1:
                                its plain BCE loss.
   phase 3 (t >= Tc + Td):      `joint_step`         update D on alpha * its loss, then C on
                                MSE + alpha * adversarial.
-The seed report (CelebA/Places2) spells the phase-2 / phase-3 difference out: in the discriminator
-phase the two BCE terms are "added" and used as they are; in the simultaneous phase D's loss "is the
-same as before, except it is multiplied by an alpha factor" (GLCIC eq. 3 weighs D's terms by alpha
-in the joint objective). Adadelta is not scale-invariant for gradients below sqrt(eps), so a
-phase-2 D trained on alpha * BCE hardly moves. With the WGAN-GP loss, D's (critic's) loss is the
-landscape report's (4a) in every phase: E[D(G(x))] - E[D(x)] + gp, never multiplied by alpha;
-alpha weighs only the generator's adversarial term there.
 With an update ratio other than 1:1 (the landscape report's WGAN runs), phase 3 alternates
 `discriminator_step` and `generator_step` instead of the fused `joint_step`.
 
@@ -21,15 +14,7 @@ masks on the device from `fold_in(state.rng, state.step)`, and returns `(new_sta
 dict of float32 scalars; nothing syncs with the host.
 
 The discriminator always sees the *composited* image: generated pixels inside the hole and the
-original pixels outside (GLCIC 3.2), and a local crop around the hole. A real image is cropped at
-the same window as its hole's by default (`mask.real_crop='hole'`): the seed report's trainer crops
-"the 128*128 hole-centered images ... for both the intact and the completed images" with one
-function, and with equal windows D cannot tell real from completed crops by where they were cut
-(with `mask.position='center'` the completed crops would otherwise always show the image centre).
-That report's network description also says an intact image's crop "is centered on a random
-pixel"; we follow its trainer (our judgement: the code is what was run).
-`mask.real_crop='random'` crops real images at an independent random window instead, as
-GLCIC-PyTorch's train.py does (its `hole_area_real`).
+original pixels outside (GLCIC 3.2), and a local crop around the hole (`_prepare`).
 """
 
 from __future__ import annotations
@@ -207,6 +192,15 @@ def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
     m = masks.sample_masks(k_mask, b, h, w, settings.mask)
     x = masks.fill_holes(images, m.mask, state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
+    # A real image is cropped at the same window as its hole's by default
+    # (`mask.real_crop='hole'`): the seed report's trainer crops "the 128*128 hole-centered images
+    # ... for both the intact and the completed images" with one function, and with equal windows
+    # D cannot tell real from completed crops by where they were cut (with
+    # `mask.position='center'` the completed crops would otherwise always show the image centre).
+    # That report's network description also says an intact image's crop "is centered on a random
+    # pixel"; we follow its trainer (our judgement: the code is what was run).
+    # `mask.real_crop='random'` crops real images at an independent random window instead, as
+    # GLCIC-PyTorch's train.py does (its `hole_area_real`).
     if settings.real_crop == "random":
         real_corners = masks.random_corners(k_real, b, h, w, size)
     else:
@@ -232,7 +226,7 @@ def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array
 def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, scale):
     """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics)).
 
-    `scale` multiplies the BCE loss (1 in phase 2, alpha in phase 3, see the module docstring);
+    `scale` multiplies the BCE loss (1 in phase 2, alpha in phase 3, see `_d_scale`);
     the logged `d_loss` is the loss before that weighting, comparable across phases.
     """
     size = settings.mask.local_size
@@ -270,6 +264,14 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
 def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array | float:
     """Weight of D's BCE loss: alpha in phase 3 (the joint step, or a D-only step at or after
     Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (GanLoss.alpha_weighs_d)."""
+    # The seed report (CelebA/Places2) spells the phase-2 / phase-3 difference out: in the
+    # discriminator phase the two BCE terms are "added" and used as they are; in the simultaneous
+    # phase D's loss "is the same as before, except it is multiplied by an alpha factor" (GLCIC
+    # eq. 3 weighs D's terms by alpha in the joint objective). Adadelta is not scale-invariant for
+    # gradients below sqrt(eps), so a phase-2 D trained on alpha * BCE hardly moves. With the
+    # WGAN-GP loss, D's (critic's) loss is the landscape report's (4a) in every phase: E[D(G(x))]
+    # - E[D(x)] + gp, never multiplied by alpha; alpha weighs only the generator's adversarial
+    # term there.
     if not settings.gan.alpha_weighs_d:
         return 1.0
     if joint:
