@@ -6,8 +6,8 @@ COMMAND:
 160x160 crops of faces whose shortest side is resized into [160, 178] (the authors' README for
 their CelebA model), a 96x96 local window and hole sides in [48, 96] (GLCIC-PyTorch's defaults),
 the paper's schedule (Tc 90k, Td 10k, 500k in all), batch 96, Adadelta and alpha 0.0004, plus
-random horizontal flips (ours). tfds downloads and prepares CelebA on first use. Expect a GPU run
-of days, not a CPU run; the console logs the ETA, TensorBoard the losses and sample grids.
+random horizontal flips (our choice). tfds downloads and prepares CelebA on first use. Expect a
+GPU run of days, not a CPU run; the console logs the ETA, TensorBoard the losses and samples.
 
 Variants:
   --config=configs/celeba.py:256    the CelebA/Places2 report's 256 global / 128 local setup

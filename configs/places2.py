@@ -5,7 +5,7 @@ COMMAND:
 
 From the paper: Tc = 90k steps of C alone, Td = 10k of D alone, joint training up to 500k; batch
 96; Adadelta; alpha 0.0004; shortest side resized into [256, 384], a random 256x256 crop, holes
-of 96-128 px filled with the mean pixel, a 128x128 local discriminator input; no flips.
+of 96-128 px filled with the mean pixel, a 128x128 local discriminator input. No horizontal flips.
 Differences, from the data tfds can fetch: Places365-Standard (~1.8M images at 256x256, so the
 resize upsamples) instead of the paper's ~8M Places2 images (use --config.data.source=folder
 --config.data.path=DIR for others), and the mean pixel from 2,000 training crops. Expect days on

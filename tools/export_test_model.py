@@ -46,13 +46,11 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
 
 def load(path: str):
     """The `inference.Completer` of a file this tool wrote (float32 again)."""
-    import ml_collections
-
-    from glcic_jax import inference
+    from glcic_jax import config_lib, inference
     from glcic_jax import state as state_lib
 
     with np.load(path) as z:
-        config = ml_collections.ConfigDict(json.loads(str(z["config"])))
+        config = config_lib.upgrade(json.loads(str(z["config"])))  # as stored by any version
         variables = unflatten({k[4:]: z[k].astype(np.float32) for k in z.files
                                if k.startswith("var/")})
         mean_pixel, step = z["mean_pixel"], int(z["step"])
