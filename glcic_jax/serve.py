@@ -431,7 +431,8 @@ class Service:
             try:
                 t = time.time()
                 result = self.run(job)
-                self._seconds = 0.7 * self._seconds + 0.3 * (time.time() - t)
+                if result.headers["X-Compiled"] == "0":  # compiling is not the usual cost
+                    self._seconds = 0.7 * self._seconds + 0.3 * (time.time() - t)
                 future.set_result(result)
             except BaseException as e:  # noqa: BLE001 - handed to the request that asked
                 future.set_exception(e)
@@ -565,6 +566,7 @@ def make_app(service: Service):
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         path = request.url.path
+        path = path if len(path) <= 200 else path[:200] + "..."  # a 70 KB URL is not echoed
         if exc.status_code == 404:
             message = (f"no API {path!r}; POST to /api/complete." if request.method == "POST"
                        else f"no page {path!r}; the page is / and the API is POST "
