@@ -77,8 +77,12 @@ def export_stablehlo(completer) -> bytes:
 def export_saved_model(completer, output: str) -> None:
     """Write the completion function as a TF SavedModel at `output` (signature
     `serving_default`: image, mask -> completed); the weights are tf.Variables."""
-    import tensorflow as tf
-    from jax.experimental import jax2tf
+    try:
+        import tensorflow as tf
+        from jax.experimental import jax2tf
+    except ImportError as e:
+        raise ExportError(f"--format=saved_model needs TensorFlow and JAX's jax2tf ({e}); "
+                          f"pip install tensorflow-cpu, or export --format=stablehlo.") from e
 
     fn, variables = completion_function(completer)
     tf_fn = jax2tf.convert(fn, polymorphic_shapes=[None, POLYMORPHIC_IMAGE, POLYMORPHIC_MASK],

@@ -729,25 +729,45 @@ async def _no_body():
 # HTTP: the server (uvicorn), with JSON for what uvicorn answers itself
 
 
-def _protocol_class():
-    """uvicorn's h11 protocol, answering malformed HTTP with JSON and answering a cut-off
-    upload (the client closed its sending side early) instead of dropping the connection."""
+def _protocol_class(request_timeout: float):
+    """uvicorn's h11 protocol, answering malformed HTTP with JSON, a connection whose request
+    line and headers take longer than `request_timeout` with 408 (uvicorn has no such limit),
+    and a cut-off upload (the client closed its sending side early) instead of dropping it."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_timer = self.loop.call_later(request_timeout, self._headers_too_slow)
+
+        def connection_lost(self, exc) -> None:
+            self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self._send_json_error(408, b"Request Timeout", (
+                    f"the request line and headers took longer than {request_timeout:g} s "
+                    f"(--request_timeout)."))
+
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": "malformed HTTP request (bad request line, header or "
-                                        "Content-Length, or headers over 16 KiB)."}).encode()
-            event = h11.Response(status_code=400, reason=b"Bad Request", headers=[
+            self._send_json_error(400, b"Bad Request", "malformed HTTP request (bad request "
+                                  "line, header or Content-Length, or headers over 16 KiB).")
+
+        def _send_json_error(self, status: int, reason: bytes, message: str) -> None:
+            body = json.dumps({"error": message}).encode()
+            event = h11.Response(status_code=status, reason=reason, headers=[
                 (b"content-type", b"application/json"), (b"connection", b"close"),
                 (b"content-length", str(len(body)).encode())])
             try:
                 self.transport.write(self.conn.send(event))
                 self.transport.write(self.conn.send(h11.Data(data=body)))
                 self.transport.write(self.conn.send(h11.EndOfMessage()))
-            except h11.LocalProtocolError:
-                pass
+            except h11.LocalProtocolError:  # h11 is in an error state: answer by hand
+                self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                                     b"connection: close\r\ncontent-length: %d\r\n\r\n"
+                                     % (status, reason, len(body)) + body)
             self.transport.close()
 
         def eof_received(self):
@@ -784,7 +804,8 @@ class Server:
             raise
         self.socket.listen(2048)
         self.host, self.port = host, self.socket.getsockname()[1]
-        config = uvicorn.Config(make_app(service), http=_protocol_class(), lifespan="off",
+        config = uvicorn.Config(make_app(service), http=_protocol_class(service.request_timeout),
+                                lifespan="off",
                                 access_log=False, log_level="warning", backlog=2048,
                                 timeout_keep_alive=5, timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)

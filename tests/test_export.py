@@ -82,6 +82,7 @@ def test_stablehlo_runs_without_this_package(workdir, expected, tmp_path):
 
 def test_saved_model_loads_in_tensorflow_and_matches(workdir, expected, tmp_path):
     tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("jax.experimental.jax2tf")
     out = tmp_path / "glcic" / "1"
     out.parent.mkdir()
     assert export.run(["export", f"--workdir={workdir}", "--format=saved_model",

@@ -525,6 +525,38 @@ def test_cut_off_slow_and_abandoned_uploads_leave_the_server_serving(server, cap
     assert "Traceback" not in out + err and "BrokenPipe" not in out + err
 
 
+def test_headers_sent_1_byte_a_second_get_408(server):
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    with socket.create_connection((urlsplit(server).hostname, urlsplit(server).port),
+                                  timeout=30) as s:
+        answer = b""
+        for byte in b"GET /api/info HTTP/1.1\r\nHost: x\r\n":
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.5)
+            s.setblocking(False)
+            try:
+                answer += s.recv(65536)
+            except BlockingIOError:
+                pass
+            s.setblocking(True)
+            if answer:
+                break
+        s.settimeout(10)
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    status, body = status_and_json(answer)
+    assert status == 408 and "--request_timeout" in body["error"]
+
+
 def test_concurrent_requests_are_all_answered(server):
     jobs = []
     for i in range(12):
