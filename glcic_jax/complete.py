@@ -286,8 +286,8 @@ class Completer(inference.Completer):
     """The completion network at `path`, ready for photos of any size.
 
     `inference.Completer` (where loading and completing live) built from a path, with
-    CompletionError for a path that holds nothing restorable. Subclasses may override
-    `_network_input` (the web server pads further to its compile buckets).
+    CompletionError for a path that holds nothing restorable. The web server uses it as is,
+    through `complete_photos`, so that both give the same results.
 
     Args:
       path: a workdir (a training run or a converted Torch7 model), its `checkpoints/` folder or
