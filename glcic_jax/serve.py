@@ -596,12 +596,10 @@ def make_app(service: Service):
     async def validation_error(request: Request, exc: RequestValidationError):
         return _json_error(400, f"bad request: {exc.errors()}")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
+                   include_in_schema=False)
+    @app.api_route("/index.html", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
-
-    @app.get("/index.html", include_in_schema=False)
-    async def index_html():
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     @app.get("/favicon.ico", include_in_schema=False)

@@ -276,6 +276,9 @@ def test_page_info_health_and_openapi_are_served(server):
     spec = json.loads(get(server + "openapi.json")[2])
     assert {"/api/complete", "/api/complete_batch", "/api/info", "/healthz"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/complete"]["post"]["requestBody"]["content"]
+    head = urllib.request.Request(server + "index.html", method="HEAD")
+    with urllib.request.urlopen(head, timeout=30) as r:
+        assert r.status == 200 and r.read() == b""
     status, headers, docs = get(server + "docs")
     assert status == 200 and b"openapi.json" in docs
 
