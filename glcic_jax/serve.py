@@ -381,13 +381,12 @@ class Service:
                                                         "postprocess")
         total = 0
         for image, mask in zip(images, masks):
-            n = self._pixels(image, _label(image, "image"))
-            total += n
-            m = self._pixels(mask, _label(mask, "mask"))
-            for count, label in ((total, "the photos"), (m, f"mask {_label(mask, 'mask')!r}")):
+            total += self._pixels(image, _label(image, "image"))
+            for count, what in (
+                    (total, f"image {_label(image, 'image')!r}" if len(images) == 1
+                     else "the batch (its photos together)"),
+                    (self._pixels(mask, _label(mask, "mask")), f"mask {_label(mask, 'mask')!r}")):
                 if count > self.max_pixels:
-                    what = (f"image {_label(image, 'image')!r}" if label == "the photos"
-                            and len(images) == 1 else label)
                     raise RequestError(
                         f"{what} has {count / 1e6:.1f} megapixels; this server accepts at most "
                         f"{self.max_pixels / 1e6:.0f} (--max_megapixels).", 413)

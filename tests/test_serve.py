@@ -383,6 +383,11 @@ def test_batch_answers_in_order_what_single_requests_answer(server):
                     .encode() + b"x\r\n" for n in ("image", "mask") * 4) + b"--b--\r\n"
     status, _, data = post(server, four, FORM_B, path="api/complete_batch")
     assert status == 413 and "--max_batch" in json.loads(data)["error"]
+    two = b"".join(f'--b\r\nContent-Disposition: form-data; name="{n}"; filename="x.png"\r\n\r\n'
+                   .encode() + png_header(800, 700) + b"\r\n" for n in ("image", "mask") * 2)
+    status, _, data = post(server, two + b"--b--\r\n", FORM_B, path="api/complete_batch")
+    assert status == 413 and "the batch (its photos together) has 1.1 megapixels" in json.loads(
+        data)["error"]  # 0.56 MP each, 1 MP in all at most
     status, _, data = post(server, four, FORM_B)  # several photos to the one-photo API
     assert status == 400 and "send several photos to /api/complete_batch" in json.loads(data)[
         "error"]
