@@ -9,7 +9,8 @@ of 96-128 px filled with the mean pixel, a 128x128 local discriminator input. No
 Differences, from the data tfds can fetch: Places365-Standard (~1.8M images at 256x256, so the
 resize upsamples) instead of the paper's ~8M Places2 images (use --config.data.source=folder
 --config.data.path=DIR for others), and the mean pixel from 2,000 training crops. Expect days on
-a GPU; the console logs the ETA, TensorBoard the losses and sample grids.
+a GPU; the console logs the ETA, TensorBoard the losses and sample grids. Choices the paper
+leaves open follow GLCIC-PyTorch or our judgement: docs/paper_differences.md lists them.
 `:tiny` is a CPU smoke run (32 px, 6 steps).
 """
 

@@ -363,11 +363,11 @@ def _loss_problems(p: _Problems) -> None:
     weights = p.get("loss.vgg_weights")
     if p.get("loss.perceptual_weight", 0) and not weights:
         p.out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
-                     "--config.loss.vgg_weights=PATH (.h5 or .npz; see the README's 'Perceptual "
-                     "loss' section)")
+                     "--config.loss.vgg_weights=PATH (.h5 or .npz; see docs/variants.md, "
+                     "'Perceptual loss')")
     elif p.get("loss.perceptual_weight", 0) and not os.path.isfile(weights):
         p.out.append(f"loss.vgg_weights={weights!r} is not a file: give the path of the VGG-16 "
-                     f"weights (.h5 or .npz; see the README's 'Perceptual loss' section)")
+                     f"weights (.h5 or .npz; see docs/variants.md, 'Perceptual loss')")
 
 
 def _problems(config, num_devices: int) -> list[str]:
