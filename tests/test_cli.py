@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from absl import flags
 
-from glcic_jax import cli, complete, convert, errors, main, serve
+from glcic_jax import cli, complete, convert, errors, export, main, serve
 
 
 def _define(fv):
@@ -57,6 +57,7 @@ def test_user_errors_and_ctrl_c_are_one_line_and_a_bug_keeps_its_traceback(capsy
 @pytest.mark.parametrize("command, flag", [(complete.COMMAND, "--image"),
                                            (serve.COMMAND, "--port"),
                                            (convert.COMMAND, "--source"),
+                                           (export.COMMAND, "--format"),
                                            (main.COMMAND, "--config")])
 @pytest.mark.parametrize("asking", ["-h", "--help"])
 def test_every_command_answers_help_with_its_flags(command, flag, asking, capsys):
