@@ -2,6 +2,8 @@
 
     GLCIC_SIGKILL_IN=PIL.Image:Image.save [GLCIC_SIGKILL_CALL=1] [GLCIC_SIGKILL_ENTRY=main] \
         python tests/sigkill_main.py glcic_jax.complete --workdir=... --image=... --output=...
+    GLCIC_SIGKILL_MODULE=glcic_jax.main GLCIC_SIGKILL_ENTRY=run GLCIC_SIGKILL_IN=... \
+        python tests/sigkill_main.py --config=... --workdir=...
 
 The function named by GLCIC_SIGKILL_IN (`module:attribute.path`) is wrapped so that its
 GLCIC_SIGKILL_CALL-th call (1-based, default 1) kills the process with SIGKILL as it starts:
@@ -47,8 +49,10 @@ def killing(*args, **kwargs):
 setattr(owner, name, killing)
 
 if __name__ == "__main__":
-    target = sys.argv[1]
-    sys.argv = [target, *sys.argv[2:]]
+    target = os.environ.get("GLCIC_SIGKILL_MODULE")  # else the first argument names it
+    if not target:
+        target = sys.argv[1]
+        sys.argv = [target, *sys.argv[2:]]
     # The module object whose function was wrapped: `main()` of complete and convert, `run()` of
     # glcic_jax.main (GLCIC_SIGKILL_ENTRY=run).
     getattr(importlib.import_module(target), os.environ.get("GLCIC_SIGKILL_ENTRY", "main"))()

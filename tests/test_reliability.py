@@ -861,3 +861,29 @@ def test_a_rerun_removes_what_killed_runs_left_and_says_so_in_one_line(tmp_path,
                                "interrupted run: "), lines[0]
     assert not [path for path in left if os.path.exists(path)]
     assert all(path.exists() for path in kept)
+
+
+SIGKILL_HELPER = os.path.join(ROOT, "tests", "sigkill_main.py")
+
+
+@pytest.mark.slow
+def test_training_killed_while_writing_a_sample_grid_is_cleaned_up_by_the_rerun(tmp_path):
+    workdir = tmp_path / "run"
+    flags = ("--config.num_train_steps=2", "--config.sample_every=1",
+             "--config.checkpoint_every=1")
+    # SIGKILL as the first sample grid (step 1) is being written, into its temporary file.
+    proc = run_cli(workdir, *flags, script=SIGKILL_HELPER, env=cli_env(
+        GLCIC_SIGKILL_MODULE="glcic_jax.main", GLCIC_SIGKILL_ENTRY="run",
+        GLCIC_SIGKILL_IN="PIL.Image:Image.save"))
+    assert proc.returncode == -signal.SIGKILL, report(proc)
+    left = [name for name in files_under(workdir) if ".tmp-" in name]
+    assert len(left) == 1 and left[0].startswith("samples/"), files_under(workdir)
+
+    proc = run_cli(workdir, *flags)
+    assert proc.returncode == 0, report(proc)
+    lines = [line for line in proc.stderr.splitlines() if "interrupted run" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        f"Removed 1 unfinished checkpoint or file left by an interrupted run: "
+        f"{workdir / left[0]}."), report(proc)
+    assert not [name for name in files_under(workdir) if ".tmp" in name], files_under(workdir)
+    assert finished_steps(workdir) == [1, 2]
