@@ -110,8 +110,8 @@ def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
 
 def _kept(ckpt: checkpointing.Checkpointer | None) -> str:
     """Which checkpoint a run that stops now leaves to resume from, for its error message."""
-    if ckpt is None:
-        return "the last good checkpoint is kept"
+    if ckpt is None:  # no checkpointer to ask (a caller outside the training loop)
+        return "any earlier checkpoint is kept"
     try:
         ckpt.wait()  # a save still in flight belongs in the answer
     except checkpointing.CheckpointWriteError:
