@@ -20,7 +20,9 @@ Contract (each point is pinned by tests/test_complete.py):
   down copy, and only the hole is scaled back up; each output line says at which size.
 * Nothing lost: every check a user can fail (files, mask size, checkpoint, output paths and
   formats) runs before the network and before any write, as one line `error: ...` and exit 1;
-  no output replaces an input or another output; outputs are written atomically.
+  no output replaces an input or another output; outputs are written atomically, and the
+  temporary files of a killed run are removed by the next run into the same folders, with one
+  line saying so (`leftovers.py`).
 * `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`) at full resolution.
 
 `image_io.py` reads and writes the files, `inference.py` loads the network and completes photos
@@ -49,6 +51,7 @@ from glcic_jax.image_io import (
     check_format_holds,
     check_outputs,
     mask_path_for,
+    remove_leftovers,
     output_format,
     read_mask,
     read_photo,
@@ -133,6 +136,9 @@ def _read_and_check(jobs: list[Job]):
             lossy.append(job.output)
     holes = [read_mask(j.mask, p.size) if j.mask else None for j, p in zip(jobs, photos)]
     check_outputs(jobs)
+    cleaned = remove_leftovers(jobs)
+    if cleaned:
+        print(f"note: {cleaned}")
     for path in lossy:
         print(f"note: {path} is {output_format(path)}: re-encoding changes pixels outside the "
               f"hole too; use .png for an exact result.")

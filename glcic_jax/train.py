@@ -36,7 +36,8 @@ class NonFiniteError(errors.UserError, FloatingPointError):
 
     A user error (one line, no traceback): a diverged run is an outcome of the config and the data
     (learning rate, loss weights, a bad image), not a fault our traceback could locate, and the
-    message says what to change and that the last good checkpoint is kept. Our judgement."""
+    message says what to change and which checkpoint is kept (if one was written). Our
+    judgement."""
 
 
 class _StopSignal:
@@ -97,12 +98,27 @@ def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
     exiting the interpreter mid-save would lose the last good checkpoint."""
     try:
         yield
+    except checkpointing.CheckpointWriteError:
+        raise  # the failed save is the error: nothing left to finish, nothing more to report
     except BaseException:
         try:
             ckpt.wait()
         except Exception as e:  # report it, but the original error is the one to raise
             logging.error("%s", e)
         raise
+
+
+def _kept(ckpt: checkpointing.Checkpointer | None) -> str:
+    """Which checkpoint a run that stops now leaves to resume from, for its error message."""
+    if ckpt is None:  # no checkpointer to ask (a caller outside the training loop)
+        return "any earlier checkpoint is kept"
+    try:
+        ckpt.wait()  # a save still in flight belongs in the answer
+    except checkpointing.CheckpointWriteError:
+        pass
+    done = ckpt.finished_steps()
+    return (f"the last good checkpoint (step {done[-1]}) is kept" if done
+            else "no checkpoint had been written yet (a rerun starts afresh)")
 
 
 def fixed_eval_masks(config, num: int) -> masks.Masks:
@@ -198,7 +214,8 @@ _FIRST_CALL = {
 _NOT_THE_LOSSES = "gradients or updated weights (the losses were finite)"
 
 
-def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, float]:
+def _check_finite(pending: list[tuple[int, str, dict]], config,
+                  ckpt: checkpointing.Checkpointer | None = None) -> dict[str, float]:
     """Fetch the pending per-step metrics; stop (or count) on non-finite values; return means.
 
     Each metric is the mean over the steps that produced it (finite values only): a window that
@@ -221,7 +238,7 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
                 raise NonFiniteError(
                     f"Non-finite values at step {step + 1} ({name} update): "
                     f"{', '.join(bad) or _NOT_THE_LOSSES}. The state of that step was not saved; "
-                    f"the last good checkpoint is kept. Lower the learning rate, check the data, "
+                    f"{_kept(ckpt)}. Lower the learning rate, check the data, "
                     f"or set --config.nan_policy=skip to skip such updates."
                 )
         for k, v in m.items():
@@ -239,36 +256,41 @@ def _count_nonfinite(state) -> jax.Array:
     return sum(jnp.sum(~jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
-def _check_state_finite(state, step: int) -> None:
+def _check_state_finite(state, step: int, ckpt: checkpointing.Checkpointer | None = None) -> None:
     """Never checkpoint NaN/inf weights: an update can overflow although its losses were finite."""
     if int(jax.device_get(_count_nonfinite(state))):
         raise NonFiniteError(
             f"The parameters or optimizer state became non-finite at step {step} although the "
-            f"losses were finite (an update overflowed). The state was not saved; the last good "
-            f"checkpoint is kept. Lower the learning rate."
+            f"losses were finite (an update overflowed). The state was not saved; "
+            f"{_kept(ckpt)}. Lower the learning rate."
         )
 
 
 # Settings that must be the same in a fine-tuning run and the workdir it starts from
-# (`config.init_from`): they change what the completion network's weights mean.
-INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm")
+# (`config.init_from`): they change the completion network's parameters (width, fill) or what
+# its weights mean.
+INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm", "model.width",
+                  "model.fill")
 
 
 def load_init_from(config):
     """The `inference.Completer` of `config.init_from`, checked against `config`.
 
     Raises inference.LoadError when it cannot be loaded and ConfigError when its model settings
-    differ (one line each).
+    differ (one line each, naming every setting that differs, as a resume does).
     """
     from glcic_jax import inference
 
     source = inference.load(config.init_from)
-    diffs = [f"--config.{k}={checkpointing.setting(source.config, k)}" for k in INIT_FROM_KEYS
-             if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
-    if diffs:
+    differ = [k for k in INIT_FROM_KEYS
+              if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
+    if differ:
+        named = "; ".join(f"{k}: checkpoint has {checkpointing.setting(source.config, k)!r}, "
+                          f"config has {checkpointing.setting(config, k)!r}" for k in differ)
+        add = " ".join(f"--config.{k}={checkpointing.setting(source.config, k)}" for k in differ)
         raise errors.ConfigError(
-            f"init_from={config.init_from} was trained with other model settings: add "
-            f"{' '.join(diffs)} (the weights only make sense with the settings they learned)."
+            f"init_from={config.init_from} was trained with other model settings ({named}): add "
+            f"{add} (the weights only make sense with the settings they learned)."
         )
     return source
 
@@ -380,15 +402,29 @@ def train_and_evaluate(config, workdir: str) -> Any:
     config_lib.validate(config, num_devices=mesh.size)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
+    # Every check a user can fail that needs no workdir runs before anything is written to it:
+    # a start that fails on its data or on init_from leaves no folder behind.
+    source = _check_before_writing(config, workdir)
     if is_main:
         checkpointing.make_workdir(workdir)
 
     with contextlib.ExitStack() as library_noise:
-        return _train(config, workdir, mesh, is_main, library_noise)
+        return _train(config, workdir, mesh, is_main, library_noise, source)
+
+
+def _check_before_writing(config, workdir: str):
+    """The data source (found, not empty) and, for a run that does not resume, `init_from`
+    (loadable, with this config's model settings): the loaded source, or None."""
+    input_pipeline.check_source(config)
+    if config.init_from and not checkpointing.finished_steps(workdir):
+        return load_init_from(config)
+    return None
 
 
 def _train(config, workdir: str, mesh: Mesh, is_main: bool,
-           library_noise: contextlib.ExitStack) -> Any:
+           library_noise: contextlib.ExitStack, source=None) -> Any:
+    """`source`: fine-tuning, the `init_from` workdir (inference.Completer) loaded before any
+    write (None: a fresh start, or a resume, which does not use it again)."""
     ckpt = checkpointing.Checkpointer(workdir, config)
     perceptual_fn = None
     if config.loss.perceptual_weight:
@@ -407,7 +443,7 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     library_noise.enter_context(checkpointing.library_log(
         os.path.join(workdir, checkpointing.LIBRARY_LOG) if is_main else None))
     if state is None:
-        state = _fresh_state(config, workdir, mesh, nets, is_main)
+        state = _fresh_state(config, workdir, mesh, nets, is_main, source)
     elif config.init_from:
         logging.info("Resuming this workdir's own checkpoint; init_from is not used again.")
     start, total = int(jax.device_get(state.step)), int(config.num_train_steps)
@@ -420,8 +456,13 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     logging.info("Training steps %d..%d (phase 1 < %d <= phase 2 < %d <= phase 3), global batch "
                  "%d on %d device(s).", start, total, tc, t3, config.batch_size, mesh.size)
     logging.info("Preparing TensorBoard and the fixed held-out batch for the sample grids...")
-    loop = _Loop(config, workdir, mesh, nets, steps, ckpt, is_main,
-                 previous_config=resumed_config if start else None, start=start)
+    writer = summary.Writer(workdir, enabled=is_main)
+    # A run that stops with an error closes TensorBoard's files here, quietly: their own exit
+    # hook would otherwise retry a failed write (disk full) and print its traceback.
+    library_noise.callback(writer.close, quiet=True)
+    # config.json is the config in force; a resume with other overrides is recorded.
+    writer.write_config(config, step=start, previous=resumed_config if start else None)
+    loop = _Loop(config, mesh, nets, steps, ckpt, writer, is_main)
     data: Iterator[np.ndarray] = input_pipeline.train_iterator(
         config, distributed.local_batch_size(config.batch_size, mesh), start,
         jax.process_index(), jax.process_count())
@@ -431,20 +472,22 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     with _StopSignal(stop.received) as last:
         ckpt.close()
         last.check()
-    loop.writer.close()
+    tensorboard = writer.tensorboard
+    writer.close()
     if hasattr(data, "close"):
         data.close()
     if config.final_eval and step == total:
-        report_final(config, workdir, loop.grid_path, loop.writer.tensorboard)
+        report_final(config, workdir, loop.grid_path, tensorboard)
     return state
 
 
-def _fresh_state(config, workdir: str, mesh: Mesh, nets, is_main: bool):
-    """The state of a new run: initialised networks, or `init_from`'s completion network; the
-    mean pixel computed (and cached) from the data, or the one `init_from` was trained with."""
-    source = None  # fine-tuning: the loaded `init_from` workdir (inference.Completer)
+def _fresh_state(config, workdir: str, mesh: Mesh, nets, is_main: bool, source=None):
+    """The state of a new run: initialised networks, or `init_from`'s completion network (the
+    `source` loaded before any write); the mean pixel computed (and cached) from the data, or
+    the one `init_from` was trained with."""
     if config.init_from:
-        source = load_init_from(config)
+        # Fine-tuning: the network keeps the mean pixel it was trained with.
+        source = source or load_init_from(config)
         mean_px = source.mean_pixel
     elif jax.process_count() == 1:
         mean_px = input_pipeline.mean_pixel(config, workdir)
@@ -470,13 +513,10 @@ class _Loop:
     """The training loop's parts: the periodic logging, sample grids, held-out evaluation and
     checkpoints, and the timer that leaves their first (compiling) calls out of the rate."""
 
-    def __init__(self, config, workdir: str, mesh: Mesh, nets, steps: steps_lib.Steps,
-                 ckpt: checkpointing.Checkpointer, is_main: bool,
-                 previous_config: dict | None, start: int):
-        self.config, self.mesh, self.steps, self.ckpt = config, mesh, steps, ckpt
-        self.writer = summary.Writer(workdir, enabled=is_main)
-        # config.json is the config in force; a resume with other overrides is recorded.
-        self.writer.write_config(config, step=start, previous=previous_config)
+    def __init__(self, config, mesh: Mesh, nets, steps: steps_lib.Steps,
+                 ckpt: checkpointing.Checkpointer, writer: summary.Writer, is_main: bool):
+        self.config, self.mesh, self.steps, self.ckpt, self.writer = (config, mesh, steps, ckpt,
+                                                                      writer)
         self.periodic_eval = None
         if config.eval_every > 0:  # held-out metrics for TensorBoard (evaluate.py)
             from glcic_jax import evaluate
@@ -519,7 +559,9 @@ class _Loop:
                 if first:
                     jax.block_until_ready(metrics)
             stop.check()
-            self.ckpt.poll()  # a save that failed in the background (disk full) stops the run now
+            # The save of the step before (if any) has had this step to finish in the
+            # background; a failed one (disk full) stops the run here, named with its step.
+            self.ckpt.poll(wait=True)
             self.pending.append((step, name, metrics))
             step += 1
             done = step == total
@@ -545,7 +587,8 @@ class _Loop:
 
     def log(self, step: int, steps: int) -> None:
         """The console line and TensorBoard scalars for the `steps` steps ending at `step`."""
-        values = _check_finite(self.pending, self.config)  # raises before a bad state is saved
+        # Raises before a bad state is saved.
+        values = _check_finite(self.pending, self.config, self.ckpt)
         updates = _window_updates(self.pending, self.config)
         self.pending.clear()
         now = time.time()
@@ -574,7 +617,7 @@ class _Loop:
 
     def save(self, step: int, state, stop: _StopSignal) -> None:
         with self.first_call("checkpoint"):
-            _check_state_finite(state, step)
+            _check_state_finite(state, step, self.ckpt)
             stop.check()
             self.ckpt.save(step, state, self.config)
 
