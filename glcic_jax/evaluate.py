@@ -37,7 +37,6 @@ metrics during training (`config.eval_every`).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -45,7 +44,7 @@ import time
 import jax
 import numpy as np
 
-from glcic_jax import config_lib, errors, inference, input_pipeline, masks, postprocess
+from glcic_jax import config_lib, errors, inference, input_pipeline, leftovers, masks, postprocess
 from glcic_jax.inference import generator_variables, quantize_uint8
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
@@ -183,7 +182,7 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
     """The held-out holes of the config's own hole shape: bool [num, H, W], drawn from a fixed
     key (fixed crops of the mask files with mask.shape='files')."""
-    if config.mask.get("shape", "box") == "files":
+    if config.mask.shape == "files":
         return input_pipeline.fixed_file_masks(config, num)
     m = masks.fixed_eval_masks(config, num, height, width)
     return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
@@ -217,7 +216,7 @@ def mask_sets(config, num: int, height: int, width: int) -> dict[str, np.ndarray
     for i, (lo, hi) in enumerate(STROKE_BINS):
         sets[stroke_set_name(lo, hi)] = holes(masks.fixed_eval_masks(
             config, num, height, width, seed_offset=i + 1, area_min=lo, area_max=hi, **strokes))
-    if config.mask.get("shape", "box") == "files":
+    if config.mask.shape == "files":
         sets["files"] = input_pipeline.fixed_file_masks(config, num)
     return sets
 
@@ -293,6 +292,57 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _complete_every_way(completer, images: np.ndarray, hole: np.ndarray, batch_size: int):
+    """`(outputs, seconds)`: the held-out images completed by the network and every baseline
+    (METHODS), and how long each took."""
+    timings = {}
+
+    def timed(name, fn):
+        t = time.time()
+        out = fn()
+        timings[name] = time.time() - t
+        return out
+
+    mean_px = completer.mean_pixel
+    chunk = min(len(images), batch_size)
+    model = timed("model", lambda: inference.complete_in_chunks(completer.fn, completer.variables,
+                                                                mean_px, images, hole, chunk))
+    outputs = {
+        "model": model,
+        "model+postprocess": timed("model+postprocess", lambda: np.stack(
+            [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
+        "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
+        "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
+        "navier_stokes": timed("navier_stokes",
+                               lambda: opencv_inpaint(images, hole, "navier_stokes")),
+    }
+    return outputs, timings
+
+
+def _report(workdir: str, payload: dict, images: np.ndarray, outputs: dict) -> None:
+    """Print the table, then write eval_<step>.json and the side-by-side picture (process 0).
+    The table comes first: a workdir that cannot be written (read-only, full) must not lose it."""
+    step, n = payload["step"], payload["num_images"]
+    h, w = payload["image_size"]
+    sets = {k: v["results"] for k, v in payload["mask_sets"].items()}
+    fractions = {k: v["hole_fraction"] for k, v in payload["mask_sets"].items()}
+    print(f"Step {step}: {n} held-out {h}x{w} images, {len(sets)} mask sets (L1 in [0, 255], "
+          f"PSNR in dB; *_hole = inside the holes only)")
+    print(format_sets_table(sets, fractions), flush=True)
+    path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
+    try:  # atomic, and a failed write leaves no temporary file (leftovers.py)
+        leftovers.write_json(path, payload, indent=2)
+    except OSError as e:
+        raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
+                                    f"above holds the results.") from e
+    print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
+    _write_tensorboard(workdir, step, sets)
+    picture = write_comparison(workdir, step, images, outputs)
+    if picture:
+        print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images, boxes): "
+              f"{picture}")
+
+
 def evaluate(config, workdir: str) -> dict:
     """Score the latest checkpoint in `workdir` and the baselines on the held-out set.
 
@@ -313,33 +363,14 @@ def evaluate(config, workdir: str) -> dict:
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
     h, w = images.shape[1:3]
     holes = mask_sets(config, n, h, w)
-    hole = holes["boxes"]
-    mean_px = completer.mean_pixel
     logging.info("Evaluating step %d on %d held-out %dx%d images, mask sets %s.", step, n, h, w,
                  ", ".join(f"{k} ({100 * v.mean():.1f}% hole)" for k, v in holes.items()))
-
-    chunk = min(n, int(config.batch_size))
     sets, timings, pictures = {}, {}, {}
-
-    def timed(name, fn):
-        t = time.time()
-        out = fn()
-        timings[name] = timings.get(name, 0.0) + time.time() - t
-        return out
-
     for set_name, hole in holes.items():
-        model = timed("model", lambda: inference.complete_in_chunks(
-            completer.fn, completer.variables, mean_px, images, hole, chunk))
-        outputs = {
-            "model": model,
-            "model+postprocess": timed("model+postprocess", lambda: np.stack(
-                [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
-            "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
-            "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
-            "navier_stokes": timed("navier_stokes",
-                                   lambda: opencv_inpaint(images, hole, "navier_stokes")),
-        }
+        outputs, seconds = _complete_every_way(completer, images, hole, int(config.batch_size))
         sets[set_name] = {name: mean_metrics(outputs[name], images, hole) for name in METHODS}
+        for k, v in seconds.items():
+            timings[k] = timings.get(k, 0.0) + v
         if set_name == "boxes":
             pictures = outputs
     results = sets["boxes"]
@@ -355,7 +386,7 @@ def evaluate(config, workdir: str) -> dict:
         "data": {"source": config.data.source, "name": config.data.name,
                  "path": config.data.path, "split": config.data.eval_split},
         "trained_image_size": int(stored_config.data.image_size),
-        "trained_mask_shape": str(stored_config.mask.get("shape", "box")),
+        "trained_mask_shape": str(stored_config.mask.shape),
         "inpaint_radius": INPAINT_RADIUS,
         "psnr_cap_db": PSNR_CAP,
         "results": results,  # the 'boxes' set
@@ -365,27 +396,7 @@ def evaluate(config, workdir: str) -> dict:
         "device": str(jax.devices()[0].platform),
     }
     if jax.process_index() == 0:
-        # The table first: a workdir that cannot be written (read-only, full) must not lose it.
-        print(f"Step {step}: {n} held-out {h}x{w} images, {len(sets)} mask sets (L1 in "
-              f"[0, 255], PSNR in dB; *_hole = inside the holes only)")
-        print(format_sets_table(sets, fractions), flush=True)
-        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(payload, f, indent=2)
-            os.replace(tmp, path)
-        except OSError as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
-                                        f"above holds the results.") from e
-        print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
-        _write_tensorboard(workdir, step, sets)
-        picture = write_comparison(workdir, step, images, pictures)
-        if picture:
-            print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images, boxes): "
-                  f"{picture}")
+        _report(workdir, payload, images, pictures)
     return payload
 
 
@@ -416,16 +427,14 @@ def write_comparison(workdir: str, step: int, images: np.ndarray,
     the table. Returns the path, or None (with a warning: the JSON and the table stand) when the
     picture cannot be written.
     """
-    from PIL import Image
-
-    from glcic_jax import summary
+    from glcic_jax import image_io, summary
 
     k = min(len(images), PICTURE_ROWS)
     columns = {"original": images[:k], "input = mean_fill": outputs["mean_fill"][:k],
                **{name: outputs[name][:k] for name in METHODS if name != "mean_fill"}}
     path = os.path.join(os.path.abspath(workdir), f"eval_{step}.png")
     try:
-        Image.fromarray(summary.comparison_grid(columns)).save(path)
+        image_io.write_image(path, summary.comparison_grid(columns))  # atomic
     except OSError as e:
         logging.warning("Could not write %s (%s); the table and the JSON above hold the results.",
                         path, e.strerror or e)

@@ -47,7 +47,7 @@ from glcic_jax.data.images import (  # noqa: F401
 from glcic_jax.data.scikit_image import SKIMAGE_EVAL, SKIMAGE_TRAIN, SkimageReader  # noqa: F401
 from glcic_jax.data.streams import IndexedReader, IndexedSource, StreamIterator  # noqa: F401
 from glcic_jax.data.tf_datasets import TfdsReader
-from glcic_jax.errors import ConfigError, DataError  # noqa: F401
+from glcic_jax.errors import ConfigError, DataError, InputFileError  # noqa: F401
 
 
 class Reader(Protocol):
@@ -92,7 +92,7 @@ def train_iterator(config, local_batch: int, start_step: int = 0, host: int = 0,
     the user's hole, 255 = hole: `data/mask_files.py`)."""
     start = start_step * local_batch
     images = reader(config).train_batches(config, local_batch, start, host, hosts)
-    if config.mask.get("shape", "box") != "files":
+    if config.mask.shape != "files":
         return images
     stream = mask_files.MaskStream(mask_file_holes(config), int(config.data.image_size),
                                    int(config.seed), host)
@@ -135,6 +135,18 @@ def eval_images(config, num: int) -> np.ndarray:
     return reader(config).eval_images(config, num)
 
 
+def check_source(config) -> None:
+    """Fail now, with one line, on data that cannot be found (a missing or empty data.path, an
+    unknown tfds dataset) and on a mask.files folder with a non-image file or no usable mask:
+    training runs it before it writes anything to the workdir. Unreadable photos are found
+    later, while reading."""
+    check = getattr(reader(config), "check", None)
+    if check is not None:
+        check(config)
+    if config.mask.shape == "files":
+        mask_file_holes(config)
+
+
 def describe_split(config) -> tuple[int, int, int] | None:
     """Log how many photos the folder source found, trains on and holds out (process 0 calls it
     once per run); warn when too few are held out. Returns (found, train, held out), or None for
@@ -159,7 +171,7 @@ def compute_mean_pixel(config) -> np.ndarray:
     """Mean RGB in [0, 1] over `data.mean_pixel_images` training crops (host 0's stream start)."""
     n = max(1, int(config.data.mean_pixel_images))
     batch = min(n, 64)
-    if config.data.get("color_augment", False):  # the photos' own mean, not the recoloured one
+    if config.data.color_augment:  # the photos' own mean, not the recoloured one
         config = config.copy_and_resolve_references()
         with config.unlocked():
             config.data.color_augment = False
@@ -221,10 +233,14 @@ def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
                  int(config.data.mean_pixel_images))
     value = compute_mean_pixel(config)
     if write:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "mean_pixel": [float(v) for v in value]}, f, indent=1)
-        os.replace(tmp, path)
+        from glcic_jax import leftovers
+
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            leftovers.write_json(path, {"key": key, "mean_pixel": [float(v) for v in value]},
+                                 indent=1)
+        except OSError as e:  # disk full: nothing half-written is left (leftovers.py)
+            raise InputFileError(f"Could not write {path} ({e.strerror or e}). Free disk space "
+                                 f"or make --workdir writable, then rerun the same command.") from e
     logging.info("Mean pixel (RGB, [0, 1]): %s", np.round(value, 4).tolist())
     return value

@@ -24,9 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib, errors
+from glcic_jax import config_lib
 
-POSITIONS = config_lib.MASK_POSITIONS
 # The holes of every fixed evaluation set (training's sample grids, periodic and --mode=eval
 # metrics): one seed, so every run, config and checkpoint is scored on the same holes.
 EVAL_MASK_SEED = 20170720
@@ -41,7 +40,7 @@ class MaskSpec(NamedTuple):
     max_holes: int = 1
     position: str = "random"  # 'random' window, or 'center' (the landscape report's fixed hole)
     square: bool = False  # square holes (one side drawn for both; the landscape report)
-    shape: str = "box"  # config_lib.MASK_SHAPES
+    shape: str = "box"  # config_lib.CHOICES['mask.shape']
     max_strokes: int = 8  # strokes: at most this many per hole
     stroke_width_min: float = 12.0  # strokes: nominal brush widths in pixels
     stroke_width_max: float = 40.0
@@ -51,21 +50,20 @@ class MaskSpec(NamedTuple):
 
     @classmethod
     def from_config(cls, mask_cfg) -> "MaskSpec":
-        get = mask_cfg.get  # the free-form fields are absent from older configs
         return cls(
             local_size=int(mask_cfg.local_size),
             hole_min=int(mask_cfg.hole_min),
             hole_max=int(mask_cfg.hole_max),
             max_holes=int(mask_cfg.max_holes),
             position=str(mask_cfg.position),
-            square=bool(get("square", False)),
-            shape=str(get("shape", "box")),
-            max_strokes=int(get("max_strokes", 8)),
-            stroke_width_min=float(get("stroke_width_min", 12.0)),
-            stroke_width_max=float(get("stroke_width_max", 40.0)),
-            area_min=float(get("area_min", 0.05)),
-            area_max=float(get("area_max", 0.5)),
-            box_prob=float(get("box_prob", 0.5)),
+            square=bool(mask_cfg.square),
+            shape=str(mask_cfg.shape),
+            max_strokes=int(mask_cfg.max_strokes),
+            stroke_width_min=float(mask_cfg.stroke_width_min),
+            stroke_width_max=float(mask_cfg.stroke_width_max),
+            area_min=float(mask_cfg.area_min),
+            area_max=float(mask_cfg.area_max),
+            box_prob=float(mask_cfg.box_prob),
         )
 
     def validate(self, height: int, width: int) -> None:
@@ -122,11 +120,10 @@ def sample_masks(key: jax.Array, batch: int, height: int, width: int, spec: Mask
         is_box = jax.random.uniform(k_pick, (batch,)) < spec.box_prob
         return Masks(*(jnp.where(is_box.reshape((batch,) + (1,) * (a.ndim - 1)), a, b)
                        for a, b in zip(boxes, strokes)))
-    if spec.shape == "box":
-        return sample_boxes(key, batch, height, width, spec)
-    raise errors.ConfigError(f"mask.shape={spec.shape!r} cannot be drawn on the device; choose "
-                             f"one of 'box', 'strokes', 'mixed' ('files' masks come with the "
-                             f"batch).")
+    config_lib.check_choice("mask.shape", spec.shape)
+    if spec.shape == "files":
+        raise ValueError("mask.shape='files' holes come with the batch (masks_from_holes).")
+    return sample_boxes(key, batch, height, width, spec)
 
 
 def sample_boxes(key: jax.Array, batch: int, height: int, width: int, spec: MaskSpec) -> Masks:
@@ -376,7 +373,6 @@ def crop(images: jax.Array, corners: jax.Array, size: int) -> jax.Array:
 #                    authors' released `inpaint.lua` feeds their trained network
 # Both append the mask channel; outside the borders the convolutions see zeros, which is why the
 # two are not one model with a shifted first bias.
-INPUT_NORMS = config_lib.INPUT_NORMS
 
 
 def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
@@ -384,7 +380,7 @@ def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
     """Completion-network input: the image with its holes hidden, plus the mask channel.
 
     images [B, H, W, 3] in [0, 1]; mask [B, H, W, 1]; mean_pixel [3] in [0, 1] -> [B, H, W, 4].
-    `norm` is one of INPUT_NORMS (see above); either way the hole's pixels are not used.
+    `norm` is one of config_lib.INPUT_NORMS (see above); either way the hole's pixels are not used.
     """
     mean = jnp.asarray(mean_pixel, images.dtype).reshape((1, 1, 1, 3))
     if norm == "mean_fill":
@@ -392,6 +388,5 @@ def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
     elif norm == "mean_subtract":
         filled = (images - mean) * (1.0 - mask)
     else:
-        raise errors.ConfigError(f"model.input_norm={norm!r} is not supported; choose one of "
-                         f"{list(INPUT_NORMS)}.")
+        config_lib.check_choice("model.input_norm", norm)
     return jnp.concatenate([filled, mask.astype(images.dtype)], axis=-1)

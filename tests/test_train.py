@@ -108,7 +108,7 @@ def test_folder_source_trains_end_to_end(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert_trained_workdir(str(tmp_path / "run"), state)
-    # What the console said (issue 19): the split, each first compilation, the window's updates.
+    # What the console said: the split, each first compilation, the window's updates.
     text = caplog.text
     assert re.search(r"12 images found, \d+ used for training, \d+ held out", text), text
     for kind in ("phase-1 completion step", "phase-2 discriminator step",
@@ -395,7 +395,7 @@ def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path, monkeypatch):
     partial = train.train_and_evaluate(first, str(tmp_path / "resumed"))
     assert int(jax.device_get(partial.step)) == 3
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    # config.json is the config in force, and the resume's change is on record (issue 19).
+    # config.json is the config in force, and the resume's change is on record.
     with open(tmp_path / "resumed" / "config.json") as f:
         assert json.load(f)["num_train_steps"] == 6
     with open(tmp_path / "resumed" / "config_changes.jsonl") as f:
@@ -521,7 +521,7 @@ def test_preparing_a_tfds_dataset_shows_progress(tmp_path, monkeypatch, caplog):
 
 
 # ----------------------------------------------------------------------------------------------
-# Small folders (issue 18 item 10): nothing held out below MIN_IMAGES_TO_HOLD_OUT, and then the
+# Small folders: nothing held out below MIN_IMAGES_TO_HOLD_OUT, and then the
 # training images are evaluated, with a warning
 
 
@@ -556,7 +556,7 @@ def test_from_three_images_one_is_held_out_whatever_the_order():
 
 
 # ----------------------------------------------------------------------------------------------
-# Faults in-process (issue 18 items 3, 4, 7): a damaged newest checkpoint, a save that fails in
+# Faults in-process: a damaged newest checkpoint, a save that fails in
 # the background, a second Ctrl-C whose KeyboardInterrupt is swallowed. Each trains the tiny
 # config through train_and_evaluate (10-60 CPU s each), so they are end-to-end runs: marked slow,
 # like the other kill/resume tests (CI runs them; `-m "not slow"` skips them).
@@ -685,6 +685,26 @@ def test_logged_metrics_are_means_over_the_steps_that_produced_them():
     np.testing.assert_allclose(values["mse"], 0.02, rtol=1e-6)
     np.testing.assert_allclose(values["g_adv"], 0.5, rtol=1e-6)
     assert values["skipped_updates"] == 1.0
+
+
+def test_a_non_finite_stop_says_truthfully_which_checkpoint_is_kept(tmp_path, tiny_state):
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    pending = [(1, "completion", {"mse": np.float32(np.nan), "nonfinite": np.float32(1.0)})]
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "run"), config)
+    try:
+        for stop in (lambda: train._check_finite(pending, config, ckpt),
+                     lambda: train._check_state_finite(
+                         jax.tree_util.tree_map(lambda x: x * np.nan, tiny_state), 2, ckpt)):
+            with pytest.raises(train.NonFiniteError) as info:  # before the first checkpoint
+                stop()
+            assert "no checkpoint had been written yet (a rerun starts afresh)" in str(info.value)
+            assert "is kept" not in str(info.value)
+        ckpt.save(1, tiny_state, config)  # still being written when the run stops: it counts
+        with pytest.raises(train.NonFiniteError, match=r"the last good checkpoint \(step 1\) "
+                                                        r"is kept\."):
+            train._check_finite(pending, config, ckpt)
+    finally:
+        ckpt.close()
 
 
 @pytest.mark.parametrize("name", ["celeba", "places2"])
