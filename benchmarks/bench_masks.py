@@ -20,7 +20,6 @@ the step's time scaled to batch 96 (a CPU step costs in proportion to its batch)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import _harness
@@ -29,7 +28,7 @@ SHAPES = ("box", "strokes", "mixed")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = _harness.parser(__doc__)
     p.add_argument("--size", type=int, default=256, help="image side (the paper's 256)")
     p.add_argument("--batch", type=int, default=96, help="phase-1 step batch (the paper's 96)")
     p.add_argument("--mask_batches", default="96", help="batches to time mask generation at "
