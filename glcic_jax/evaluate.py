@@ -30,8 +30,7 @@ numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` (`
 boxes set; `mask_sets`: every set), TensorBoard (`eval/<set>/<method>/<metric>`) and a table on
 the console (a row per set and method); `WORKDIR/eval_<step>.png` shows the first PICTURE_ROWS
 held-out images with the boxes as each method completed them, side by side (drawn at least
-128 px wide). `TrainingEval` computes the model's
-metrics during training (`config.eval_every`).
+128 px wide). `TrainingEval` computes the model's metrics during training (`config.eval_every`).
 """
 
 from __future__ import annotations
