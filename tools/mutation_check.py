@@ -94,7 +94,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "    return models.blend_into_hole(images, out, mask)",
            "    out = out[0] if isinstance(out, tuple) else out\n"
            "    return out",
-           ("tests/test_evaluate.py::test_every_method_is_exact_outside_the_hole",)),
+           ("tests/test_convert.py::test_converted_network_matches_torch_reference",)),
     Mutant("eval's uint8 paste keeps the method's pixels outside the hole",
            "glcic_jax/evaluate.py",
            "return np.where(hole[..., None], filled, images)",
