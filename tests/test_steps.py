@@ -152,7 +152,8 @@ def test_wgan_critic_loss_is_never_weighted_by_alpha(tiny_config):
 
 
 def test_step_counter_and_masks_advance(tiny_steps, tiny_state, tiny_images, after_completion):
-    """Each call adds 1 to the step; the next step draws new masks (fold_in(rng, step))."""
+    """Each call adds 1 to the step, and replaying a step gives the same result. (Which holes
+    each step draws: test_each_step_draws_the_holes_of_its_own_step_number.)"""
     s1, m1 = after_completion
     s2, m2 = tiny_steps.completion(s1, tiny_images)
     s3, _ = tiny_steps.discriminator(s2, tiny_images)
