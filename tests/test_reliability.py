@@ -679,25 +679,26 @@ def test_workdir_that_cannot_be_created_is_a_clear_error(tmp_path):
     assert "Cannot create --workdir" in proc.stderr and "Not a directory" in proc.stderr
 
 
-def _drop_file_permission_override() -> None:
-    """In the child, before exec: remove CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the
-    capability bounding set (prctl PR_CAPBSET_DROP), so that the command runs as a root without
-    them: permission bits bind it as they bind any user. Not a switch to another uid (setuid):
-    the interpreter may live where only root can reach it (e.g. under /root/.pyenv)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+def without_permission_override(cmd: list[str]) -> list[str]:
+    """`cmd` run without the capabilities that let root ignore permission bits (CI runs the
+    tests as root): setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding
+    set before exec, so permission bits bind the command as they bind any user. Not a switch
+    to another uid (setpriv --reuid, os.setuid): the interpreter may live where only root can
+    reach it (e.g. under /root/.pyenv). Unchanged when the tests do not run as root."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")  # util-linux
+    if setpriv is None:
+        pytest.fail("running as root needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
 
 
 def run_cli_unprivileged(workdir, *flags: str) -> subprocess.CompletedProcess:
-    """run_cli without the privilege to ignore permission bits (CI runs the tests as root), so
-    that a read-only folder really is read-only."""
-    return subprocess.run(main_cmd(workdir, *flags), cwd=ROOT, env=cli_env(), capture_output=True,
-                          text=True, timeout=900, check=False,
-                          preexec_fn=_drop_file_permission_override if os.geteuid() == 0 else None)
+    """run_cli without the privilege to ignore permission bits, so that a read-only folder
+    really is read-only."""
+    return subprocess.run(without_permission_override(main_cmd(workdir, *flags)), cwd=ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=900,
+                          check=False)
 
 
 def test_dropping_the_override_makes_root_obey_permission_bits(tmp_path):
@@ -706,9 +707,8 @@ def test_dropping_the_override_makes_root_obey_permission_bits(tmp_path):
     folder.mkdir()
     os.chmod(folder, 0o555)
     code = f"open({str(folder / 'x')!r}, 'w')"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False,
-                          preexec_fn=_drop_file_permission_override if os.geteuid() == 0 else None)
+    proc = subprocess.run(without_permission_override([sys.executable, "-c", code]),
+                          capture_output=True, text=True, timeout=60, check=False)
     os.chmod(folder, 0o755)
     assert proc.returncode == 1 and "PermissionError" in proc.stderr, proc.stderr
 
