@@ -198,20 +198,29 @@ def write_image(path: str, pixels: np.ndarray, icc_profile: bytes | None = None)
     """Write uint8 [H, W(, C)] pixels (C = 1, 2, 3, 4: L, LA, RGB, RGBA) atomically: to a
     temporary file in the same folder, renamed when complete. The file gets the permissions of
     a newly created file (0666 minus the umask), as any other program's output."""
-    fmt = output_format(path)
-    arr = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
-    img = Image.fromarray(np.ascontiguousarray(arr))
+    data = encode_image(pixels, output_format(path), icc_profile)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **_save_params(fmt, icc_profile))
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "PNG", icc_profile: bytes | None = None
+                 ) -> bytes:
+    """uint8 [H, W(, C)] pixels -> the file's bytes in `fmt`, in memory. The one encoder of
+    `write_image` and the web server, so both give the same bytes for the same pixels."""
+    arr = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format=fmt,
+                                                    **_save_params(fmt, icc_profile))
+    return buf.getvalue()
 
 
 def check_format_holds(path: str, mode: str) -> str:
