@@ -43,7 +43,8 @@ Guarantees:
   checkpoint, a refused or unwritable output path or format) are checked before the network
   runs and before any output is written, print one line and exit with status 1; so does a write
   that fails later (disk full). Every output is written to a temporary file and renamed, so a
-  file at an output path is always complete.
+  file at an output path is always complete; the temporary files of a killed run are removed
+  by the next run into the same folders, with one line saying so (`leftovers.py`).
 * `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`), applied at full
   resolution from the completed image and the mask only.
 
@@ -75,6 +76,7 @@ from glcic_jax.image_io import (
     check_format_holds,
     check_outputs,
     mask_path_for,
+    remove_leftovers,
     output_format,
     read_mask,
     read_photo,
@@ -134,6 +136,9 @@ def _run(argv: Sequence[str]) -> None:
             lossy.append(job.output)
     holes = [read_mask(j.mask, p.size) if j.mask else None for j, p in zip(jobs, photos)]
     check_outputs(jobs)
+    cleaned = remove_leftovers(jobs)
+    if cleaned:
+        print(f"note: {cleaned}")
     for path in lossy:
         print(f"note: {path} is {output_format(path)}: re-encoding changes pixels outside the "
               f"hole too; use .png for an exact result.")
