@@ -109,13 +109,13 @@ MUTANTS: tuple[Mutant, ...] = (
            "candidates = sorted(self.all_steps() if steps is None else steps)",
            ("tests/test_complete.py::test_the_newest_of_two_intact_checkpoints_is_restored",)),
     Mutant("no write probe before training", "glcic_jax/checkpointing.py",
-           "fd, probe = tempfile.mkstemp(prefix=\".write-probe-\", dir=self.directory)\n"
-           "            os.close(fd)\n            os.remove(probe)",
-           "pass",
+           "            fd, probe = leftovers.temp_file(self.directory, prefix=leftovers.PROBE)\n"
+           "            os.remove(probe)\n            os.close(fd)\n",
+           "            pass\n",
            ("tests/test_reliability.py::"
             "test_read_only_workdir_is_refused_before_training_even_for_a_fresh_run",)),
     Mutant("training saves without the overflow guard", "glcic_jax/train.py",
-           "                _check_state_finite(state, step)\n",
+           "                _check_state_finite(state, step, ckpt)\n",
            "",
            ("tests/test_reliability.py::test_training_refuses_to_checkpoint_an_overflowed_state",)),
     Mutant("broadcast_from_main returns this process's value", "glcic_jax/distributed.py",
