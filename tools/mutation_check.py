@@ -115,7 +115,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_complete.py::"
             "test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one",)),
     Mutant("training saves without the overflow guard", "glcic_jax/train.py",
-           "                _check_state_finite(state, step, ckpt)\n",
+           "            _check_state_finite(state, step, self.ckpt)\n",
            "",
            ("tests/test_reliability.py::test_training_refuses_to_checkpoint_an_overflowed_state",)),
     Mutant("broadcast_from_main returns this process's value", "glcic_jax/distributed.py",
