@@ -16,8 +16,8 @@ Deliberate differences (the data this config can fetch, not the paper's):
   images (e.g. the high-resolution release), use a folder source:
   --config.data.source=folder --config.data.path=DIR.
 * The mean pixel is estimated on `data.mean_pixel_images` (2,000) training crops, not the whole set.
-* Choices the paper leaves open follow GLCIC-PyTorch or our judgement; README, "Deliberate
-  differences from the paper", lists them (hole MSE normalisation, real local crops, etc.).
+* Choices the paper leaves open follow GLCIC-PyTorch or our judgement;
+  docs/paper_differences.md lists them (hole MSE normalisation, real local crops, etc.).
 """
 
 from glcic_jax import config_lib

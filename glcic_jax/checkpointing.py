@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
@@ -205,6 +204,46 @@ def finished_steps(workdir: str) -> list[int]:
     return _finished_steps_in(checkpoint_dir(workdir))
 
 
+def resume_note(workdir: str) -> str:
+    """What rerunning the same command does, as the end of an error message: true in every case
+    (a run that stops before its first checkpoint must not promise to resume from one)."""
+    done = finished_steps(workdir)
+    if done:
+        return (f"training resumes from the last complete checkpoint (step {done[-1]}), which is "
+                f"intact")
+    return "training starts afresh (no checkpoint had been written)"
+
+
+# Files an interrupted training run can leave in its workdir besides unfinished checkpoints:
+# the temporary files of atomic writes (leftovers.py) and the fixed temporary names that earlier
+# versions used for config.json and mean_pixel.json.
+_OLD_TEMP_NAMES = ("config.json.tmp", "mean_pixel.json.tmp")
+
+
+def remove_leftovers(workdir: str) -> list[str]:
+    """Process 0, before training: delete what killed runs left unfinished in WORKDIR
+    (unfinished saves, which Orbax never reads, and temporary files); returns their paths."""
+    from glcic_jax import leftovers
+
+    directory = checkpoint_dir(workdir)
+    removed = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        names = []
+    for name in names:
+        if ".orbax-checkpoint-tmp" in name:
+            path = os.path.join(directory, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    removed += leftovers.remove_abandoned(directory, (leftovers.PROBE,))
+    removed += leftovers.remove_abandoned(workdir, (leftovers.TEMP_FILE, leftovers.PROBE),
+                                          names=_OLD_TEMP_NAMES)
+    removed += leftovers.remove_abandoned(os.path.join(workdir, "samples"),
+                                          (leftovers.TEMP_FILE,))
+    return removed
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with GLCIC's state and metadata."""
 
@@ -321,28 +360,28 @@ class Checkpointer:
         self.manager.reload()
 
     def _write_error(self, what: str, e: BaseException) -> CheckpointWriteError:
-        done = self.finished_steps()
-        resume = (f"training resumes from the last complete checkpoint (step {done[-1]}), which "
-                  f"is intact" if done else "training starts afresh (no complete checkpoint yet)")
         return CheckpointWriteError(
             f"Could not write {what} under {self.directory}: {_short(e)}. Free disk space or make "
-            f"--workdir writable, then rerun the same command: {resume}."
+            f"--workdir writable, then rerun the same command: "
+            f"{resume_note(os.path.dirname(self.directory))}."
         )
 
     def prepare_for_writing(self) -> None:
-        """Process 0, before training: fail now if the folder is not writable, and delete
-        unfinished saves left by a killed run (Orbax never reads them; they only take space)."""
+        """Process 0, before training: fail now if the folder is not writable, and delete what
+        killed runs left unfinished (`remove_leftovers`), saying so in one line."""
+        from glcic_jax import leftovers
+
         try:
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.directory)
-            os.close(fd)
+            fd, probe = leftovers.temp_file(self.directory, prefix=leftovers.PROBE)
             os.remove(probe)
+            os.close(fd)
         except OSError as e:
             raise self._write_error("a test file", e) from e
-        for name in sorted(os.listdir(self.directory)):
-            if ".orbax-checkpoint-tmp" in name:
-                logging.warning("Removing %s: an unfinished checkpoint of an interrupted run.",
-                                name)
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        line = leftovers.describe(remove_leftovers(os.path.dirname(self.directory)),
+                                  "unfinished checkpoint or file",
+                                  "unfinished checkpoints and files")
+        if line:
+            logging.warning("%s", line)
 
     def save(self, step: int, state: Any, config, force: bool = True) -> bool:
         """Start an asynchronous save of `state` as `step` (waits for the previous one first).
@@ -353,7 +392,7 @@ class Checkpointer:
             "config": json.loads(config.to_json_best_effort()),
             "mean_pixel": [float(v) for v in np.asarray(jax.device_get(state.mean_pixel))],
         }
-        self.poll()
+        self.poll(wait=True)  # a failure of the save before is named with its own step
         try:
             started = self.manager.save(
                 step,
@@ -363,27 +402,29 @@ class Checkpointer:
                 force=force,
             )
         except Exception as e:  # orbax/tensorstore raise ValueError etc. for I/O failures
-            raise self._write_error(f"the checkpoint of step {step} (or the one before)", e) from e
+            raise self._write_error(f"the checkpoint of step {step}", e) from e
         if started:
             self._in_flight = step
         return started
 
     _in_flight: int | None = None
 
-    def poll(self) -> None:
-        """Non-blocking, after every training step: raise CheckpointWriteError as soon as the
-        asynchronous save in flight has ended without producing its checkpoint (disk full)."""
+    def poll(self, wait: bool = False) -> None:
+        """Raise CheckpointWriteError, naming its step, if the asynchronous save in flight has
+        ended without producing its checkpoint (disk full). `wait=False`: only if it has ended
+        by now; `wait=True`: wait for it to end first (training does so at the step after each
+        save, so that a failed save stops the run there)."""
         step = self._in_flight
-        if step is None or self.manager.is_saving_in_progress():
+        if step is None or (not wait and self.manager.is_saving_in_progress()):
             return
         self._in_flight = None
-        if step in self.finished_steps():
-            return
         error: BaseException = RuntimeError("the save ended without writing it")
-        try:  # Orbax's own error, for the message (its traceback goes to library.log)
-            self.manager.wait_until_finished()
+        try:  # blocks until it ended; Orbax's own error, for the message (its traceback goes to
+            self.manager.wait_until_finished()  # library.log)
         except Exception as e:
             error = e
+        if step in self.finished_steps():
+            return
         raise self._write_error(f"the checkpoint of step {step}", error)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
@@ -410,11 +451,11 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending saves are written; CheckpointWriteError if one failed."""
+        self.poll(wait=True)  # the save this object started, named with its step
         try:
             self.manager.wait_until_finished()
         except Exception as e:
             raise self._write_error("the latest checkpoint", e) from e
-        self.poll()  # a failure Orbax only logged: the checkpoint is not there
 
     def close(self) -> None:
         try:

@@ -43,7 +43,8 @@ Guarantees:
   checkpoint, a refused or unwritable output path or format) are checked before the network
   runs and before any output is written, print one line and exit with status 1; so does a write
   that fails later (disk full). Every output is written to a temporary file and renamed, so a
-  file at an output path is always complete.
+  file at an output path is always complete; the temporary files of a killed run are removed
+  by the next run into the same folders, with one line saying so (`leftovers.py`).
 * `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`), applied at full
   resolution from the completed image and the mask only.
 
@@ -71,9 +72,11 @@ from glcic_jax.image_io import (
     LOSSY_FORMATS,
     CompletionError,
     Job,
+    Photo,
     check_format_holds,
     check_outputs,
     mask_path_for,
+    remove_leftovers,
     output_format,
     read_mask,
     read_photo,
@@ -133,6 +136,9 @@ def _run(argv: Sequence[str]) -> None:
             lossy.append(job.output)
     holes = [read_mask(j.mask, p.size) if j.mask else None for j, p in zip(jobs, photos)]
     check_outputs(jobs)
+    cleaned = remove_leftovers(jobs)
+    if cleaned:
+        print(f"note: {cleaned}")
     for path in lossy:
         print(f"note: {path} is {output_format(path)}: re-encoding changes pixels outside the "
               f"hole too; use .png for an exact result.")
@@ -153,10 +159,10 @@ def _run(argv: Sequence[str]) -> None:
     for start in range(0, len(jobs), size):
         chunk = range(start, min(len(jobs), start + size))
         t = time.time()
-        completed = completer.complete([photos[i].rgb() for i in chunk],
-                                       [holes[i] for i in chunk], max_size=fv.max_size,
-                                       batch_size=size, postprocess=fv.postprocess,
-                                       train_scale=fv.train_scale)
+        completed = complete_photos(completer, [photos[i] for i in chunk],
+                                    [holes[i] for i in chunk], max_size=fv.max_size,
+                                    batch_size=size, postprocess=fv.postprocess,
+                                    train_scale=fv.train_scale)
         seconds = time.time() - t
         t_complete += seconds
         # The network compiles once per (batch, input shape) pair it has not seen yet.
@@ -168,9 +174,9 @@ def _run(argv: Sequence[str]) -> None:
         each = seconds / len(chunk)
         timing = (f"{each:.2f} s" + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
                   + (" including compilation" if compiled else ""))
-        for i, rgb in zip(chunk, completed):
+        for i, pixels in zip(chunk, completed):
             job, photo, hole = jobs[i], photos[i], holes[i]
-            _write_or_explain(job.output, photo.merge(rgb, hole), photo.icc_profile)
+            _write_or_explain(job.output, pixels, photo.icc_profile)
             extra = ""
             if job.mask is None:
                 _write_or_explain(mask_path_for(job.output), hole.astype(np.uint8) * 255)
@@ -183,6 +189,22 @@ def _run(argv: Sequence[str]) -> None:
     print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
           f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
           f"{t_complete:.2f} s.")
+
+
+def complete_photos(completer: inference.Completer, photos: Sequence[Photo],
+                    holes: Sequence[np.ndarray], *, max_size: int, postprocess: bool,
+                    train_scale: bool, batch_size: int = 4) -> list[np.ndarray]:
+    """Photos (as `read_photo` reads them) and their holes -> the completed pixels, in each
+    photo's own mode, exactly the photo's outside the hole.
+
+    The one completion path of this command and the web server (`serve.py`): both call it with
+    the same options, so a photo completed by either gives the same pixels (and, encoded by
+    `image_io.encode_image`, the same PNG bytes).
+    """
+    completed = completer.complete([p.rgb() for p in photos], list(holes), max_size=max_size,
+                                   batch_size=batch_size, postprocess=postprocess,
+                                   train_scale=train_scale)
+    return [p.merge(rgb, hole) for p, rgb, hole in zip(photos, completed, holes)]
 
 
 def _write_or_explain(path: str, pixels: np.ndarray, icc_profile: bytes | None = None) -> None:
@@ -269,8 +291,8 @@ class Completer(inference.Completer):
     """The completion network at `path`, ready for photos of any size.
 
     `inference.Completer` (where loading and completing live) built from a path, with
-    CompletionError for a path that holds nothing restorable. Subclasses may override
-    `_network_input` (the web server pads further to its compile buckets).
+    CompletionError for a path that holds nothing restorable. The web server uses it as is,
+    through `complete_photos`, so that both give the same results.
 
     Args:
       path: a workdir (a training run or a converted Torch7 model), its `checkpoints/` folder or

@@ -313,13 +313,13 @@ def _problems(config, num_devices: int) -> list[str]:
     at_least("loss.n_generator", 1)
     if get("loss.perceptual_weight", 0) and not get("loss.vgg_weights"):
         out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
-                   "--config.loss.vgg_weights=PATH (.h5 or .npz; see the README's 'Perceptual "
-                   "loss' section)")
+                   "--config.loss.vgg_weights=PATH (.h5 or .npz; see docs/variants.md, "
+                   "'Perceptual loss')")
     elif get("loss.perceptual_weight", 0) and not os.path.isfile(get("loss.vgg_weights")):
         # Checked here, before the mean pixel is computed or anything is written.
         out.append(f"loss.vgg_weights={get('loss.vgg_weights')!r} is not a file: give the path "
-                   f"of the VGG-16 weights (.h5 or .npz; see the README's 'Perceptual loss' "
-                   f"section)")
+                   f"of the VGG-16 weights (.h5 or .npz; see docs/variants.md, 'Perceptual "
+                   f"loss')")
     return out
 
 

@@ -31,6 +31,8 @@ network input as `inpaint.lua` does: image minus the mean pixel, 0 in the hole, 
 
 Errors (not a Torch7 file, truncated, another architecture, an nngraph that is not a chain, a
 non-empty workdir) print one line and exit with status 1; nothing is written to the workdir.
+The workdir is written beside its final place as `.converting-XXXXXXXX` and renamed when
+complete; such a folder left by a killed conversion is removed by the next one (one line).
 """
 
 from __future__ import annotations
@@ -40,12 +42,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
-from glcic_jax import errors, torch7
+from glcic_jax import errors, leftovers, torch7
 
 # The authors' Places2 model (project page, 47 MB).
 OFFICIAL_PLACES2_MD5 = "b1527543a0ee22c23fca44cefdf48531"
@@ -431,9 +432,15 @@ def convert(source: str, workdir: str, config_path: str | None = None) -> dict:
     variables, mean_pixel, info = read_torch_model(source)
     state = build_state(config, variables, mean_pixel)
     parent = os.path.dirname(workdir)
+    # Conversions killed before their rename left their temporary folders here: remove them
+    # (never one that a running conversion holds; see leftovers.py).
+    cleaned = leftovers.describe(leftovers.remove_abandoned(parent, (leftovers.CONVERTING,)),
+                                 "unfinished conversion", "unfinished conversions")
+    if cleaned:
+        print(f"note: {cleaned}")
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+        tmp, lock = leftovers.temp_folder(parent, leftovers.CONVERTING)
     except OSError as e:
         raise ConversionError(f"cannot write beside --workdir {workdir!r}: {e.strerror or e}")
     try:
@@ -455,6 +462,8 @@ def convert(source: str, workdir: str, config_path: str | None = None) -> dict:
         if isinstance(e, (OSError, checkpointing.CheckpointWriteError)):
             raise ConversionError(f"cannot write --workdir {workdir!r}: {e}") from e
         raise
+    finally:
+        os.close(lock)
     return info
 
 

@@ -34,7 +34,6 @@ metrics during training (`config.eval_every`).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -42,7 +41,7 @@ import time
 import jax
 import numpy as np
 
-from glcic_jax import config_lib, errors, inference, input_pipeline, masks, postprocess
+from glcic_jax import config_lib, errors, inference, input_pipeline, leftovers, masks, postprocess
 from glcic_jax.inference import generator_variables, quantize_uint8
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
@@ -309,14 +308,9 @@ def evaluate(config, workdir: str) -> dict:
               f"(L1 in [0, 255], PSNR in dB; *_hole = inside the holes only)")
         print(format_table(results), flush=True)
         path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(payload, f, indent=2)
-            os.replace(tmp, path)
+        try:  # atomic, and a failed write leaves no temporary file (leftovers.py)
+            leftovers.write_json(path, payload, indent=2)
         except OSError as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
             raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
                                         f"above holds the results.") from e
         print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
@@ -334,16 +328,14 @@ def write_comparison(workdir: str, step: int, images: np.ndarray,
     the table. Returns the path, or None (with a warning: the JSON and the table stand) when the
     picture cannot be written.
     """
-    from PIL import Image
-
-    from glcic_jax import summary
+    from glcic_jax import image_io, summary
 
     k = min(len(images), PICTURE_ROWS)
     columns = {"original": images[:k], "input = mean_fill": outputs["mean_fill"][:k],
                **{name: outputs[name][:k] for name in METHODS if name != "mean_fill"}}
     path = os.path.join(os.path.abspath(workdir), f"eval_{step}.png")
     try:
-        Image.fromarray(summary.comparison_grid(columns)).save(path)
+        image_io.write_image(path, summary.comparison_grid(columns))  # atomic
     except OSError as e:
         logging.warning("Could not write %s (%s); the table and the JSON above hold the results.",
                         path, e.strerror or e)

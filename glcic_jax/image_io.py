@@ -21,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import tempfile
 from typing import IO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from glcic_jax import errors
+from glcic_jax import errors, leftovers
 
 EXACT_FORMATS = ("PNG", "TIFF", "BMP", "PPM")  # hold 8-bit pixels exactly (modes they store)
 LOSSY_FORMATS = ("JPEG", "WEBP")  # written with a note: every pixel is re-encoded
@@ -199,19 +198,35 @@ def write_image(path: str, pixels: np.ndarray, icc_profile: bytes | None = None)
     temporary file in the same folder, renamed when complete. The file gets the permissions of
     a newly created file (0666 minus the umask), as any other program's output."""
     fmt = output_format(path)
-    arr = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
-    img = Image.fromarray(np.ascontiguousarray(arr))
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    # Locked until renamed: a later run removes it only if this process was killed meanwhile.
+    fd, tmp = leftovers.temp_file(folder, suffix=os.path.splitext(path)[1])
     try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **_save_params(fmt, icc_profile))
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            _encode(f, pixels, fmt, icc_profile)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    finally:
+        os.close(fd)
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "PNG", icc_profile: bytes | None = None
+                 ) -> bytes:
+    """uint8 [H, W(, C)] pixels -> the file's bytes in `fmt`, in memory. `write_image` and the
+    web server share `_encode`, so both give the same bytes for the same pixels."""
+    buf = io.BytesIO()
+    _encode(buf, pixels, fmt, icc_profile)
+    return buf.getvalue()
+
+
+def _encode(f: IO[bytes], pixels: np.ndarray, fmt: str, icc_profile: bytes | None) -> None:
+    arr = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
+    Image.fromarray(np.ascontiguousarray(arr)).save(f, format=fmt,
+                                                    **_save_params(fmt, icc_profile))
 
 
 def check_format_holds(path: str, mode: str) -> str:
@@ -317,6 +332,16 @@ def check_outputs(jobs: Sequence[Job]) -> None:
         _check_writable_folder(out, probed)
 
 
+def remove_leftovers(jobs: Sequence[Job]) -> str | None:
+    """Remove the temporary files that killed runs left in the output folders (`leftovers`);
+    one line saying what was removed, or None."""
+    removed: list[str] = []
+    for folder in sorted({os.path.dirname(os.path.abspath(j.output)) for j in jobs}):
+        if os.path.isdir(folder):
+            removed += leftovers.remove_abandoned(folder, (leftovers.TEMP_FILE, leftovers.PROBE))
+    return leftovers.describe(removed, "unfinished output file", "unfinished output files")
+
+
 def _check_writable_folder(output: str, probed: set[str]) -> None:
     """The folder of `output` takes a new file, or can be created: its nearest existing
     ancestor must be a folder where a (removed at once) probe file can be created."""
@@ -328,9 +353,9 @@ def _check_writable_folder(output: str, probed: set[str]) -> None:
     if not os.path.isdir(existing):
         raise CompletionError(f"cannot write {output!r}: {existing!r} is a file, not a folder.")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
-        os.close(fd)
+        fd, probe = leftovers.temp_file(existing, prefix=leftovers.PROBE)
         os.remove(probe)
+        os.close(fd)
     except OSError as e:
         raise CompletionError(f"cannot write {output!r}: cannot create files in {existing!r} "
                               f"({e.strerror or e}).") from e

@@ -46,7 +46,7 @@ from glcic_jax.data.images import (  # noqa: F401
 from glcic_jax.data.scikit_image import SKIMAGE_EVAL, SKIMAGE_TRAIN, SkimageReader  # noqa: F401
 from glcic_jax.data.streams import IndexedReader, IndexedSource, StreamIterator  # noqa: F401
 from glcic_jax.data.tf_datasets import TfdsReader
-from glcic_jax.errors import ConfigError, DataError  # noqa: F401
+from glcic_jax.errors import ConfigError, DataError, InputFileError  # noqa: F401
 
 
 class Reader(Protocol):
@@ -101,6 +101,15 @@ def eval_images(config, num: int) -> np.ndarray:
     one image counted and shown as several.
     """
     return reader(config).eval_images(config, num)
+
+
+def check_source(config) -> None:
+    """Fail now, with one line, on data that cannot be found (a missing or empty data.path, an
+    unknown tfds dataset): training runs it before it writes anything to the workdir. Unreadable
+    photos are found later, while reading."""
+    check = getattr(reader(config), "check", None)
+    if check is not None:
+        check(config)
 
 
 def describe_split(config) -> tuple[int, int, int] | None:
@@ -188,10 +197,14 @@ def mean_pixel(config, workdir: str, write: bool = True) -> np.ndarray:
                  int(config.data.mean_pixel_images))
     value = compute_mean_pixel(config)
     if write:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "mean_pixel": [float(v) for v in value]}, f, indent=1)
-        os.replace(tmp, path)
+        from glcic_jax import leftovers
+
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            leftovers.write_json(path, {"key": key, "mean_pixel": [float(v) for v in value]},
+                                 indent=1)
+        except OSError as e:  # disk full: nothing half-written is left (leftovers.py)
+            raise InputFileError(f"Could not write {path} ({e.strerror or e}). Free disk space "
+                                 f"or make --workdir writable, then rerun the same command.") from e
     logging.info("Mean pixel (RGB, [0, 1]): %s", np.round(value, 4).tolist())
     return value

@@ -85,7 +85,8 @@ _HOW_TO_GET = (
     'Get VGG-16 ImageNet weights with Keras (`python -c "import keras; '
     "keras.applications.VGG16(weights='imagenet', include_top=False)\"` saves "
     "~/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5) or convert torchvision's "
-    "with `python tools/convert_vgg16_weights.py vgg16.npz`; see the README's 'Variants' section."
+    "with `python tools/convert_vgg16_weights.py vgg16.npz`; see docs/variants.md, 'Perceptual "
+    "loss'."
 )
 
 

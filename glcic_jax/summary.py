@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from glcic_jax import errors
+from glcic_jax import errors, image_io, leftovers
 
 
 def _as_uint8(x: np.ndarray) -> np.ndarray:
@@ -117,14 +117,17 @@ def comparison_grid(columns: dict[str, np.ndarray], pad: int = 2, label_height: 
 
 
 @contextlib.contextmanager
-def _writing(path: str) -> Iterator[None]:
-    """A failed write into the workdir (disk full, no permission) as a one-line user error."""
+def _writing(path: str, workdir: str) -> Iterator[None]:
+    """A failed write into the workdir (disk full, no permission) as a one-line user error that
+    says truthfully what a rerun does."""
+    from glcic_jax import checkpointing
+
     try:
         yield
     except OSError as e:
         raise errors.InputFileError(
             f"Could not write {path} ({e.strerror or e}). Free disk space or make --workdir "
-            f"writable, then rerun the same command (training resumes from the last checkpoint)."
+            f"writable, then rerun the same command: {checkpointing.resume_note(workdir)}."
         ) from e
 
 
@@ -137,12 +140,12 @@ class Writer:
         self._tb = None
         if not enabled:
             return
-        with _writing(os.path.join(workdir, "samples")):
+        with _writing(os.path.join(workdir, "samples"), workdir):
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         try:
             from tensorboardX import SummaryWriter
 
-            with _writing(os.path.join(workdir, "tensorboard")):
+            with _writing(os.path.join(workdir, "tensorboard"), workdir):
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:
             logging.warning("tensorboardX is not installed: no TensorBoard events (PNG samples "
@@ -160,18 +163,16 @@ class Writer:
         changes = config_changes(previous, current) if previous is not None else {}
         if not self.enabled:
             return changes
-        tmp = os.path.join(self.workdir, "config.json.tmp")
-        with _writing(os.path.join(self.workdir, "config.json")):
-            with open(tmp, "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
-            os.replace(tmp, os.path.join(self.workdir, "config.json"))
+        path = os.path.join(self.workdir, "config.json")
+        with _writing(path, self.workdir):  # atomic: a failed write leaves no temporary file
+            leftovers.write_text(path, config.to_json_best_effort(indent=2))
         if changes:
             text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
             logging.info("Resuming at step %d with changed settings: %s.", step, text)
             record = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "changed": {k: [old, new] for k, (old, new) in changes.items()}}
             path = os.path.join(self.workdir, "config_changes.jsonl")
-            with _writing(path), open(path, "a") as f:
+            with _writing(path, self.workdir), open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             # Every run's event file carries the config it ran with (TensorBoard shows each).
@@ -197,8 +198,8 @@ class Writer:
         grid = make_grid(originals, out["inputs"], out["completed"], out.get("d_real"),
                          out.get("d_fake"))
         path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
-        with _writing(path):
-            Image.fromarray(grid).save(path)
+        with _writing(path, self.workdir):  # atomic: a kill never leaves half a PNG
+            image_io.write_image(path, grid)
         if self._tb is not None:
             self._tb.add_image("samples", grid, step, dataformats="HWC")
             self._tb.flush()
@@ -208,10 +209,24 @@ class Writer:
         if not self.enabled:
             return None
         path = os.path.join(self.workdir, name)
-        with _writing(path), open(path, "w") as f:
-            json.dump(payload, f, indent=2)
+        with _writing(path, self.workdir):
+            leftovers.write_json(path, payload, indent=2)
         return path
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+    def close(self, quiet: bool = False) -> None:
+        """Close the TensorBoard files (again: a no-op). `quiet=True` (a run stopping with an
+        error): a failing final write (disk full) is dropped, and tensorboardX's exit hook,
+        which would retry it and print a traceback, is left nothing to do."""
+        tb, self._tb = self._tb, None
+        if tb is None:
+            return
+        try:
+            tb.close()
+        except Exception:
+            if not quiet:
+                raise
+            # tensorboardX's event writers skip their exit-time close once marked closed.
+            for file_writer in (getattr(tb, "all_writers", None) or {}).values():
+                event_writer = getattr(file_writer, "event_writer", None)
+                if event_writer is not None and hasattr(event_writer, "_closed"):
+                    event_writer._closed = True

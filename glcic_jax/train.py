@@ -36,7 +36,8 @@ class NonFiniteError(errors.UserError, FloatingPointError):
 
     A user error (one line, no traceback): a diverged run is an outcome of the config and the data
     (learning rate, loss weights, a bad image), not a fault our traceback could locate, and the
-    message says what to change and that the last good checkpoint is kept. Our judgement."""
+    message says what to change and which checkpoint is kept (if one was written). Our
+    judgement."""
 
 
 class _StopSignal:
@@ -97,12 +98,27 @@ def _saves_finished_on_error(ckpt: checkpointing.Checkpointer):
     exiting the interpreter mid-save would lose the last good checkpoint."""
     try:
         yield
+    except checkpointing.CheckpointWriteError:
+        raise  # the failed save is the error: nothing left to finish, nothing more to report
     except BaseException:
         try:
             ckpt.wait()
         except Exception as e:  # report it, but the original error is the one to raise
             logging.error("%s", e)
         raise
+
+
+def _kept(ckpt: checkpointing.Checkpointer | None) -> str:
+    """Which checkpoint a run that stops now leaves to resume from, for its error message."""
+    if ckpt is None:  # no checkpointer to ask (a caller outside the training loop)
+        return "any earlier checkpoint is kept"
+    try:
+        ckpt.wait()  # a save still in flight belongs in the answer
+    except checkpointing.CheckpointWriteError:
+        pass
+    done = ckpt.finished_steps()
+    return (f"the last good checkpoint (step {done[-1]}) is kept" if done
+            else "no checkpoint had been written yet (a rerun starts afresh)")
 
 
 def fixed_eval_masks(config, num: int) -> masks.Masks:
@@ -170,7 +186,8 @@ _FIRST_CALL = {
 _NOT_THE_LOSSES = "gradients or updated weights (the losses were finite)"
 
 
-def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, float]:
+def _check_finite(pending: list[tuple[int, str, dict]], config,
+                  ckpt: checkpointing.Checkpointer | None = None) -> dict[str, float]:
     """Fetch the pending per-step metrics; stop (or count) on non-finite values; return means.
 
     Each metric is the mean over the steps that produced it (finite values only): a window that
@@ -193,7 +210,7 @@ def _check_finite(pending: list[tuple[int, str, dict]], config) -> dict[str, flo
                 raise NonFiniteError(
                     f"Non-finite values at step {step + 1} ({name} update): "
                     f"{', '.join(bad) or _NOT_THE_LOSSES}. The state of that step was not saved; "
-                    f"the last good checkpoint is kept. Lower the learning rate, check the data, "
+                    f"{_kept(ckpt)}. Lower the learning rate, check the data, "
                     f"or set --config.nan_policy=skip to skip such updates."
                 )
         for k, v in m.items():
@@ -211,36 +228,41 @@ def _count_nonfinite(state) -> jax.Array:
     return sum(jnp.sum(~jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
-def _check_state_finite(state, step: int) -> None:
+def _check_state_finite(state, step: int, ckpt: checkpointing.Checkpointer | None = None) -> None:
     """Never checkpoint NaN/inf weights: an update can overflow although its losses were finite."""
     if int(jax.device_get(_count_nonfinite(state))):
         raise NonFiniteError(
             f"The parameters or optimizer state became non-finite at step {step} although the "
-            f"losses were finite (an update overflowed). The state was not saved; the last good "
-            f"checkpoint is kept. Lower the learning rate."
+            f"losses were finite (an update overflowed). The state was not saved; "
+            f"{_kept(ckpt)}. Lower the learning rate."
         )
 
 
 # Settings that must be the same in a fine-tuning run and the workdir it starts from
-# (`config.init_from`): they change what the completion network's weights mean.
-INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm")
+# (`config.init_from`): they change the completion network's parameters (width, fill) or what
+# its weights mean.
+INIT_FROM_KEYS = ("model.two_stage", "model.padding", "model.input_norm", "model.width",
+                  "model.fill")
 
 
 def load_init_from(config):
     """The `inference.Completer` of `config.init_from`, checked against `config`.
 
     Raises inference.LoadError when it cannot be loaded and ConfigError when its model settings
-    differ (one line each).
+    differ (one line each, naming every setting that differs, as a resume does).
     """
     from glcic_jax import inference
 
     source = inference.load(config.init_from)
-    diffs = [f"--config.{k}={checkpointing.setting(source.config, k)}" for k in INIT_FROM_KEYS
-             if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
-    if diffs:
+    differ = [k for k in INIT_FROM_KEYS
+              if checkpointing.setting(source.config, k) != checkpointing.setting(config, k)]
+    if differ:
+        named = "; ".join(f"{k}: checkpoint has {checkpointing.setting(source.config, k)!r}, "
+                          f"config has {checkpointing.setting(config, k)!r}" for k in differ)
+        add = " ".join(f"--config.{k}={checkpointing.setting(source.config, k)}" for k in differ)
         raise errors.ConfigError(
-            f"init_from={config.init_from} was trained with other model settings: add "
-            f"{' '.join(diffs)} (the weights only make sense with the settings they learned)."
+            f"init_from={config.init_from} was trained with other model settings ({named}): add "
+            f"{add} (the weights only make sense with the settings they learned)."
         )
     return source
 
@@ -353,15 +375,27 @@ def train_and_evaluate(config, workdir: str) -> Any:
     config_lib.validate(config, num_devices=mesh.size)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
+    # Every check a user can fail that needs no workdir runs before anything is written to it:
+    # a start that fails on its data or on init_from leaves no folder behind.
+    source = _check_before_writing(config, workdir)
     if is_main:
         checkpointing.make_workdir(workdir)
 
     with contextlib.ExitStack() as library_noise:
-        return _train(config, workdir, mesh, is_main, library_noise)
+        return _train(config, workdir, mesh, is_main, library_noise, source)
+
+
+def _check_before_writing(config, workdir: str):
+    """The data source (found, not empty) and, for a run that does not resume, `init_from`
+    (loadable, with this config's model settings): the loaded source, or None."""
+    input_pipeline.check_source(config)
+    if config.get("init_from", "") and not checkpointing.finished_steps(workdir):
+        return load_init_from(config)
+    return None
 
 
 def _train(config, workdir: str, mesh: Mesh, is_main: bool,
-           library_noise: contextlib.ExitStack) -> Any:
+           library_noise: contextlib.ExitStack, source=None) -> Any:
     hosts, host = jax.process_count(), jax.process_index()
     local_batch = distributed.local_batch_size(config.batch_size, mesh)
     batch_sharding = distributed.batch_sharded(mesh)
@@ -383,13 +417,14 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     # messages go to WORKDIR/library.log, not the console.
     library_noise.enter_context(checkpointing.library_log(
         os.path.join(workdir, checkpointing.LIBRARY_LOG) if is_main else None))
-    source = None  # fine-tuning: the loaded `init_from` workdir (inference.Completer)
+    # source: fine-tuning, the `init_from` workdir (inference.Completer) loaded before any write
     if state is not None:  # resumed: the checkpoint's own mean pixel
+        source = None
         if config.get("init_from", ""):
             logging.info("Resuming this workdir's own checkpoint; init_from is not used again.")
     elif config.get("init_from", ""):
         # Fine-tuning: the network keeps the mean pixel it was trained with.
-        source = load_init_from(config)
+        source = source or load_init_from(config)
         mean_px = source.mean_pixel
     elif hosts == 1:
         mean_px = input_pipeline.mean_pixel(config, workdir)
@@ -415,6 +450,9 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
         return state
 
     writer = summary.Writer(workdir, enabled=is_main)
+    # A run that stops with an error closes TensorBoard's files here, quietly: their own exit
+    # hook would otherwise retry a failed write (disk full) and print its traceback.
+    library_noise.callback(writer.close, quiet=True)
     # config.json is the config in force; a resume with other overrides is recorded.
     writer.write_config(config, step=start, previous=resumed_config if start else None)
     periodic_eval = None
@@ -453,7 +491,9 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
                 throughput.exclude(time.time() - t_compile, steps=1)
                 compiled.add(name)
             stop.check()
-            ckpt.poll()  # a save that failed in the background (disk full) stops the run now
+            # The save of the step before (if any) has had this step to finish in the
+            # background; a failed one (disk full) stops the run here, named with its step.
+            ckpt.poll(wait=True)
             pending.append((step, name, metrics))
             step += 1
             done = step == total
@@ -462,7 +502,7 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
                 stopping = step % STOP_SYNC_EVERY == 0 and distributed.any_process(stopping)
             save_now = done or stopping or step % int(config.checkpoint_every) == 0
             if save_now or step % int(config.log_every) == 0:
-                values = _check_finite(pending, config)  # raises before a bad state is saved
+                values = _check_finite(pending, config, ckpt)  # raises before a bad save
                 updates = _window_updates(pending, config)
                 pending.clear()
                 now = time.time()
@@ -496,7 +536,7 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
                     compiled.add("eval")
             if save_now:
                 t_save = time.time()
-                _check_state_finite(state, step)
+                _check_state_finite(state, step, ckpt)
                 stop.check()
                 ckpt.save(step, state, config)
                 if "checkpoint" not in compiled:  # its check compiles; Orbax's first save is slow
@@ -511,11 +551,12 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     with _StopSignal(stop.received) as last:
         ckpt.close()
         last.check()
+    tensorboard = writer._tb is not None
     writer.close()
     if hasattr(data, "close"):
         data.close()
     if config.get("final_eval", False) and step == total:
-        report_final(config, workdir, grid_path, writer._tb is not None)
+        report_final(config, workdir, grid_path, tensorboard)
     return state
 
 

@@ -649,3 +649,48 @@ def test_restoring_for_inference_prints_no_orbax_read_only_warnings(workdir, cap
     with caplog.at_level("INFO"):
         checkpointing.restore_for_inference(workdir)
     assert "read only" not in caplog.text.lower(), caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
+# Killed runs
+
+
+SIGKILL_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sigkill_main.py")
+
+
+def test_a_run_killed_mid_write_leaves_a_temporary_file_that_the_next_run_removes(
+        files, workdir, tmp_path, capsys):
+    folder, masks_dir, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    _copy_inputs(files, folder)
+    masks_dir.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.open(files[0]["mask"]).save(masks_dir / name)
+    # SIGKILL as the second output is being written (the first one is complete by then): the
+    # 4th Image.save, after the two in-memory encodings of the format check and the first output.
+    proc = subprocess.run(
+        [sys.executable, SIGKILL_HELPER, "glcic_jax.complete", f"--workdir={workdir}",
+         f"--image={folder}", f"--mask={masks_dir}", f"--output={out}", "--batch_size=1"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "GLCIC_SIGKILL_IN": "PIL.Image:Image.save",
+             "GLCIC_SIGKILL_CALL": "4"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    left = [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    assert len(left) == 1 and os.listdir(out) != left, os.listdir(out)
+
+    # A temporary file that a running `complete` holds (another command writing into the same
+    # folder) is not touched.
+    from glcic_jax import leftovers
+
+    fd, busy = leftovers.temp_file(str(out), suffix=".png")
+    try:
+        assert _run(f"--workdir={workdir}", f"--image={folder}", f"--mask={masks_dir}",
+                    f"--output={out}", "--batch_size=1") == 0
+        assert os.path.exists(busy)
+    finally:
+        os.close(fd)
+        os.remove(busy)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "interrupted run" in line]
+    assert notes == [f"note: Removed 1 unfinished output file left by an interrupted run: "
+                     f"{out / left[0]}."], notes
+    assert sorted(os.listdir(out)) == ["a.png", "b.png"]

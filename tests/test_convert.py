@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -328,3 +331,42 @@ def test_fine_tuning_starts_at_phase_2_from_another_workdir(converted, tmp_path)
                                            "batch_stats": final.g.batch_stats}),
                            variables)
     assert not os.path.exists(os.path.join(workdir, "mean_pixel.json"))  # none computed
+
+
+# ----------------------------------------------------------------------------------------------
+# A killed conversion
+
+
+SIGKILL_HELPER = os.path.join(ROOT, "tests", "sigkill_main.py")
+
+
+def test_a_conversion_killed_mid_write_leaves_a_folder_that_the_next_one_removes(
+        synthetic, tmp_path, capsys):
+    from glcic_jax import leftovers
+
+    workdir = tmp_path / "official"
+    args = [f"--source={synthetic[0]}", f"--workdir={workdir}", f"--config={TINY}"]
+    # SIGKILL once the converted checkpoint is written into the temporary folder, before the
+    # rename: what a kill during the (for the real model, 125 MB) write leaves.
+    proc = subprocess.run(
+        [sys.executable, SIGKILL_HELPER, "glcic_jax.convert", *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu",
+             "GLCIC_SIGKILL_IN": "glcic_jax.convert:_verify"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    left = [n for n in os.listdir(tmp_path) if n.startswith(".converting-")]
+    assert len(left) == 1 and not workdir.exists(), os.listdir(tmp_path)
+    assert os.listdir(tmp_path / left[0])  # the checkpoint was being written there
+
+    busy, fd = leftovers.temp_folder(str(tmp_path), leftovers.CONVERTING)  # a running conversion
+    try:
+        assert convert.run(["convert", *args]) == 0
+        assert os.path.isdir(busy)  # another conversion's folder is not touched
+    finally:
+        os.close(fd)
+        os.rmdir(busy)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"note: Removed 1 unfinished conversion left by an interrupted run: "
+                      f"{tmp_path / left[0]}."), out
+    assert sorted(os.listdir(tmp_path)) == ["official"]
+    assert len(checkpointing.finished_steps(str(workdir))) == 1  # converted as usual

@@ -187,13 +187,14 @@ def test_an_unwritable_workdir_still_prints_the_table(tiny, eval_run, capsys, mo
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(evaluate.json, "dump", read_only)
+    # Fails once the JSON is in its temporary file, before the rename (leftovers.write_text).
+    monkeypatch.setattr(evaluate.leftovers, "_umask", read_only)
     capsys.readouterr()
     with pytest.raises(OSError, match="Could not write .*eval_0.json .*Read-only file system"):
         evaluate.evaluate(cfg, workdir)
     out = capsys.readouterr().out
     assert "| model |" in out and "| telea |" in out
-    assert not any(f.endswith(".tmp") for f in os.listdir(workdir))
+    assert not any(f.endswith(".tmp") or f.startswith(".tmp-") for f in os.listdir(workdir))
 
 
 def test_no_checkpoint_hint_names_no_flag_that_eval_lacks(tmp_path):

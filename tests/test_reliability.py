@@ -14,6 +14,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -32,7 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, config_lib, input_pipeline, train
+from glcic_jax import checkpointing, config_lib, errors, input_pipeline, leftovers, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/quickstart.py:tiny"
@@ -136,6 +137,43 @@ def snapshot(root) -> dict[str, tuple]:
                     digest = hashlib.sha1(f.read()).hexdigest()
             out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, digest)
     return out
+
+
+def error_and_other_lines(proc: subprocess.CompletedProcess) -> tuple[list[str], list[str]]:
+    """stderr's `error:` lines, and its lines that are neither those nor log records (such as a
+    library's traceback)."""
+    lines = proc.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    other = [line for line in lines if not line.startswith("error:")
+             and not re.match(r"[IWEF]\d{4} \d\d:\d\d:\d\d", line)]
+    return errors, other
+
+
+def files_under(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, n), root)
+                  for d, dirs, files in os.walk(root) for n in dirs + files)
+
+
+@contextlib.contextmanager
+def small_disk(path, size_kib: int):
+    """A tmpfs of `size_kib` KiB mounted at `path`: a disk that really fills up. Needs root
+    (mount); skipped elsewhere. The RLIMIT_FSIZE tests below cover failing writes without it."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a small tmpfs needs root (mount -t tmpfs)")
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size_kib)}k", "tmpfs",
+                              str(path)], capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def disk_usage_kib(root) -> int:
+    return sum(os.stat(os.path.join(d, n)).st_blocks // 2 for d, _, files in os.walk(root)
+               for n in files) + 4 * sum(len(dirs) + 1 for _, dirs, _ in os.walk(root))
 
 
 class Training:
@@ -259,7 +297,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
             resumed_from.add(start)
         if leftover and training_started():
             restarts_over_leftover_tmp += 1
-            assert run.seen(r"Removing .*orbax-checkpoint-tmp"), run.text()[-3000:]
+            assert run.seen(r"Removed .*orbax-checkpoint-tmp"), run.text()[-3000:]
         after = finished_steps(workdir)
         # A kill never takes away a finished checkpoint (only older ones are rotated out).
         assert (after[-1] if after else 0) >= start, (after, start)
@@ -273,7 +311,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
     assert rc == 0, final.text()[-6000:]
     if leftover:
         restarts_over_leftover_tmp += 1
-        assert final.seen(r"Removing .*orbax-checkpoint-tmp"), final.text()[-3000:]
+        assert final.seen(r"Removed .*orbax-checkpoint-tmp"), final.text()[-3000:]
     assert not unfinished_saves(workdir)
     assert finished_steps(workdir)[-1] == FAULT_STEPS
     print(f"kills landed: {landed}; resumed from steps {sorted(resumed_from)}; restarts over a "
@@ -385,6 +423,19 @@ def test_nan_loss_stops_naming_step_and_losses_and_keeps_last_good_checkpoint(tm
     assert finished_steps(workdir) == [1] and not unfinished_saves(workdir)
     state = restore_state(workdir)
     assert int(state.step) == 1 and all_finite(state)
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_before_its_first_checkpoint_says_none_was_written(tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_cli(workdir, "--config.optimizer.learning_rate=1e30", "--config.num_train_steps=4",
+                   "--config.checkpoint_every=100", "--config.log_every=1")
+    assert proc.returncode == 1, report(proc)
+    errors_, other = error_and_other_lines(proc)
+    assert len(errors_) == 1 and not other, report(proc)
+    assert "no checkpoint had been written yet (a rerun starts afresh)" in errors_[0], errors_[0]
+    assert "checkpoint is kept" not in errors_[0]
+    assert finished_steps(workdir) == []
 
 
 @pytest.mark.slow
@@ -572,6 +623,67 @@ def test_bad_settings_fail_before_training_with_what_to_change(tmp_path, flags, 
     assert not workdir.exists()  # nothing was started
 
 
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory) -> str:
+    """A workdir with one untrained `:tiny` checkpoint (test_complete's, no training)."""
+    from test_complete import make_workdir
+
+    return make_workdir(str(tmp_path_factory.mktemp("init_from") / "source"))
+
+
+def _bad_start(case: str, tmp_path, tiny_workdir):
+    """A `:tiny` config that cannot start, and the words its error must hold."""
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    config.data.source = "skimage"
+    if case == "data-path-missing":
+        config.data.source, config.data.path = "folder", str(tmp_path / "no_such_folder")
+        return config, ["no_such_folder", "is not a folder"]
+    if case == "data-path-empty":
+        (tmp_path / "photos").mkdir()
+        (tmp_path / "photos" / "notes.txt").write_text("not an image")
+        config.data.source, config.data.path = "folder", str(tmp_path / "photos")
+        return config, ["No images", "photos"]
+    if case == "tfds-unknown":
+        config.data.source, config.data.name = "tfds", "no_such_dataset_xyz"
+        return config, ["Unknown tfds dataset data.name='no_such_dataset_xyz'"]
+    if case == "init-from-missing":
+        config.init_from = str(tmp_path / "no_such_workdir")
+        return config, ["no_such_workdir"]
+    if case == "init-from-empty":
+        (tmp_path / "empty").mkdir()
+        config.init_from = str(tmp_path / "empty")
+        return config, ["empty"]
+    source = tmp_path / "source"
+    shutil.copytree(tiny_workdir, source)
+    config.init_from = str(source)
+    if case == "init-from-damaged":
+        os.remove(source / "checkpoints" / "0" / "state" / "_METADATA")
+        return config, ["source"]
+    if case == "init-from-other-width":
+        config.model.width = 0.5
+        return config, ["model.width: checkpoint has 0.25, config has 0.5",
+                        "--config.model.width=0.25"]
+    assert case == "init-from-other-fill"
+    config.model.fill = "learned"
+    return config, ["model.fill: checkpoint has 'mean', config has 'learned'"]
+
+
+@pytest.mark.parametrize("case", ["data-path-missing", "data-path-empty", "tfds-unknown",
+                                  "init-from-missing", "init-from-empty", "init-from-damaged",
+                                  "init-from-other-width", "init-from-other-fill"])
+def test_a_start_that_fails_on_its_data_or_init_from_writes_nothing(case, tmp_path,
+                                                                    tiny_workdir):
+    config, expected = _bad_start(case, tmp_path, tiny_workdir)
+    workdir = tmp_path / "run"
+    with pytest.raises(errors.UserError) as info:
+        train.train_and_evaluate(config, str(workdir))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and len(message) < 600, message[:3000]
+    for text in expected:
+        assert text in message, message
+    assert not workdir.exists()  # checked before anything was written
+
+
 @pytest.mark.slow
 def test_incompatible_workdir_is_refused_and_left_untouched(reference, tmp_path):
     workdir = tmp_path / "run"
@@ -647,6 +759,45 @@ def test_a_full_disk_mid_run_stops_at_once_with_one_line_and_no_library_noise(re
     assert finished_steps(workdir) == finished_steps(reference)
 
 
+@pytest.mark.slow  # ~15-25 s on 2 cores
+def test_a_fresh_run_on_a_full_disk_fails_in_one_true_line_and_leaves_no_temporary_file(
+        tmp_path):
+    with small_disk(tmp_path / "disk", 64) as disk:
+        (disk / "filler").write_bytes(b"\0" * (60 << 10))  # 4 KiB left
+        proc = run_cli(disk / "run", "--config.num_train_steps=4")
+        left = files_under(disk / "run")
+    assert proc.returncode == 1, report(proc)
+    errors_, other = error_and_other_lines(proc)
+    assert len(errors_) == 1 and not other, report(proc)  # no tensorboardX exit traceback
+    assert "No space left on device" in errors_[0], errors_[0]
+    assert "training starts afresh (no checkpoint had been written)" in errors_[0], errors_[0]
+    assert "resumes" not in errors_[0]
+    assert not [name for name in left if ".tmp" in name], left
+
+
+@pytest.mark.slow
+def test_a_save_that_fails_on_a_full_disk_stops_the_run_at_the_next_step_naming_its_step(
+        reference, tmp_path):
+    last = FAULT_STEPS
+    one_checkpoint = disk_usage_kib(reference / "checkpoints" / str(last))
+    # Room for everything but half a checkpoint more: the save of step last+1 fails.
+    with small_disk(tmp_path / "disk", disk_usage_kib(reference) + one_checkpoint // 2) as disk:
+        workdir = disk / "run"
+        shutil.copytree(reference, workdir)
+        proc = run_cli(workdir, "--config.checkpoint_every=1", "--config.sample_every=100000",
+                       "--config.log_every=1", f"--config.num_train_steps={last + 6}")
+        done = finished_steps(workdir)
+    assert proc.returncode == 1, report(proc)
+    errors_, other = error_and_other_lines(proc)
+    assert len(errors_) == 1 and not other, report(proc)
+    assert f"Could not write the checkpoint of step {last + 1} under" in errors_[0], errors_[0]
+    assert "or the one before" not in errors_[0]
+    assert f"last complete checkpoint (step {last}), which is intact" in errors_[0]
+    assert f"step {last + 1}/" in proc.stderr  # the failed save's step ran ...
+    assert f"step {last + 2}/" not in proc.stderr  # ... and the run stopped in the next one
+    assert done == finished_steps(reference)
+
+
 def test_workdir_that_cannot_be_created_is_a_clear_error(tmp_path):
     (tmp_path / "a_file").write_text("")
     proc = run_cli(tmp_path / "a_file" / "run")
@@ -673,3 +824,66 @@ def test_read_only_workdir_fails_before_training_and_keeps_checkpoints(reference
     finally:
         for d in (workdir, workdir / "checkpoints"):
             os.chmod(d, 0o755)
+
+
+# ------------------------------------------------------------------------------------------------
+# What killed runs leave behind
+
+
+def test_a_rerun_removes_what_killed_runs_left_and_says_so_in_one_line(tmp_path, caplog):
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    workdir = tmp_path / "run"
+    ckpt = checkpointing.Checkpointer(str(workdir), config)
+    (workdir / "samples").mkdir()
+    left = [workdir / "checkpoints" / f"3{TMP_SUFFIX}",  # an unfinished save (a folder)
+            workdir / "checkpoints" / ".write-probe-ab12cd34",
+            workdir / "config.json.tmp",  # the names of earlier versions
+            workdir / "mean_pixel.json.tmp",
+            workdir / ".tmp-0a1b2c3d.json",
+            workdir / "samples" / ".tmp-k9x8y7w6.png"]  # a sample grid being written
+    left[0].mkdir()
+    for path in left[1:]:
+        path.write_text("partial")
+    kept = [workdir / ".tmp-notes.txt", workdir / "config.json", workdir / "samples" / "a.png"]
+    for path in kept:
+        path.write_text("the user's")
+    fd, busy = leftovers.temp_file(str(workdir / "samples"), suffix=".png")  # a live writer's
+    try:
+        with caplog.at_level("WARNING"):
+            ckpt.prepare_for_writing()
+        assert os.path.exists(busy)
+    finally:
+        os.close(fd)
+        ckpt.close()
+    lines = [r.getMessage() for r in caplog.records if "interrupted run" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("Removed 6 unfinished checkpoints and files left by an "
+                               "interrupted run: "), lines[0]
+    assert not [path for path in left if os.path.exists(path)]
+    assert all(path.exists() for path in kept)
+
+
+SIGKILL_HELPER = os.path.join(ROOT, "tests", "sigkill_main.py")
+
+
+@pytest.mark.slow
+def test_training_killed_while_writing_a_sample_grid_is_cleaned_up_by_the_rerun(tmp_path):
+    workdir = tmp_path / "run"
+    flags = ("--config.num_train_steps=2", "--config.sample_every=1",
+             "--config.checkpoint_every=1")
+    # SIGKILL as the first sample grid (step 1) is being written, into its temporary file.
+    proc = run_cli(workdir, *flags, script=SIGKILL_HELPER, env=cli_env(
+        GLCIC_SIGKILL_MODULE="glcic_jax.main", GLCIC_SIGKILL_ENTRY="run",
+        GLCIC_SIGKILL_IN="PIL.Image:Image.save"))
+    assert proc.returncode == -signal.SIGKILL, report(proc)
+    left = [name for name in files_under(workdir) if ".tmp-" in name]
+    assert len(left) == 1 and left[0].startswith("samples/"), files_under(workdir)
+
+    proc = run_cli(workdir, *flags)
+    assert proc.returncode == 0, report(proc)
+    lines = [line for line in proc.stderr.splitlines() if "interrupted run" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        f"Removed 1 unfinished checkpoint or file left by an interrupted run: "
+        f"{workdir / left[0]}."), report(proc)
+    assert not [name for name in files_under(workdir) if ".tmp" in name], files_under(workdir)
+    assert finished_steps(workdir) == [1, 2]

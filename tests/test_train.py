@@ -687,6 +687,26 @@ def test_logged_metrics_are_means_over_the_steps_that_produced_them():
     assert values["skipped_updates"] == 1.0
 
 
+def test_a_non_finite_stop_says_truthfully_which_checkpoint_is_kept(tmp_path, tiny_state):
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    pending = [(1, "completion", {"mse": np.float32(np.nan), "nonfinite": np.float32(1.0)})]
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "run"), config)
+    try:
+        for stop in (lambda: train._check_finite(pending, config, ckpt),
+                     lambda: train._check_state_finite(
+                         jax.tree_util.tree_map(lambda x: x * np.nan, tiny_state), 2, ckpt)):
+            with pytest.raises(train.NonFiniteError) as info:  # before the first checkpoint
+                stop()
+            assert "no checkpoint had been written yet (a rerun starts afresh)" in str(info.value)
+            assert "is kept" not in str(info.value)
+        ckpt.save(1, tiny_state, config)  # still being written when the run stops: it counts
+        with pytest.raises(train.NonFiniteError, match=r"the last good checkpoint \(step 1\) "
+                                                        r"is kept\."):
+            train._check_finite(pending, config, ckpt)
+    finally:
+        ckpt.close()
+
+
 @pytest.mark.parametrize("name", ["celeba", "places2"])
 def test_tfds_prepare_runs_offline_up_to_the_first_download(name, tmp_path, monkeypatch):
     # The headline configs prepare their dataset on first use: builder, checksums, download

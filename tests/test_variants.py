@@ -1,4 +1,4 @@
-"""Tests of the variants from the two reimplementation reports (README "Variants").
+"""Tests of the variants from the two reimplementation reports (docs/variants.md).
 
 * The landscape report's WGAN-GP local critic (`configs/landscapes.py`): reflect padding, layer
   norm, RMSprop, square centred holes, 1:10 critic/generator updates, on a folder of PNGs.
@@ -201,8 +201,11 @@ def test_each_choice_is_credited_to_its_real_source():
             if name.endswith(".py"):
                 with open(os.path.join(ROOT, folder, name)) as f:
                     texts[f"{folder}/{name}"] = f.read()
-    with open(os.path.join(ROOT, "README.md")) as f:
-        texts["README.md"] = f.read()
+    for name in ["README.md"] + [os.path.join("docs", n) for n in
+                                 sorted(os.listdir(os.path.join(ROOT, "docs")))
+                                 if n.endswith(".md")]:
+        with open(os.path.join(ROOT, name)) as f:
+            texts[name] = f.read()
     for where, text in texts.items():
         for claim in ("official code", "official Torch code", "official CelebA model's settings"):
             assert claim not in text, f"{where} credits {claim!r}"
@@ -223,8 +226,9 @@ def test_each_choice_is_credited_to_its_real_source():
     with open(os.path.join(ROOT, "configs", "landscapes.py")) as f:
         landscapes = f.read()
     assert "145K" in landscapes and "96k" not in landscapes
-    # The official inference's mask threshold differs from ours, and the README says so.
-    assert "0.2 (51/255)" in texts["README.md"] and "0.2 (51/255)" in texts["glcic_jax/image_io.py"]
+    # The official inference's mask threshold differs from ours, and the docs say so.
+    differences = texts[os.path.join("docs", "paper_differences.md")]
+    assert "0.2 (51/255)" in differences and "0.2 (51/255)" in texts["glcic_jax/image_io.py"]
 
 
 def test_landscapes_config_without_data_path_says_which_flag_to_add():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,12 +48,11 @@ def main() -> None:
     photo = Path(tmp.name) / "coffee.jpg"
     Image.fromarray(skimage.data.coffee()).save(photo, quality=92)  # 600x400
 
-    server = serve.make_server(serve.Service(serve.Model(workdir)), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve.Server(serve.Service(serve.Model(workdir)), "127.0.0.1", 0).start()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
         page = browser.new_page(viewport={"width": 960, "height": 640})
-        page.goto(serve.url_of(server))
+        page.goto(server.url)
         page.set_input_files("#file", str(photo))
         page.wait_for_function("document.body.dataset.state === 'photo'")
         page.wait_for_function("!document.getElementById('info').textContent.includes('connect')")
@@ -84,7 +82,7 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=args.out)
         browser.close()
-    server.shutdown()
+    server.stop()
     # A palette PNG keeps the README's image small.
     Image.open(args.out).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
         args.out, optimize=True)

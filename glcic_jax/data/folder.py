@@ -96,6 +96,10 @@ class FolderReader(IndexedReader):
         return IndexedSource(files, lambda i: load_image(os.path.join(root, files[i]), min_short),
                              f"data.path={root!r} ({split} split)")
 
+    def check(self, config) -> None:
+        """A missing or empty data.path fails before a run writes anything."""
+        list_images(config.data.path)
+
     def describe(self, config) -> tuple[int, int, int]:
         """Log how many photos were found, train and are held out; warn when too few are held
         out. Returns (found, train, held out)."""

@@ -9,6 +9,7 @@ undecoded records of the stream, which is exact but reads the skipped records on
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import threading
 import time
@@ -60,19 +61,41 @@ def _missing_module_error(name: str, what: str, error: BaseException) -> DataErr
     )
 
 
-def prepare_builder(config):
-    """The tfds builder of `data.name` in `data.data_dir`, downloaded and prepared if need be."""
+def find_builder(config):
+    """The tfds builder of `data.name` in `data.data_dir` (not prepared yet, perhaps); one-line
+    DataError for a name tfds does not know (its own error lists every dataset: ~460 lines)."""
     import_tf()
     import tensorflow_datasets as tfds
 
     d = config.data
     data_dir = d.data_dir or None
     try:
-        builder = tfds.builder(d.name, data_dir=data_dir)
+        return tfds.builder(d.name, data_dir=data_dir)
     except Exception as e:
         if _missing_module(e):
             raise _missing_module_error(d.name, "Loading the builder", e) from e
-        raise DataError(f"Unknown tfds dataset data.name={d.name!r}: {e}") from e
+        if isinstance(e, tfds.core.DatasetNotFoundError):
+            try:
+                close = difflib.get_close_matches(str(d.name), tfds.list_builders(), n=3)
+            except Exception:  # the hint is optional
+                close = []
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise DataError(
+                f"Unknown tfds dataset data.name={d.name!r}{hint}: tensorflow-datasets "
+                f"{tfds.__version__} has no dataset of that name. Check the spelling (the "
+                f"catalogue: https://www.tensorflow.org/datasets/catalog), or train on a folder "
+                f"of photos with --config.data.source=folder --config.data.path=DIR."
+            ) from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"Cannot load the tfds dataset data.name={d.name!r}: {first}") from e
+
+
+def prepare_builder(config):
+    """The tfds builder of `data.name` in `data.data_dir`, downloaded and prepared if need be."""
+    import tensorflow_datasets as tfds
+
+    d = config.data
+    builder = find_builder(config)
     if not builder.is_prepared():
         where = builder.data_dir
         try:
@@ -168,3 +191,7 @@ class TfdsReader:
 
     def describe(self, config) -> None:
         return None
+
+    def check(self, config) -> None:
+        """An unknown dataset name fails before a run writes anything (`find_builder`)."""
+        find_builder(config)
