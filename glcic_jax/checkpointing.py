@@ -443,6 +443,10 @@ class Checkpointer:
         holds the discriminator and both optimizer states (Orbax's partial restore).
         """
         step = self.latest_step() if step is None else step
+        # Without the checkpoint's own tree metadata Orbax would take the structure from
+        # `subset` and read on: such a checkpoint is damaged, as it is for a full restore.
+        if not os.path.isfile(os.path.join(self.directory, str(step), "state", "_METADATA")):
+            raise FileNotFoundError("its state/_METADATA is missing")
         restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                               subset)
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
