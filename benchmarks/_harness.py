@@ -36,6 +36,14 @@ def csv_list(text: str, cast: Callable[[str], Any] = str) -> list:
     return [cast(t) for t in str(text).split(",") if t.strip()]
 
 
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The flag parser every script starts from: argparse, `--name value` flags, `-h` printing
+    the script's docstring (its first paragraph as the description, the rest as the epilog)."""
+    head, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_timing_args(p: argparse.ArgumentParser) -> None:
     """--warmup / --iters / --repeats, with the defaults every timed script uses (3, 10, 5)."""
     p.add_argument("--warmup", type=int, default=3, help="untimed calls after compiling")

@@ -25,7 +25,6 @@ batches that also fill the prefetch queue (4 batches).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -170,7 +169,7 @@ def consumption(steps_json: str) -> list[dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _harness.parser(__doc__)
     p.add_argument("--num-images", type=int, default=2000)
     p.add_argument("--batch", type=int, default=96)
     p.add_argument(

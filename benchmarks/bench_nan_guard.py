@@ -52,7 +52,7 @@ def measure(config_name: str, policy: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _harness.parser(__doc__)
     p.add_argument("--config", choices=("tiny", "quickstart"), default="tiny")
     p.add_argument("--out", default="")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)  # a policy, in a subprocess

@@ -19,7 +19,6 @@ compilation.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import _harness  # noqa: E402  (benchmarks/_harness.py: the shared flag parser)
 import numpy as np
 from PIL import Image
 
@@ -73,7 +73,7 @@ def _request(url: str, image: np.ndarray, hole: np.ndarray) -> tuple[float, dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _harness.parser(__doc__)
     parser.add_argument("--workdir", help="a workdir to serve (default: an untrained checkpoint)")
     args = parser.parse_args()
 

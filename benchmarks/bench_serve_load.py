@@ -25,7 +25,6 @@ weights do not change the costs measured here).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import _harness  # noqa: E402  (benchmarks/_harness.py: the shared flag parser)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -136,7 +136,7 @@ def _counts(statuses) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _harness.parser(__doc__)
     parser.add_argument("--workdir", help="a workdir to serve (default: an untrained :tiny one)")
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--size", type=int, default=256, help="photo side, pixels")

@@ -483,9 +483,7 @@ def _run_script(script: str, args: list[str], timeout: float) -> tuple[dict | No
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _harness.parser(__doc__)
     p.add_argument("--batch-sizes", default="32,96", help="comma-separated (default 32,96)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="activation dtypes")
     p.add_argument(

@@ -13,7 +13,6 @@ this command.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -61,7 +60,7 @@ def one_run(extra: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _harness.parser(__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default="")
     args, extra = parser.parse_known_args()  # the rest: glcic_jax.main flags for both commands

@@ -29,7 +29,6 @@ torch is imported only here; it is never a dependency of glcic_jax. Run directly
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import traceback
@@ -317,7 +316,7 @@ def time_config(torch, device, variant, step, batch, geo, warmup, iters, repeats
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _harness.parser(__doc__)
     p.add_argument("--batch-sizes", default="32,96")
     p.add_argument("--steps", default="completion,joint")
     p.add_argument(

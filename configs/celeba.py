@@ -1,24 +1,18 @@
-"""GLCIC on CelebA (tfds `celeb_a`): the authors' resize range, GLCIC-PyTorch's crop and holes.
+"""GLCIC on CelebA faces (tfds `celeb_a`): the authors' resize range, GLCIC-PyTorch's holes.
 
-Launch:
+COMMAND:
   python -m glcic_jax.main --config=configs/celeba.py --workdir=runs/celeba
-  python -m glcic_jax.main --config=configs/celeba.py:tiny --workdir=/tmp/celeba   # CPU smoke run
 
-Where each setting comes from (the paper trains on Places2 only; its authors released inference code
-and trained models, no training code):
-* shortest side resized to a random value in [160, 178]: the authors' README for their released
-  CelebA model ("trained on face images with the smallest edges in the [160, 178]");
-* 160x160 crops, a 96x96 local window, hole sides in [48, 96]: GLCIC-PyTorch's defaults
-  (`--cn_input_size 160 --ld_input_size 96 --hole_min_w 48 --hole_max_w 96`);
-* schedule (Tc 90k, Td 10k, 500k in all), batch 96, Adadelta, alpha 0.0004: the paper's Places2
-  values (GLCIC-PyTorch also uses 90k / 10k, then 400k joint steps, with batch 16);
-* random horizontal flips (`data.flip`, the base config's default): our choice; neither the paper
-  nor GLCIC-PyTorch flips.
+160x160 crops of faces whose shortest side is resized into [160, 178] (the authors' README for
+their CelebA model), a 96x96 local window and hole sides in [48, 96] (GLCIC-PyTorch's defaults),
+the paper's schedule (Tc 90k, Td 10k, 500k in all), batch 96, Adadelta and alpha 0.0004, plus
+random horizontal flips (our choice). tfds downloads and prepares CelebA on first use. Expect a
+GPU run of days, not a CPU run; the console logs the ETA, TensorBoard the losses and samples.
 
-The CelebA/Places2 report's 256 global / 128 local setup is the `:256` argument:
-  python -m glcic_jax.main --config=configs/celeba.py:256 --workdir=runs/celeba256
-(images resized to [256, 300] shortest side, 256 crops, local 128, holes [96, 128] as Places2; the
-report gives the 256 / 128 sizes, the resize range is ours).
+Variants:
+  --config=configs/celeba.py:256    the CelebA/Places2 report's 256 global / 128 local setup
+                                    (resize range [256, 300] is ours)
+  --config=configs/celeba.py:tiny   a CPU smoke run (32 px, 6 steps)
 """
 
 from glcic_jax import config_lib

@@ -1,40 +1,19 @@
 """The landscape report's variant: a WGAN-GP local critic on a folder of landscape photos.
 
-From "EE599 Landscape image inpainting based on GAN" (Jiang, Kan, Mangassarian, USC 2019), its
-sections 4 (modifications) and 6 (future work):
-
-* only the local discriminator is kept, and it is a WGAN-GP critic (Wasserstein loss plus the
-  gradient penalty, lambda 10) instead of a real/fake classifier;
-* losses (report 4a): D = E[D(G(x))] - E[D(x)] + gp, G = -E[D(G(x))] + 10 x MSE;
-* RMSprop (the report: momentum optimizers made the WGAN unstable);
-* the completion network pads with REFLECT instead of zeros (report 4c);
-* MSE pre-training of the generator before the adversarial phase (report 4b);
-* 256x256 crops of the photos, one square hole in the centre (report 1, 6a).
-
-Launch (the photo folder is required; every JPEG/PNG/... below it is used, recursively):
-  python -m glcic_jax.main --config=configs/landscapes.py --workdir=runs/landscapes \\
+COMMAND:
+  python -m glcic_jax.main --config=configs/landscapes.py --workdir=runs/landscapes \
       --config.data.path=/data/landscapes
-  python -m glcic_jax.main --config=configs/landscapes.py:tiny --workdir=/tmp/landscapes \\
-      --config.data.path=/data/landscapes        # CPU smoke run, same switches, tiny sizes
 
-Useful overrides:
-  --config.mask.position=random         holes anywhere (the report's future work a)
-  --config.loss.n_critic=3 --config.loss.n_generator=1   the report's first ratio (it diverged)
+From "EE599 Landscape image inpainting based on GAN" (Jiang, Kan, Mangassarian, USC 2019): only a
+local critic, WGAN-GP (lambda 10; D = E[D(G(x))] - E[D(x)] + gp, G = -E[D(G(x))] + 10 x MSE),
+RMSprop, reflect padding, MSE pre-training, 256x256 crops with one square hole in the centre.
+Ours: layer norm in the critic (WGAN-GP forbids batch norm), no MSE term in D's loss (it does
+not depend on the critic), and the batch size, learning rate and schedule (the report gives none).
+Every JPEG/PNG below data.path is used. Expect days on a GPU. Useful overrides:
+  --config.mask.position=random                 holes anywhere (the report's future work a)
   --config.loss.n_critic=5 --config.loss.n_generator=1   the WGAN-GP paper's ratio
-  --config.model.two_stage=True         coarse-to-fine generator (the report's future work b)
-  --config.model.d_norm=none            no normalisation in the critic
-
-Deliberate choices and differences:
-* The critic uses layer normalisation (`model.d_norm='layer'`). The WGAN-GP paper (Gulrajani et
-  al. 2017, 4) forbids batch normalisation in the critic: the penalty constrains the gradient of
-  each sample's score with respect to that sample, and BatchNorm mixes samples in a batch. Layer
-  norm normalises each sample on its own, as that paper recommends.
-* The report also adds 10 x MSE to D's loss. That term does not depend on the critic's
-  parameters, so it does not change the critic's gradient: we leave it out (the logged d_loss is
-  the Wasserstein term plus the penalty).
-* The report gives no batch size, learning rate or schedule lengths; the values below are ours.
-  Its final ratio was one critic update followed by ten generator updates (it tried 3:1 first and
-  the critic's loss diverged); `schedule.td` warms the critic up on the pre-trained generator.
+  --config.model.two_stage=True                 coarse-to-fine generator (future work b)
+`:tiny` is a CPU smoke run with the same switches at tiny sizes.
 """
 
 from glcic_jax import config_lib

@@ -1,23 +1,17 @@
 """GLCIC's training settings (paper section 4) on tfds `places365_small`: 256x256, holes 96-128.
 
-Launch:
+COMMAND:
   python -m glcic_jax.main --config=configs/places2.py --workdir=runs/places2
-  python -m glcic_jax.main --config=configs/places2.py:tiny --workdir=/tmp/p2   # CPU smoke run
 
-From the paper: Tc = 90k iterations of C alone, Td = 10k of D alone, then joint training up to 500k;
-batch 96; Adadelta; alpha = 0.0004; images resized so that the shortest side is a random value in
-[256, 384], then a random 256x256 crop; holes with sides in [96, 128], filled with the mean pixel;
-a 128x128 local discriminator input. No horizontal flips: the paper mentions none.
-
-Deliberate differences (the data this config can fetch, not the paper's):
-* The paper trains on Places2, about 8M training images. tfds `places365_small` is
-  Places365-Standard (~1.8M training images) at 256x256, so resizing its images to a shortest side
-  in [256, 384] upsamples them (by up to 1.5x) and never shrinks them. To train on other Places
-  images (e.g. the high-resolution release), use a folder source:
-  --config.data.source=folder --config.data.path=DIR.
-* The mean pixel is estimated on `data.mean_pixel_images` (2,000) training crops, not the whole set.
-* Choices the paper leaves open follow GLCIC-PyTorch or our judgement;
-  docs/paper_differences.md lists them (hole MSE normalisation, real local crops, etc.).
+From the paper: Tc = 90k steps of C alone, Td = 10k of D alone, joint training up to 500k; batch
+96; Adadelta; alpha 0.0004; shortest side resized into [256, 384], a random 256x256 crop, holes
+of 96-128 px filled with the mean pixel, a 128x128 local discriminator input. No horizontal flips.
+Differences, from the data tfds can fetch: Places365-Standard (~1.8M images at 256x256, so the
+resize upsamples) instead of the paper's ~8M Places2 images (use --config.data.source=folder
+--config.data.path=DIR for others), and the mean pixel from 2,000 training crops. Expect days on
+a GPU; the console logs the ETA, TensorBoard the losses and sample grids. Choices the paper
+leaves open follow GLCIC-PyTorch or our judgement: docs/paper_differences.md lists them.
+`:tiny` is a CPU smoke run (32 px, 6 steps).
 """
 
 from glcic_jax import config_lib

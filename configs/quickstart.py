@@ -1,45 +1,18 @@
-"""Quickstart: train GLCIC on scikit-image's sample photos, on CPU, in about ten minutes.
+"""Quickstart: GLCIC on scikit-image's sample photos, on a CPU, with no download.
 
-Launch (no download; at the end it prints the held-out table: network vs mean fill vs OpenCV):
+COMMAND:
   python -m glcic_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
-Random 64x64 crops of ten photos that scikit-image ships (four in colour, six grey), each photo
-first shrunk so its shortest side is 64..128 px, every crop recoloured (a random gain per
-channel); two colour photos, chelsea and rocket, are held out for the sample grids, eval_every and
-the final table; holes of 12-24 px; all three phases in 1,500 steps of batch 16 (Tc 1,200, Td 80,
-joint 220). Choices for a 2-core CPU, not the paper's (which the other configs keep). The
-measurements behind them are held-out hole PSNRs of phase-1 runs (benchmarks/phase1_ablation.py;
-benchmarks/results/quickstart_ablation*.json):
-
-* data.color_augment (gains in [0.25, 1], glcic_jax/data/images.py): the network trained on the
-  photos as they are learned their palette and stayed within 1 dB of the mean-pixel fill (the old
-  seven photos: 15.0-16.5 dB for 600 steps, fill 15.5); recoloured crops make colour a property
-  of each crop. The mean pixel is the photos' own; held-out crops are never recoloured.
-  data.color_permute=False: the channels keep their order. Shuffling them too (this config until
-  2026-12-03) learned the colours around a hole more slowly (after 600 steps: 21.04 and 20.86 dB
-  against 21.45 and 21.86, two seeds each) and filled the cat's fur olive instead of brown.
-* optimizer.g_lr_final=0.1: C's rate falls from 1e-3 to 1e-4 along a cosine over phase 1; at a
-  constant 1e-3 the held-out PSNR swung by 1-2 dB from one evaluation to the next.
-* model.width=0.125 and batch 16: every hidden layer of C and D at an eighth of the paper's
-  channels (~1/64 of the FLOPs of the wide layers). Per training image the eighth learns about as
-  much as the quarter (20.86-21.04 dB against 20.93 after 600 steps of batch 16) at 0.4x the CPU
-  time (142-155 s against 364 s); the former quickstart (quarter width, batch 8) had 19.27 dB
-  after 600 steps and 200 CPU s. Batch 32 for 400 steps did the same as batch 16 for 600
-  (21.08 dB); a sixteenth (width 0.0625) learned far less (16.89 dB). The issue that set this
-  quickstart measured a quarter-width network at 32 px reaching the full one's held-out hole
-  PSNR 11x faster.
-* 64 px crops instead of 32: the dilated layers (taps up to 64 px apart) see image content, not
-  only padding, so the model also holds up on larger photos.
-* model.padding='reflect' (the landscape report's option): at 64 px the widest dilated taps still
-  fall outside the image; reflected content there is what a larger photo shows, zeros are not.
-* Adam at 1e-3 (eps 1e-8) instead of the paper's Adadelta: measured on this config's first form
-  (the old seven photos, no recolouring; busy shared 2-core machine, benchmarks/results/),
-  Adadelta's held-out hole PSNR stayed below the mean-pixel fill's 15.5 dB for 300 steps (13.96,
-  13.71, 14.02 dB at steps 100-300); Adam was at 16.1 dB after 50 steps.
-
-Held-out hole PSNR every 100 steps goes to the console and TensorBoard. For a longer run (e.g. on
-a GPU): --config.num_train_steps=20000 --config.schedule.tc=12000 --config.schedule.td=2000.
-`:tiny` is the CPU smoke-test version (32 px, a quarter of the channels, 6 steps) the tests use.
+Trains all three phases in 1,500 steps of batch 16 (Tc 1,200, Td 80) on recoloured 64x64 crops of
+ten photos scikit-image ships, with two held out (chelsea, rocket) for the sample grids and the
+held-out hole PSNR printed every 100 steps. Expect several minutes on a 2-core CPU
+(benchmarks/time_quickstart.py measures it on yours); at the end it prints the held-out table
+(network vs mean fill, Telea, Navier-Stokes) and where the sample grid and TensorBoard logs are.
+The narrow network (an eighth of the paper's channels) fills holes with smooth, plausible colour,
+not continued edges. The choices differ from the paper's for a 2-core CPU: see the comments below
+and docs/history.md for the measurements behind them. `:tiny` is the 6-step smoke run the tests
+use. A longer run (e.g. on a GPU): --config.num_train_steps=20000 --config.schedule.tc=12000
+--config.schedule.td=2000.
 """
 
 from glcic_jax import config_lib
@@ -57,17 +30,20 @@ def get_config(arg=None):
     c.data.resize_max = 128
     c.data.mean_pixel_images = 256
     c.data.num_eval_images = 6
-    c.data.color_augment = True  # random per-channel gains: see the docstring
-    c.data.color_permute = False  # ... without shuffling the channels (see the docstring)
+    # Random per-channel gains (ours): trained on the photos as they are, the network learned
+    # their palette and stayed near the mean fill; without shuffling the channels, which
+    # learned the colours around a hole more slowly (docs/history.md).
+    c.data.color_augment = True
+    c.data.color_permute = False
     c.mask.local_size = 32
     c.mask.hole_min = 12
     c.mask.hole_max = 24
-    c.model.width = 0.125
-    c.model.padding = "reflect"
-    c.optimizer.name = "adam"
+    c.model.width = 0.125  # an eighth of the paper's channels: learns most per CPU second
+    c.model.padding = "reflect"  # the landscape report's: the wide dilated taps leave 64 px
+    c.optimizer.name = "adam"  # Adadelta stayed below the mean fill for 300 steps here
     c.optimizer.learning_rate = 1e-3
     c.optimizer.eps = 1e-8
-    c.optimizer.g_lr_final = 0.1  # C's rate: cosine to 1e-4 over phase 1 (see the docstring)
+    c.optimizer.g_lr_final = 0.1  # C's rate: cosine to 1e-4 over phase 1 (steadier PSNR)
     c.batch_size = 16
     c.num_train_steps = 1500
     c.schedule.tc = 1200

@@ -27,12 +27,11 @@ import sys
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
-from glcic_jax import errors
+from glcic_jax import config_lib, errors
 
 # Config fields that change array shapes or the optimizer state's structure: a checkpoint made
 # with other values cannot be resumed.
@@ -47,8 +46,6 @@ SHAPE_KEYS = (
     "optimizer.name",
     "model.input_norm",  # not a shape, but the weights only make sense with their input
 )
-# The value a field had before it existed, for checkpoints written by older versions.
-FIELD_DEFAULTS = {"model.input_norm": "mean_fill", "model.fill": "mean", "model.width": 1.0}
 
 
 class IncompatibleCheckpointError(errors.WorkdirError):
@@ -157,24 +154,17 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def _get(config, dotted: str):
+def setting(config, dotted: str):
+    """A config's value for a dotted key, e.g. 'model.width'."""
     node = config
     for part in dotted.split("."):
-        node = node[part] if part in node else None
-        if node is None:
-            return None
+        node = node[part]
     return node
-
-
-def setting(config, dotted: str):
-    """A config's value for a dotted key; FIELD_DEFAULTS for fields older configs lack."""
-    value = _get(config, dotted)
-    return FIELD_DEFAULTS.get(dotted) if value is None else value
 
 
 def check_compatible(stored: dict, config) -> None:
     """Raise IncompatibleCheckpointError naming every shape-relevant field that differs."""
-    stored_cfg = ml_collections.ConfigDict(stored)
+    stored_cfg = config_lib.upgrade(stored)
 
     diffs = [
         f"{k}: checkpoint has {setting(stored_cfg, k)!r}, config has {setting(config, k)!r}"
@@ -247,9 +237,10 @@ def remove_leftovers(workdir: str) -> list[str]:
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with GLCIC's state and metadata."""
 
-    def __init__(self, workdir: str, config, read_only: bool = False):
-        policies = [ocp_policies.LatestN(int(config.get("keep_checkpoints", 3)))]
-        if config.get("keep_every", 0):
+    def __init__(self, workdir: str, config=None, read_only: bool = False):
+        config = config_lib.base_config() if config is None else config  # read-only: no deletes
+        policies = [ocp_policies.LatestN(int(config.keep_checkpoints))]
+        if config.keep_every:
             policies.append(ocp_policies.EveryNSteps(int(config.keep_every)))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
@@ -503,7 +494,7 @@ def restore_for_inference(path: str, step: int | None = None):
     workdir, path_step = _resolve(path)
     step = path_step if step is None else step
     with library_log(None):  # Orbax's warnings that a read-only manager will not save
-        ckpt = Checkpointer(workdir, ml_collections.ConfigDict(), read_only=True)
+        ckpt = Checkpointer(workdir, read_only=True)
     try:
         steps = ckpt.all_steps()
         if not steps:
@@ -514,7 +505,7 @@ def restore_for_inference(path: str, step: int | None = None):
         built = {}
 
         def abstract_for(meta):
-            config = ml_collections.ConfigDict(meta["config"])
+            config = config_lib.upgrade(meta["config"])  # one from an older version too
             built["config"], built["nets"] = config, state_lib.create_networks(config)
             return jax.eval_shape(lambda: state_lib.create_state(
                 config, built["nets"], jax.random.PRNGKey(0), meta["mean_pixel"]))

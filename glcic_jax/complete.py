@@ -10,48 +10,23 @@ The mask is an image of the photo's size, white (>= 128) where the hole is; 1-ch
 holes were (sizes scaled to the photo; `mask.square`, `mask.position` and `mask.max_holes` kept;
 `--seed`), and the mask used is written beside the output as `<output stem>_mask.png`.
 
-Guarantees:
-* Pixels outside the hole are returned exactly as read (uint8 equality), in the photo's own mode:
-  grayscale stays grayscale (the completion converted with PIL's ITU-R 601 luma), RGBA and LA keep
-  their alpha channel untouched, RGB stays RGB. Other modes (palette, CMYK, 16-bit, 1-bit) are
-  converted to RGB(A) or 8-bit grayscale first, and exactness holds for the converted pixels.
-  EXIF orientation is applied to the photo and the mask, so both are taken as a viewer shows them.
-  A lossy output format (.jpg, .webp) re-encodes every pixel; use .png for an exact result.
-* The network never sees the pixels inside the hole: they are replaced by the dataset's mean pixel
-  (GLCIC 3.1) before anything else happens, also before any resizing.
-* Any size and aspect ratio: the input is edge-padded to a multiple of 4 (the network halves the
-  resolution twice) and the result cropped back.
-* `--max_size=N`: a photo whose longer side exceeds N is completed on a copy scaled down to N
-  (area averaging; a low-resolution pixel is a hole if any pixel under it is), and only the
-  hole's content is scaled back up (bicubic) and composited into the full-resolution photo.
-  Large holes in big photos come out softer than the rest; raise --max_size if memory allows.
-* By default a photo is completed at the scale its checkpoint was trained at (`--train_scale`):
-  if its shortest side exceeds the config's `data.resize_max` (training shrinks every photo so its
-  shortest side is in [resize_min, resize_max]), it is scaled down to that, as with --max_size
-  (the smaller of the two limits wins), and only the hole is scaled back. A network trained on
-  small crops has learned what a small image looks like (its dilated layers reach the border);
-  `--notrain_scale` completes at full resolution (up to --max_size).
-* Folders: each image (JPEG/PNG/BMP/WebP/TIFF, not recursive) is paired with the mask of the same
-  file stem; outputs are `<stem>.png`. Images whose network input has the same size are completed
-  in batches of --batch_size; every distinct size compiles the network once (seconds on CPU), so
-  folders of mixed sizes run roughly one image at a time.
-* Nothing lost: no output replaces an input (photo or mask, also through a link) or another
-  output (e.g. the random mask `a_mask.png` of `a` and the completion of an input `a_mask`).
-  Formats that cannot hold the pixels exactly (GIF, PDF, ICO, ...) are refused; outputs get the
-  umask's permissions.
-* Errors a user can cause (missing or unreadable file, wrong mask size, empty mask, missing
-  checkpoint, a refused or unwritable output path or format) are checked before the network
-  runs and before any output is written, print one line and exit with status 1; so does a write
-  that fails later (disk full). Every output is written to a temporary file and renamed, so a
-  file at an output path is always complete; the temporary files of a killed run are removed
-  by the next run into the same folders, with one line saying so (`leftovers.py`).
-* `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`), applied at full
-  resolution from the completed image and the mask only.
+Contract (each point is pinned by tests/test_complete.py):
+* Pixels outside the hole come back exactly as read (uint8), in the photo's own mode (grayscale,
+  RGB, RGBA/LA with their alpha untouched); EXIF orientation is applied to photo and mask. A
+  lossy output (.jpg, .webp) re-encodes every pixel: use .png for an exact result.
+* The network never sees the hole's pixels: they become the mean pixel (GLCIC 3.1) first.
+* Any size: edge-padded to a multiple of 4 and cropped back. A photo larger than its checkpoint's
+  training scale (`--train_scale`, on by default) or than `--max_size` is completed on a scaled-
+  down copy, and only the hole is scaled back up; each output line says at which size.
+* Nothing lost: every check a user can fail (files, mask size, checkpoint, output paths and
+  formats) runs before the network and before any write, as one line `error: ...` and exit 1;
+  no output replaces an input or another output; outputs are written atomically, and the
+  temporary files of a killed run are removed by the next run into the same folders, with one
+  line saying so (`leftovers.py`).
+* `--postprocess`: GLCIC's fast marching + Poisson blending (`postprocess.py`) at full resolution.
 
-Where the code is: this file is the command (its flow, pairing files, flags); `image_io.py` reads
-photos and masks, writes outputs and keeps inputs safe; `inference.py` loads the network and
-completes photos of any size (scaling, padding, batching); `masks.random_hole` draws the holes
-when there is no --mask.
+`image_io.py` reads and writes the files, `inference.py` loads the network and completes photos
+of any size, `masks.random_hole` draws the holes when there is no --mask.
 """
 
 from __future__ import annotations
@@ -66,7 +41,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import errors, inference
+from glcic_jax import cli, inference
 from glcic_jax.data.images import IMAGE_EXTENSIONS
 from glcic_jax.image_io import (
     LOSSY_FORMATS,
@@ -91,39 +66,64 @@ training_scale_limit = inference.training_scale_limit  # where --train_scale's l
 # The command: read and check everything, load the network, complete, write
 
 
-def main() -> None:
-    sys.exit(run(sys.argv))
+def check_checkpoint_flags(fv) -> None:
+    """The check every checkpoint-reading command shares (complete, serve)."""
+    if bool(fv.workdir) == bool(fv.checkpoint):
+        raise CompletionError("pass exactly one of --workdir=DIR or --checkpoint=PATH.")
+
+
+def _help() -> str:
+    return __doc__.split("Contract")[0]
+
+
+COMMAND = cli.Command("python -m glcic_jax.complete", _help(), lambda fv: _define_flags(fv),
+                      interrupted="outputs already written are complete, none is partial")
+
+
+def _parse(argv: Sequence[str]):
+    return COMMAND.parse(argv)
 
 
 def run(argv: Sequence[str]) -> int:
     """The command line, in-process: `argv[0]` is the program name. Returns the exit status."""
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(usage())
-        return 0
-    try:
-        _run(argv)
-    except errors.UserError as e:  # CompletionError and any other error the user can fix
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        # Outputs are written atomically: each one is either complete or absent.
-        print("error: Interrupted (Ctrl-C); outputs already written are complete, none is "
-              "partial.", file=sys.stderr)
-        return 130
-    return 0
+    return COMMAND.run(argv, lambda fv: _run(fv))
 
 
-def _run(argv: Sequence[str]) -> None:
+def main() -> None:
+    sys.exit(run(sys.argv))
+
+
+def _run(fv) -> None:
     t0 = time.time()
-    fv = _parse(argv)
+    check_checkpoint_flags(fv)
+    for name in ("image", "output"):
+        if not fv[name].value:
+            raise CompletionError(f"--{name} is required.")
     from glcic_jax import console
 
     console.quiet_native_logs(fv.verbosity is not None)
     console.configure(fv.verbosity is not None, logging.WARNING)
     jobs = plan_jobs(fv.image, fv.mask, fv.output)
+    photos, holes = _read_and_check(jobs)
+    import jax
 
-    # Every check a user can fail comes before the network runs and before any output is
-    # written: formats, inputs, masks, then the output paths.
+    completer = Completer(fv.checkpoint or fv.workdir)
+    t_ready = time.time()
+    key = jax.random.PRNGKey(fv.seed)
+    for i, photo in enumerate(photos):
+        if holes[i] is None:
+            holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
+    t_complete = _complete_and_write(fv, completer, jobs, photos, holes)
+    device = jax.devices()[0].platform
+    print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
+          f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
+          f"{t_complete:.2f} s.")
+
+
+def _read_and_check(jobs: list[Job]):
+    """The photos and masks (None: a random hole), after every check a user can fail: it comes
+    before the network runs and before any output is written (formats, inputs, masks, then the
+    output paths)."""
     for job in jobs:
         output_format(job.output)
     photos = [read_photo(j.image) for j in jobs]
@@ -142,18 +142,13 @@ def _run(argv: Sequence[str]) -> None:
     for path in lossy:
         print(f"note: {path} is {output_format(path)}: re-encoding changes pixels outside the "
               f"hole too; use .png for an exact result.")
+    return photos, holes
 
-    import jax
 
-    completer = Completer(fv.checkpoint or fv.workdir)
-    t_ready = time.time()
-    key = jax.random.PRNGKey(fv.seed)
-    for i, photo in enumerate(photos):
-        if holes[i] is None:
-            holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
-    # --batch_size photos at a time, each written as soon as its batch is done; a photo's time is
-    # its batch's completion time shared by the photos in it (the first batch of each input size
-    # includes compiling the network for it).
+def _complete_and_write(fv, completer: Completer, jobs: list[Job], photos, holes) -> float:
+    """Complete --batch_size photos at a time, each written (and its line printed) as soon as its
+    batch is done; a photo's time is its batch's shared by the photos in it (the first batch of
+    each input size includes compiling the network for it). Returns the seconds completing."""
     t_complete, shapes_seen = 0.0, set()
     size = max(1, fv.batch_size)
     for start in range(0, len(jobs), size):
@@ -171,8 +166,8 @@ def _run(argv: Sequence[str]) -> None:
             for i in chunk)
         compiled = set(per_shape.items()) - shapes_seen
         shapes_seen |= compiled
-        each = seconds / len(chunk)
-        timing = (f"{each:.2f} s" + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
+        timing = (f"{seconds / len(chunk):.2f} s"
+                  + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
                   + (" including compilation" if compiled else ""))
         for i, pixels in zip(chunk, completed):
             job, photo, hole = jobs[i], photos[i], holes[i]
@@ -183,12 +178,10 @@ def _run(argv: Sequence[str]) -> None:
                 extra = f" (random mask: {mask_path_for(job.output)})"
             h, w = photo.size
             note = f" [{photo.note}]" if photo.note else ""
-            print(f"{job.image} -> {job.output}: {w}x{h} {photo.mode}, "
+            scaled = _scale_note(completer, photo.size, fv.max_size, fv.train_scale)
+            print(f"{job.image} -> {job.output}: {w}x{h} {photo.mode}{scaled}, "
                   f"{100.0 * hole.mean():.1f}% hole, {timing}{extra}{note}")
-    device = jax.devices()[0].platform
-    print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
-          f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
-          f"{t_complete:.2f} s.")
+    return t_complete
 
 
 def complete_photos(completer: inference.Completer, photos: Sequence[Photo],
@@ -225,6 +218,19 @@ def _network_shape(completer: Completer, size: tuple[int, int], max_size: int,
     h, w = inference.network_size(*size, inference.effective_max_size(
         completer.config, *size, max_size, train_scale))
     return h + -h % 4, w + -w % 4
+
+
+def _scale_note(completer: Completer, size: tuple[int, int], max_size: int,
+                train_scale: bool) -> str:
+    """' (completed at WxH, why; ...)' when the network worked on a scaled-down copy, else ''."""
+    h, w = size
+    limit = inference.effective_max_size(completer.config, h, w, max_size, train_scale)
+    small_h, small_w = inference.network_size(h, w, limit)
+    if (small_h, small_w) == (h, w):
+        return ""
+    at_train_scale = train_scale and limit == training_scale_limit(completer.config, h, w)
+    why = "the checkpoint's training scale" if at_train_scale else f"--max_size={max_size}"
+    return f" (completed at {small_w}x{small_h}, {why}; the hole scaled back up)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,33 +318,6 @@ class Completer(inference.Completer):
 # Flags
 
 
-def _parse(argv: Sequence[str]):
-    fv = parse_checkpoint_flags(argv, _define_flags)
-    for name in ("image", "output"):
-        if not fv[name].value:
-            raise CompletionError(f"--{name} is required.")
-    return fv
-
-
-def parse_checkpoint_flags(argv: Sequence[str], define_flags):
-    """absl flags defined by `define_flags(fv)`, parsed from `argv`, with the checks every
-    checkpoint-reading command shares (complete, serve); bad flags are a CompletionError."""
-    from absl import flags
-
-    fv = flags.FlagValues()
-    define_flags(fv)
-    try:
-        rest = fv(list(argv))
-    except flags.Error as e:
-        raise CompletionError(str(e)) from e
-    if len(rest) > 1:
-        raise CompletionError(f"unexpected arguments: {' '.join(rest[1:])} (flags are "
-                              f"--name=value).")
-    if bool(fv.workdir) == bool(fv.checkpoint):
-        raise CompletionError("pass exactly one of --workdir=DIR or --checkpoint=PATH.")
-    return fv
-
-
 def _define_flags(fv):
     from absl import flags
 
@@ -364,14 +343,6 @@ def _define_flags(fv):
     flags.DEFINE_integer("seed", 0, "Seed of the random holes (without --mask).", flag_values=fv)
     flags.DEFINE_integer("verbosity", None, "Show the libraries' log lines too (absl levels: 0 "
                          "INFO, 1 DEBUG); by default only this tool's lines.", flag_values=fv)
-
-
-def usage() -> str:
-    from absl import flags
-
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    return __doc__.split("Guarantees:")[0].rstrip() + "\n\nFlags:\n" + fv.get_help()
 
 
 if __name__ == "__main__":

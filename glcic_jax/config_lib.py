@@ -35,6 +35,39 @@ INPUT_NORMS = ("mean_fill", "mean_subtract")
 FILLS = ("mean", "learned")  # the holes' initial content (models.FillNetwork for 'learned')
 REAL_CROPS = ("hole", "random")  # where real images' local crops are cut (steps.py)
 
+# Each choice field and its allowed values: what `validate` and the implementing modules check
+# (`check_choice`), so that a wrong value reads the same wherever it is caught.
+CHOICES = {
+    "nan_policy": NAN_POLICIES,
+    "data.source": DATA_SOURCES,
+    "mask.position": MASK_POSITIONS,
+    "mask.real_crop": REAL_CROPS,
+    "model.dtype": DTYPES,
+    "model.padding": PADDING_MODES,
+    "model.d_activation": ACTIVATIONS,
+    "model.d_norm": NORMS,
+    "model.discriminator": DISCRIMINATORS,
+    "model.input_norm": INPUT_NORMS,
+    "model.fill": FILLS,
+    "optimizer.name": OPTIMIZERS,
+    "loss.gan": GAN_LOSSES,
+}
+
+
+def choice_problem(dotted: str, value) -> str | None:
+    """Why `value` is not a choice of the field `dotted` (None when it is one)."""
+    choices = CHOICES[dotted]
+    if value in choices:
+        return None
+    return f"{dotted}={value!r} must be one of {list(choices)}"
+
+
+def check_choice(dotted: str, value) -> None:
+    """Raise ConfigError unless `value` is one of the field's CHOICES."""
+    problem = choice_problem(dotted, value)
+    if problem:
+        raise errors.ConfigError(problem + ".")
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by all configs: the paper's Places2 settings (plus flips, see data.flip)."""
@@ -134,6 +167,29 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def upgrade(stored) -> ml_collections.ConfigDict:
+    """A config stored by any version (a checkpoint's), as today's schema: fields it lacks get
+    `base_config()`'s values. A field added later must default to the behaviour before it
+    existed, so that an old checkpoint means what it meant; everything reading a config can
+    then read every field directly. Fields this version no longer has are kept."""
+    def merged(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merged(base[key], value) if both else value
+        return out
+
+    stored = stored.to_dict() if isinstance(stored, ml_collections.ConfigDict) else stored
+    return ml_collections.ConfigDict(merged(base_config().to_dict(), dict(stored)))
+
+
+def phase_starts(config) -> tuple[int, int, int]:
+    """The first step of phases 1, 2 and 3: (0, Tc, Tc + Td). Phase 1 trains the completion
+    network alone, phase 2 the discriminator alone, phase 3 both (GLCIC's schedule)."""
+    tc, td = int(config.schedule.tc), int(config.schedule.td)
+    return 0, tc, tc + td
+
+
 def shrink_to_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`:tiny`: a CPU smoke-run version of a config (small images, a few steps of each phase)."""
     c.batch_size = 4
@@ -165,9 +221,7 @@ def mask_problems(mask_cfg, height: int, width: int) -> list[str]:
     """Why holes of `mask_cfg` cannot be drawn in an H x W image ([] when they can)."""
     local, lo, hi = int(mask_cfg.local_size), int(mask_cfg.hole_min), int(mask_cfg.hole_max)
     position, max_holes = str(mask_cfg.position), int(mask_cfg.max_holes)
-    problems = []
-    if position not in MASK_POSITIONS:
-        problems.append(f"mask.position={position!r} must be one of {list(MASK_POSITIONS)}")
+    problems = [p for p in [choice_problem("mask.position", position)] if p]
     if not 1 <= lo <= hi:
         problems.append(f"need 1 <= mask.hole_min ({lo}) <= mask.hole_max ({hi})")
     if hi > local:
@@ -192,135 +246,138 @@ def check_mask(mask_cfg, height: int, width: int) -> None:
         raise errors.ConfigError("Impossible hole settings: " + "; ".join(problems) + ".")
 
 
-def _problems(config, num_devices: int) -> list[str]:
-    """Every field out of its range or choices, as 'what to change' phrases."""
-    out: list[str] = []
+class _Problems:
+    """Collects 'what to change' phrases for fields out of their range or choices; a field the
+    config lacks is not checked (validate runs on today's schema)."""
 
-    def get(dotted: str, default=None):
-        node = config
+    def __init__(self, config):
+        self.config = config
+        self.out: list[str] = []
+
+    def get(self, dotted: str, default=None):
+        node = self.config
         for part in dotted.split("."):
             if part not in node:
                 return default
             node = node[part]
         return node
 
-    def choice(dotted: str, choices, lower: bool = False) -> None:
-        value = get(dotted)
+    def choice(self, dotted: str, lower: bool = False) -> None:
+        value = self.get(dotted)
+        if value is not None and choice_problem(dotted, str(value).lower() if lower else value):
+            self.out.append(f"{dotted}={value!r} must be one of {list(CHOICES[dotted])}")
+
+    def _number(self, dotted: str, ok, phrase: str) -> None:
+        value = self.get(dotted)
         if value is None:
             return
-        if (str(value).lower() if lower else value) not in choices:
-            out.append(f"{dotted}={value!r} must be one of {list(choices)}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            self.out.append(f"{dotted}={value!r} must be {phrase}")
 
-    def at_least(dotted: str, low, note: str = "") -> None:
-        value = get(dotted)
-        if value is None:
-            return
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-            out.append(f"{dotted}={value!r} must be >= {low}{note}")
+    def at_least(self, dotted: str, low, note: str = "") -> None:
+        self._number(dotted, lambda v: v >= low, f">= {low}{note}")
 
-    def in_range(dotted: str, low: float, high: float, high_open: bool = True) -> None:
-        value = get(dotted)
-        if value is None:
-            return
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value and (
-            value < high if high_open else value <= high)
-        if not ok:
-            out.append(f"{dotted}={value!r} must be in [{low}, {high}{')' if high_open else ']'}")
+    def in_range(self, dotted: str, low: float, high: float, high_open: bool = True) -> None:
+        self._number(dotted, lambda v: low <= v and (v < high if high_open else v <= high),
+                     f"in [{low}, {high}{')' if high_open else ']'}")
 
-    def positive(dotted: str) -> None:
-        value = get(dotted)
-        if value is None:
-            return
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            out.append(f"{dotted}={value!r} must be > 0")
+    def positive(self, dotted: str) -> None:
+        self._number(dotted, lambda v: v > 0, "> 0")
 
-    # Run length and bookkeeping.
-    at_least("seed", 0)
-    at_least("num_train_steps", 1)
-    choice("nan_policy", NAN_POLICIES)
-    at_least("schedule.tc", 0)
-    at_least("schedule.td", 0)
-    at_least("log_every", 1)
-    at_least("sample_every", 1)
-    at_least("checkpoint_every", 1)
-    # Orbax's LatestN(0) deletes every checkpoint, also those of earlier runs (issue 18).
-    at_least("keep_checkpoints", 1, " (0 would delete every checkpoint, old ones included)")
-    at_least("keep_every", 0, " (0 = no milestones)")
-    at_least("eval_every", 0, " (0 = off)")
-    at_least("num_eval_batches", 1)
-    batch = get("batch_size")
+
+def _run_problems(p: _Problems, num_devices: int) -> None:
+    """Run length, bookkeeping and the batch."""
+    p.at_least("seed", 0)
+    p.at_least("num_train_steps", 1)
+    p.choice("nan_policy")
+    p.at_least("schedule.tc", 0)
+    p.at_least("schedule.td", 0)
+    for dotted in ("log_every", "sample_every", "checkpoint_every", "num_eval_batches"):
+        p.at_least(dotted, 1)
+    # Orbax's LatestN(0) deletes every checkpoint, also those of earlier runs.
+    p.at_least("keep_checkpoints", 1, " (0 would delete every checkpoint, old ones included)")
+    p.at_least("keep_every", 0, " (0 = no milestones)")
+    p.at_least("eval_every", 0, " (0 = off)")
+    init_phase = p.get("init_phase")
+    if init_phase is not None and init_phase not in (1, 2, 3):
+        p.out.append(f"init_phase={init_phase!r} must be 1, 2 or 3")
+    batch = p.get("batch_size")
     if not isinstance(batch, int) or batch < 1:
-        out.append(f"batch_size={batch!r} must be >= 1")
+        p.out.append(f"batch_size={batch!r} must be >= 1")
     elif batch % num_devices:
-        out.append(
+        p.out.append(
             f"batch_size={batch} is not divisible by the {num_devices} devices; use a multiple "
             f"of {num_devices}, e.g. --config.batch_size="
             f"{max(num_devices, batch // num_devices * num_devices)}"
         )
 
-    # Data.
-    d = config.data
-    choice("data.source", DATA_SOURCES)
+
+def _data_problems(p: _Problems) -> None:
+    """The data source, image sizes and holes."""
+    d = p.config.data
+    p.choice("data.source")
     if d.source == "folder" and not d.get("path"):
-        out.append("data.source='folder' needs the photos' folder: add --config.data.path=DIR "
-                   "(JPEG/PNG/... files, searched recursively)")
+        p.out.append("data.source='folder' needs the photos' folder: add --config.data.path=DIR "
+                     "(JPEG/PNG/... files, searched recursively)")
     if d.source == "tfds" and not d.get("name"):
-        out.append("data.source='tfds' needs a dataset: add --config.data.name=NAME")
+        p.out.append("data.source='tfds' needs a dataset: add --config.data.name=NAME")
     size = int(d.image_size)
     if size < 4 or size % 4:
-        out.append(f"data.image_size ({size}) must be a positive multiple of 4")
+        p.out.append(f"data.image_size ({size}) must be a positive multiple of 4")
     if d.resize_min < size or d.resize_max < d.resize_min:
-        out.append(f"need data.image_size ({size}) <= data.resize_min ({d.resize_min}) "
-                   f"<= data.resize_max ({d.resize_max})")
-    at_least("data.shuffle_buffer", 1)
-    at_least("data.num_workers", 0, " (0 = auto)")
-    in_range("data.eval_fraction", 0.0, 1.0)
-    at_least("data.mean_pixel_images", 1)
-    at_least("data.num_eval_images", 1)
+        p.out.append(f"need data.image_size ({size}) <= data.resize_min ({d.resize_min}) "
+                     f"<= data.resize_max ({d.resize_max})")
+    p.at_least("data.shuffle_buffer", 1)
+    p.at_least("data.num_workers", 0, " (0 = auto)")
+    p.in_range("data.eval_fraction", 0.0, 1.0)
+    p.at_least("data.mean_pixel_images", 1)
+    p.at_least("data.num_eval_images", 1)
+    p.out.extend(mask_problems(p.config.mask, size, size))
+    p.choice("mask.real_crop")
 
-    # Holes.
-    out.extend(mask_problems(config.mask, size, size))
 
-    # Networks and optimizer.
-    choice("model.dtype", DTYPES)
-    choice("model.padding", PADDING_MODES)
-    choice("model.d_activation", ACTIVATIONS)
-    choice("model.d_norm", NORMS)
-    choice("model.discriminator", DISCRIMINATORS)
-    choice("model.input_norm", INPUT_NORMS)
-    choice("model.fill", FILLS)
-    width = get("model.width")
+def _model_problems(p: _Problems) -> None:
+    """The networks and the optimizer."""
+    for dotted in ("model.dtype", "model.padding", "model.d_activation", "model.d_norm",
+                   "model.discriminator", "model.input_norm", "model.fill"):
+        p.choice(dotted)
+    width = p.get("model.width")
     if width is not None and not (isinstance(width, (int, float)) and 0.0 < width <= 4.0):
-        out.append(f"model.width={width!r} must be in (0, 4] (1.0 = the paper's networks)")
-    choice("mask.real_crop", REAL_CROPS)
-    if get("init_phase") is not None and get("init_phase") not in (1, 2, 3):
-        out.append(f"init_phase={get('init_phase')!r} must be 1, 2 or 3")
-    choice("optimizer.name", OPTIMIZERS, lower=True)
-    positive("optimizer.learning_rate")
-    in_range("optimizer.rho", 0.0, 1.0)
-    positive("optimizer.eps")
-    in_range("optimizer.b1", 0.0, 1.0)
-    in_range("optimizer.b2", 0.0, 1.0)
-    in_range("optimizer.decay", 0.0, 1.0)
-    in_range("optimizer.g_lr_final", 0.0, 1.0, high_open=False)
-    positive("optimizer.g_lr_final")
+        p.out.append(f"model.width={width!r} must be in (0, 4] (1.0 = the paper's networks)")
+    p.choice("optimizer.name", lower=True)
+    p.positive("optimizer.learning_rate")
+    p.positive("optimizer.eps")
+    for dotted in ("optimizer.rho", "optimizer.b1", "optimizer.b2", "optimizer.decay"):
+        p.in_range(dotted, 0.0, 1.0)
+    p.in_range("optimizer.g_lr_final", 0.0, 1.0, high_open=False)
+    p.positive("optimizer.g_lr_final")
 
-    # Losses.
-    choice("loss.gan", GAN_LOSSES)
+
+def _loss_problems(p: _Problems) -> None:
+    """The losses, and the VGG weights a perceptual loss needs (checked before any work)."""
+    p.choice("loss.gan")
     for name in ("alpha", "mse_weight", "gp_weight", "perceptual_weight"):
-        at_least(f"loss.{name}", 0)
-    at_least("loss.n_critic", 1)
-    at_least("loss.n_generator", 1)
-    if get("loss.perceptual_weight", 0) and not get("loss.vgg_weights"):
-        out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
-                   "--config.loss.vgg_weights=PATH (.h5 or .npz; see docs/variants.md, "
-                   "'Perceptual loss')")
-    elif get("loss.perceptual_weight", 0) and not os.path.isfile(get("loss.vgg_weights")):
-        # Checked here, before the mean pixel is computed or anything is written.
-        out.append(f"loss.vgg_weights={get('loss.vgg_weights')!r} is not a file: give the path "
-                   f"of the VGG-16 weights (.h5 or .npz; see docs/variants.md, 'Perceptual "
-                   f"loss')")
-    return out
+        p.at_least(f"loss.{name}", 0)
+    p.at_least("loss.n_critic", 1)
+    p.at_least("loss.n_generator", 1)
+    weights = p.get("loss.vgg_weights")
+    if p.get("loss.perceptual_weight", 0) and not weights:
+        p.out.append("loss.perceptual_weight > 0 needs VGG-16 weights: set "
+                     "--config.loss.vgg_weights=PATH (.h5 or .npz; see docs/variants.md, "
+                     "'Perceptual loss')")
+    elif p.get("loss.perceptual_weight", 0) and not os.path.isfile(weights):
+        p.out.append(f"loss.vgg_weights={weights!r} is not a file: give the path of the VGG-16 "
+                     f"weights (.h5 or .npz; see docs/variants.md, 'Perceptual loss')")
+
+
+def _problems(config, num_devices: int) -> list[str]:
+    """Every field out of its range or choices, as 'what to change' phrases."""
+    p = _Problems(config)
+    _run_problems(p, num_devices)
+    _data_problems(p)
+    _model_problems(p)
+    _loss_problems(p)
+    return p.out
 
 
 def validate(config, num_devices: int = 1) -> None:

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from glcic_jax import errors, leftovers, torch7
+from glcic_jax import cli, errors, leftovers, torch7
 
 # The authors' Places2 model (project page, 47 MB).
 OFFICIAL_PLACES2_MD5 = "b1527543a0ee22c23fca44cefdf48531"
@@ -483,31 +483,23 @@ def _define_flags(fv):
                         flag_values=fv)
 
 
+def _help() -> str:
+    return __doc__.split("The file")[0]
+
+
+COMMAND = cli.Command("python -m glcic_jax.convert", _help(), lambda fv: _define_flags(fv),
+                      interrupted="nothing was written to the workdir")
+
+
 def run(argv: Sequence[str]) -> int:
     """The command line, in-process: `argv[0]` is the program name. Returns the exit status."""
-    from absl import flags
+    return COMMAND.run(argv, _convert)
 
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(__doc__.split("The file")[0].rstrip() + "\n\nFlags:\n" + fv.get_help())
-        return 0
-    try:
-        try:
-            rest = fv(list(argv))
-        except flags.Error as e:
-            raise ConversionError(str(e)) from e
-        if len(rest) > 1:
-            raise ConversionError(f"unexpected arguments: {' '.join(rest[1:])}")
-        if not fv.source or not fv.workdir:
-            raise ConversionError("--source=FILE.t7 and --workdir=DIR are required")
-        info = convert(fv.source, fv.workdir, fv.config)
-    except errors.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: Interrupted (Ctrl-C); nothing was written to the workdir.", file=sys.stderr)
-        return 130
+
+def _convert(fv) -> int:
+    if not fv.source or not fv.workdir:
+        raise ConversionError("--source=FILE.t7 and --workdir=DIR are required")
+    info = convert(fv.source, fv.workdir, fv.config)
     known = ("the authors' published Places2 model" if info["official_places2"] else
              f"not the published Places2 file (MD5 {OFFICIAL_PLACES2_MD5}); converted anyway")
     print(f"Read {fv.source}: {info['model_class']} of {info['modules']} modules, "

@@ -238,6 +238,54 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _complete_every_way(completer, images: np.ndarray, hole: np.ndarray, batch_size: int):
+    """`(outputs, seconds)`: the held-out images completed by the network and every baseline
+    (METHODS), and how long each took."""
+    timings = {}
+
+    def timed(name, fn):
+        t = time.time()
+        out = fn()
+        timings[name] = time.time() - t
+        return out
+
+    mean_px = completer.mean_pixel
+    chunk = min(len(images), batch_size)
+    model = timed("model", lambda: inference.complete_in_chunks(completer.fn, completer.variables,
+                                                                mean_px, images, hole, chunk))
+    outputs = {
+        "model": model,
+        "model+postprocess": timed("model+postprocess", lambda: np.stack(
+            [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
+        "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
+        "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
+        "navier_stokes": timed("navier_stokes",
+                               lambda: opencv_inpaint(images, hole, "navier_stokes")),
+    }
+    return outputs, timings
+
+
+def _report(workdir: str, payload: dict, images: np.ndarray, outputs: dict) -> None:
+    """Print the table, then write eval_<step>.json and the side-by-side picture (process 0).
+    The table comes first: a workdir that cannot be written (read-only, full) must not lose it."""
+    step, n = payload["step"], payload["num_images"]
+    h, w = payload["image_size"]
+    print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction "
+          f"{payload['hole_fraction']:.3f} (L1 in [0, 255], PSNR in dB; *_hole = inside the "
+          f"holes only)")
+    print(format_table(payload["results"]), flush=True)
+    path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
+    try:  # atomic, and a failed write leaves no temporary file (leftovers.py)
+        leftovers.write_json(path, payload, indent=2)
+    except OSError as e:
+        raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
+                                    f"above holds the results.") from e
+    print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
+    picture = write_comparison(workdir, step, images, outputs)
+    if picture:
+        print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images): {picture}")
+
+
 def evaluate(config, workdir: str) -> dict:
     """Score the latest checkpoint in `workdir` and the baselines on the held-out set.
 
@@ -258,33 +306,11 @@ def evaluate(config, workdir: str) -> dict:
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
     h, w = images.shape[1:3]
     hole = eval_masks(config, n, h, w)
-    mean_px = completer.mean_pixel
     logging.info("Evaluating step %d on %d held-out %dx%d images (hole fraction %.3f).", step, n,
                  h, w, hole.mean())
 
-    chunk = min(n, int(config.batch_size))
-    results, timings = {}, {}
-
-    def timed(name, fn):
-        t = time.time()
-        out = fn()
-        timings[name] = time.time() - t
-        return out
-
-    model = timed("model", lambda: inference.complete_in_chunks(completer.fn, completer.variables,
-                                                                mean_px, images, hole, chunk))
-    outputs = {
-        "model": model,
-        "model+postprocess": timed("model+postprocess", lambda: np.stack(
-            [postprocess.postprocess(im, m) for im, m in zip(model, hole)])),
-        "mean_fill": timed("mean_fill", lambda: mean_fill(images, hole, mean_px)),
-        "telea": timed("telea", lambda: opencv_inpaint(images, hole, "telea")),
-        "navier_stokes": timed("navier_stokes",
-                               lambda: opencv_inpaint(images, hole, "navier_stokes")),
-    }
-    for name in METHODS:
-        results[name] = mean_metrics(outputs[name], images, hole)
-
+    outputs, timings = _complete_every_way(completer, images, hole, int(config.batch_size))
+    results = {name: mean_metrics(outputs[name], images, hole) for name in METHODS}
     payload = {
         "step": step,
         "workdir": os.path.abspath(workdir),
@@ -303,20 +329,7 @@ def evaluate(config, workdir: str) -> dict:
         "device": str(jax.devices()[0].platform),
     }
     if jax.process_index() == 0:
-        # The table first: a workdir that cannot be written (read-only, full) must not lose it.
-        print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction {hole.mean():.3f} "
-              f"(L1 in [0, 255], PSNR in dB; *_hole = inside the holes only)")
-        print(format_table(results), flush=True)
-        path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
-        try:  # atomic, and a failed write leaves no temporary file (leftovers.py)
-            leftovers.write_json(path, payload, indent=2)
-        except OSError as e:
-            raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
-                                        f"above holds the results.") from e
-        print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
-        picture = write_comparison(workdir, step, images, outputs)
-        if picture:
-            print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images): {picture}")
+        _report(workdir, payload, images, outputs)
     return payload
 
 

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from glcic_jax import errors
+from glcic_jax import cli, errors
 
 FORMATS = ("saved_model", "stablehlo")
 # H and W are multiples of 4 (the network halves the resolution twice); the batch is free.
@@ -158,37 +158,24 @@ def _define_flags(fv):
                         "(stablehlo).", flag_values=fv)
 
 
+COMMAND = cli.Command("python -m glcic_jax.export", __doc__.split("Both hold")[0],
+                      lambda fv: _define_flags(fv), interrupted="nothing was written at --output")
+
+
 def run(argv: Sequence[str]) -> int:
     """The command line, in-process: `argv[0]` is the program name. Returns the exit status."""
-    from absl import flags
+    return COMMAND.run(argv, _export)
 
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(__doc__.split("Both hold")[0].rstrip() + "\n\nFlags:\n" + fv.get_help())
-        return 0
-    try:
-        try:
-            rest = fv(list(argv))
-        except flags.Error as e:
-            raise ExportError(str(e)) from e
-        if len(rest) > 1:
-            raise ExportError(f"unexpected arguments: {' '.join(rest[1:])}")
-        for name in ("workdir", "format", "output"):
-            if not fv[name].value:
-                raise ExportError(f"--{name} is required (--workdir=DIR "
-                                  f"--format={'|'.join(FORMATS)} --output=PATH).")
-        from glcic_jax import console
 
-        console.quiet_native_logs(False)
-        line = export(fv.workdir, fv.format, fv.output)
-    except errors.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: Interrupted (Ctrl-C); nothing was written at --output.", file=sys.stderr)
-        return 130
-    print(line)
+def _export(fv) -> int:
+    for name in ("workdir", "format", "output"):
+        if not fv[name].value:
+            raise ExportError(f"--{name} is required (--workdir=DIR "
+                              f"--format={'|'.join(FORMATS)} --output=PATH).")
+    from glcic_jax import console
+
+    console.quiet_native_logs(False)
+    print(export(fv.workdir, fv.format, fv.output))
     return 0
 
 

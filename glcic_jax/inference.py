@@ -39,8 +39,8 @@ class LoadError(errors.WorkdirError):
 
 
 def input_norm_of(config) -> str:
-    """The config's `model.input_norm` ('mean_fill' for configs that predate the field)."""
-    return str(config.model.get("input_norm", masks.INPUT_NORMS[0]))
+    """The config's `model.input_norm` (config_lib.INPUT_NORMS)."""
+    return str(config.model.input_norm)
 
 
 def to_float_images(images) -> jax.Array:

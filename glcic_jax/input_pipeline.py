@@ -136,7 +136,7 @@ def compute_mean_pixel(config) -> np.ndarray:
     """Mean RGB in [0, 1] over `data.mean_pixel_images` training crops (host 0's stream start)."""
     n = max(1, int(config.data.mean_pixel_images))
     batch = min(n, 64)
-    if config.data.get("color_augment", False):  # the photos' own mean, not the recoloured one
+    if config.data.color_augment:  # the photos' own mean, not the recoloured one
         config = config.copy_and_resolve_references()
         with config.unlocked():
             config.data.color_augment = False

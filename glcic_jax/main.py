@@ -1,8 +1,8 @@
 """Entry point: `python -m glcic_jax.main --config=configs/celeba.py --workdir=DIR [--mode=...]`.
 
 Only parses flags, sets up logging and the distributed runtime, and dispatches (flax examples'
-convention). Errors a user can cause (`errors.UserError`) end with a one-line message, not a
-traceback; every other exception keeps its traceback.
+convention). `cli.Command` turns errors a user can cause (`errors.UserError`) into one line and
+exit 1, and Ctrl-C into exit 130; every other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from glcic_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -91,9 +93,30 @@ def _leave(status: int, at_once: bool = False) -> None:
     sys.exit(status)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def _interrupted(fv) -> str:
+    """Ctrl-C before training started, or a second Ctrl-C during training (the first one finishes
+    the step and checkpoints). Saves are atomic: an interrupted one is discarded."""
+    return _last_checkpoint_note(fv.workdir) if fv.mode == "train" else ""
+
+
+def _exit(status: int) -> None:
+    # Ctrl-C: at once. A Ctrl-C that lands inside Orbax's save() leaves threads waiting for
+    # signals that never come, and the interpreter's shutdown joins them (minutes). Finished saves
+    # are complete by now (train waits for the one in flight); the interrupted one is a temporary
+    # folder that the next run removes.
+    if status == 0:
+        sys.exit(0)
+    _leave(status, at_once=status == 130)
+
+
+COMMAND = cli.Command(
+    "python -m glcic_jax.main", __doc__, lambda fv: None, _interrupted, absl_app=True,
+    usage="python -m glcic_jax.main --config=configs/NAME.py[:tiny] --workdir=DIR "
+          "[--mode=train|eval] [--config.FIELD=VALUE ...]",
+    bad_flag_status=2, bad_flag_prefix="bad flag or config override: ", exit=_exit)
+
+
+def _train_or_eval(fv) -> int:
     from glcic_jax import console
 
     # Keep TensorFlow (input pipeline only) away from the GPU and quiet.
@@ -104,89 +127,56 @@ def main(argv) -> None:
 
     if _want_distributed():
         jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-            local_device_ids=([int(i) for i in FLAGS.local_device_ids]
-                              if FLAGS.local_device_ids else None),
+            coordinator_address=fv.coordinator_address,
+            num_processes=fv.num_processes,
+            process_id=fv.process_id,
+            local_device_ids=([int(i) for i in fv.local_device_ids]
+                              if fv.local_device_ids else None),
         )
-    from glcic_jax import checkpointing, errors, train
+    from glcic_jax import checkpointing, train
 
     if jax.process_index() != 0 and not _verbose():  # the others: warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
-    config = FLAGS.config
     try:
-        if FLAGS.mode == "train":
-            train.train_and_evaluate(config, FLAGS.workdir)
+        if fv.mode == "train":
+            train.train_and_evaluate(fv.config, fv.workdir)
         else:
             from glcic_jax import evaluate
 
-            evaluate.evaluate(config, FLAGS.workdir)
-    except errors.UserError as e:
-        # Only errors the user can fix (errors.py) end in one line; anything else is a bug in
-        # our code (or a library's) and keeps its traceback.
-        if isinstance(e, checkpointing.CheckpointWriteError):
-            # tensorstore's I/O threads may still report into Orbax's closed event loop: keep
-            # their tracebacks off the console (they went to WORKDIR/library.log until now).
-            sys.excepthook = sys.unraisablehook = lambda *a: None
-        # Printed once, here (no log record besides it). One write call, so that no other
-        # thread's output lands inside the line (print() writes the text and the newline
-        # separately).
-        sys.stderr.write(f"error: {e}\n")
-        sys.stderr.flush()
+            evaluate.evaluate(fv.config, fv.workdir)
+    except checkpointing.CheckpointWriteError as e:
+        # After a failed Orbax write (disk full), tensorstore's I/O threads still complete into
+        # Orbax's closed event loop and print a traceback each at interpreter shutdown. The error
+        # is reported and earlier checkpoints are intact: leave without that noise.
+        sys.excepthook = sys.unraisablehook = lambda *a: None
+        cli.error(str(e))
         logging.disable(logging.CRITICAL)
-        if isinstance(e, checkpointing.CheckpointWriteError):
-            # After a failed Orbax write (disk full), tensorstore's I/O threads still complete into
-            # Orbax's closed event loop and print a traceback each at interpreter shutdown. The
-            # error is reported and earlier checkpoints are intact: leave without that noise.
-            logging.shutdown()
-            sys.stdout.flush()
-            os._exit(1)
-        _leave(1)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
     except jax.errors.JaxRuntimeError as e:
         if not _lost_peer(e):
             raise
         # Another process died (or was killed) while this one waited for it in a collective.
         first = " ".join(str(e).split())[:200]
-        where = _last_checkpoint_note(FLAGS.workdir) if FLAGS.mode == "train" else ""
-        sys.stderr.write(f"error: process {jax.process_index()} lost contact with the other "
-                         f"processes of this run (one of them stopped: {first}); "
-                         f"{where or 'stopping'}.\n")
-        _leave(1)
-    except KeyboardInterrupt:
-        # Ctrl-C before training started, or a second Ctrl-C during training (the first one
-        # finishes the step and checkpoints). Saves are atomic: an interrupted one is discarded.
-        where = "; " + _last_checkpoint_note(FLAGS.workdir) if FLAGS.mode == "train" else ""
-        sys.stderr.write(f"error: Interrupted (Ctrl-C){where}.\n")
-        # At once: a Ctrl-C that lands inside Orbax's save() leaves threads waiting for signals
-        # that never come, and the interpreter's shutdown joins them (measured: 5 min). Finished
-        # saves are complete by now (train waits for the one in flight); the interrupted one is a
-        # temporary folder that the next run removes.
-        _leave(130, at_once=True)
+        where = _last_checkpoint_note(fv.workdir) if fv.mode == "train" else ""
+        cli.error(f"process {jax.process_index()} lost contact with the other processes of this "
+                  f"run (one of them stopped: {first}); {where or 'stopping'}.")
+        return 1
+    return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with bad flags (e.g. a mistyped --config.key) as a one-line error."""
-    try:
-        return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-        # ml_collections reports an unknown field as KeyError/AttributeError("'key'\nDid you mean").
-        text = str(e.args[0] if e.args else e).replace("\\n", "\n").replace("\\'", "'")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if any(line.startswith("Traceback") for line in lines):
-            # A config file's get_config() raised: its last line is the message.
-            lines = [lines[0].split("Traceback")[0].strip(" :"), lines[-1]]
-        message = " ".join(line.strip("'") for line in lines)
-        print(f"error: bad flag or config override: {message}", file=sys.stderr)
-        print("usage: python -m glcic_jax.main --config=configs/NAME.py[:tiny] --workdir=DIR "
-              "[--mode=train|eval] [--config.FIELD=VALUE ...]", file=sys.stderr)
-        sys.exit(2)
+def main(argv) -> None:
+    """absl's main, once FLAGS are parsed: train or evaluate, then exit with the status."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    _exit(COMMAND.call(_train_or_eval, FLAGS))
 
 
 def run() -> None:
-    app.run(main, flags_parser=_parse_flags)
+    COMMAND.run(sys.argv, _train_or_eval)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib, errors
+from glcic_jax import config_lib
 
-POSITIONS = config_lib.MASK_POSITIONS
 # The holes of every fixed evaluation set (training's sample grids, periodic and --mode=eval
 # metrics): one seed, so every run, config and checkpoint is scored on the same holes.
 EVAL_MASK_SEED = 20170720
@@ -43,7 +42,7 @@ class MaskSpec(NamedTuple):
             hole_max=int(mask_cfg.hole_max),
             max_holes=int(mask_cfg.max_holes),
             position=str(mask_cfg.position),
-            square=bool(mask_cfg.get("square", False)),  # absent from older configs
+            square=bool(mask_cfg.square),
         )
 
     def validate(self, height: int, width: int) -> None:
@@ -161,7 +160,6 @@ def crop(images: jax.Array, corners: jax.Array, size: int) -> jax.Array:
 #                    authors' released `inpaint.lua` feeds their trained network
 # Both append the mask channel; outside the borders the convolutions see zeros, which is why the
 # two are not one model with a shifted first bias.
-INPUT_NORMS = config_lib.INPUT_NORMS
 
 
 def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
@@ -169,7 +167,7 @@ def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
     """Completion-network input: the image with its holes hidden, plus the mask channel.
 
     images [B, H, W, 3] in [0, 1]; mask [B, H, W, 1]; mean_pixel [3] in [0, 1] -> [B, H, W, 4].
-    `norm` is one of INPUT_NORMS (see above); either way the hole's pixels are not used.
+    `norm` is one of config_lib.INPUT_NORMS (see above); either way the hole's pixels are not used.
     """
     mean = jnp.asarray(mean_pixel, images.dtype).reshape((1, 1, 1, 3))
     if norm == "mean_fill":
@@ -177,6 +175,5 @@ def fill_holes(images: jax.Array, mask: jax.Array, mean_pixel: jax.Array,
     elif norm == "mean_subtract":
         filled = (images - mean) * (1.0 - mask)
     else:
-        raise errors.ConfigError(f"model.input_norm={norm!r} is not supported; choose one of "
-                         f"{list(INPUT_NORMS)}.")
+        config_lib.check_choice("model.input_norm", norm)
     return jnp.concatenate([filled, mask.astype(images.dtype)], axis=-1)

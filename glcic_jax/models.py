@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib, errors
+from glcic_jax import config_lib
 
 Dtype = Any
 
@@ -30,10 +30,6 @@ Dtype = Any
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-PADDING_MODES = config_lib.PADDING_MODES
-ACTIVATIONS = config_lib.ACTIVATIONS
-NORMS = config_lib.NORMS
-FILLS = config_lib.FILLS
 
 # GLCIC Table 1: (kind, kernel, dilation, stride, features). 'deconv' is a 4x4 transposed conv
 # that doubles the resolution; the final 'output' layer has no norm and a sigmoid.
@@ -69,12 +65,6 @@ def scaled(features: int, width: float) -> int:
     (configs/quickstart.py). `width = 1.0` is the paper's network exactly.
     """
     return max(1, int(round(features * width)))
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise errors.ConfigError(
-            f"{name}={value!r} is not supported; choose one of {list(choices)}.")
 
 
 class PaddedConv(nn.Module):
@@ -239,8 +229,8 @@ class CompletionNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        _check_choice("model.padding", self.padding, PADDING_MODES)
-        _check_choice("model.fill", self.fill, FILLS)
+        config_lib.check_choice("model.padding", self.padding)
+        config_lib.check_choice("model.fill", self.fill)
         if x.ndim != 4 or x.shape[-1] != 4:
             raise ValueError(f"CompletionNetwork expects [B, H, W, 4] input, got {x.shape}.")
         if x.shape[1] % 4 or x.shape[2] % 4:
@@ -323,8 +313,8 @@ class _ConvStack(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        _check_choice("model.d_norm", self.norm, NORMS)
-        _check_choice("model.d_activation", self.activation, ACTIVATIONS)
+        config_lib.check_choice("model.d_norm", self.norm)
+        config_lib.check_choice("model.d_activation", self.activation)
         x = x.astype(self.dtype)
         for features in self.features:
             x = PaddedConv(scaled(features, self.width), 5, stride=2, dtype=self.dtype)(x)
@@ -380,22 +370,21 @@ class ContextDiscriminator(nn.Module):
 def make_generator(model_cfg) -> nn.Module:
     """The generator a config asks for: the GLCIC network, or the two-stage variant."""
     dtype = jnp.dtype(model_cfg.dtype)
-    fill = str(model_cfg.get("fill", "mean"))  # absent from older configs
-    width = float(model_cfg.get("width", 1.0))
-    if model_cfg.get("two_stage", False):
+    fill, width = str(model_cfg.fill), float(model_cfg.width)
+    if model_cfg.two_stage:
         return TwoStageCompletion(dtype=dtype, padding=model_cfg.padding, fill=fill, width=width)
     return CompletionNetwork(dtype=dtype, padding=model_cfg.padding, fill=fill, width=width)
 
 
 def make_discriminator(model_cfg) -> nn.Module:
     """The discriminator (or WGAN critic) a config asks for."""
-    _check_choice("model.discriminator", model_cfg.discriminator, config_lib.DISCRIMINATORS)
+    config_lib.check_choice("model.discriminator", model_cfg.discriminator)
     return ContextDiscriminator(
         dtype=jnp.dtype(model_cfg.dtype),
         norm=model_cfg.d_norm,
         activation=model_cfg.d_activation,
         use_global=model_cfg.discriminator == "context",
-        width=float(model_cfg.get("width", 1.0)),
+        width=float(model_cfg.width),
     )
 
 

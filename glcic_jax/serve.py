@@ -70,7 +70,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import complete, errors, image_io
+from glcic_jax import cli, complete, errors, image_io
 from glcic_jax.complete import CompletionError
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
@@ -887,23 +887,23 @@ def _define_flags(fv):
                        "(408 after).", lower_bound=0.1, flag_values=fv)
 
 
-def _parse(argv: Sequence[str]):
-    fv = complete.parse_checkpoint_flags(argv, _define_flags)
+def _help() -> str:
+    return __doc__.split("The checkpoint is loaded")[0]
+
+
+def _check_flags(fv) -> None:
+    """One checkpoint, and a token for any address but loopback."""
+    complete.check_checkpoint_flags(fv)
     fv.token = fv.token or os.environ.get("GLCIC_SERVE_TOKEN") or None
     if not is_loopback(fv.host) and not fv.token and not fv.insecure_no_token:
         raise CompletionError(
             f"--host={fv.host} can be reached from other machines: pass --token=SECRET (clients "
             f"send 'Authorization: Bearer SECRET') or, to serve without one, "
             f"--insecure_no_token.")
-    return fv
 
 
-def usage() -> str:
-    from absl import flags
-
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    return __doc__.split("The checkpoint is loaded")[0].rstrip() + "\n\nFlags:\n" + fv.get_help()
+COMMAND = cli.Command("python -m glcic_jax.serve", _help(), lambda fv: _define_flags(fv),
+                      interrupted="stopped while loading the checkpoint; nothing was served")
 
 
 def _quiet_libraries() -> None:
@@ -916,34 +916,28 @@ def _quiet_libraries() -> None:
 
 def run(argv: Sequence[str]) -> int:
     """The command line, in-process: `argv[0]` is the program name. Returns the exit status."""
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(usage())
-        return 0
+    return COMMAND.run(argv, _serve)
+
+
+def _serve(fv) -> int:
+    _check_flags(fv)
+    service = Service(None, fv.max_size, fv.max_upload_mb << 20, train_scale=fv.train_scale,
+                      max_megapixels=fv.max_megapixels, max_batch=fv.max_batch,
+                      queue_size=fv.queue_size, request_timeout=fv.request_timeout,
+                      max_requests=fv.max_requests, token=fv.token)  # model: once loaded
     try:
-        fv = _parse(argv)
-        service = Service(None, fv.max_size, fv.max_upload_mb << 20, train_scale=fv.train_scale,
-                          max_megapixels=fv.max_megapixels, max_batch=fv.max_batch,
-                          queue_size=fv.queue_size, request_timeout=fv.request_timeout,
-                          max_requests=fv.max_requests, token=fv.token)
-        try:
-            server = Server(service, fv.host, fv.port)
-        except OSError as e:
-            raise CompletionError(f"cannot listen on {fv.host}:{fv.port}: {e.strerror or e}; "
-                                  f"pass another --port (0 = any free port).") from e
-        t0 = time.time()
-        path = fv.checkpoint or fv.workdir
-        print(f"Loading the checkpoint in {path} ...", flush=True)
-        try:
-            service.model = Model(path)
-        except BaseException:
-            server.close()
-            raise
-    except errors.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Stopped while loading (Ctrl-C).", file=sys.stderr)
-        return 130
+        server = Server(service, fv.host, fv.port)
+    except OSError as e:
+        raise CompletionError(f"cannot listen on {fv.host}:{fv.port}: {e.strerror or e}; "
+                              f"pass another --port (0 = any free port).") from e
+    t0 = time.time()
+    path = fv.checkpoint or fv.workdir
+    print(f"Loading the checkpoint in {path} ...", flush=True)
+    try:
+        service.model = Model(path)
+    except BaseException:
+        server.close()
+        raise
     import jax
 
     _quiet_libraries()

@@ -14,9 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from glcic_jax import config_lib, errors, models
-
-OPTIMIZERS = config_lib.OPTIMIZERS
+from glcic_jax import config_lib, models
 
 
 @struct.dataclass
@@ -54,10 +52,8 @@ def create_optimizer(opt_cfg) -> optax.GradientTransformation:
         return optax.rmsprop(
             lr, decay=float(opt_cfg.decay), eps=float(opt_cfg.eps), eps_in_sqrt=False
         )
-    raise errors.ConfigError(
-        f"Unknown optimizer.name={opt_cfg.name!r}; choose one of {list(OPTIMIZERS)} "
-        f"(e.g. --config.optimizer.name=adam)."
-    )
+    config_lib.check_choice("optimizer.name", name)
+    raise AssertionError(f"optimizer {name!r} is listed in config_lib.OPTIMIZERS but not built")
 
 
 class Networks(NamedTuple):

@@ -6,13 +6,6 @@ GLCIC 3.3 / Algorithm 1:
                                its plain BCE loss.
   phase 3 (t >= Tc + Td):      `joint_step`         update D on alpha * its loss, then C on
                                MSE + alpha * adversarial.
-The seed report (CelebA/Places2) spells the phase-2 / phase-3 difference out: in the discriminator
-phase the two BCE terms are "added" and used as they are; in the simultaneous phase D's loss "is the
-same as before, except it is multiplied by an alpha factor" (GLCIC eq. 3 weighs D's terms by alpha
-in the joint objective). Adadelta is not scale-invariant for gradients below sqrt(eps), so a
-phase-2 D trained on alpha * BCE hardly moves. With the WGAN-GP loss, D's (critic's) loss is the
-landscape report's (4a) in every phase: E[D(G(x))] - E[D(x)] + gp, never multiplied by alpha;
-alpha weighs only the generator's adversarial term there.
 With an update ratio other than 1:1 (the landscape report's WGAN runs), phase 3 alternates
 `discriminator_step` and `generator_step` instead of the fused `joint_step`.
 
@@ -21,15 +14,7 @@ masks on the device from `fold_in(state.rng, state.step)`, and returns `(new_sta
 dict of float32 scalars; nothing syncs with the host.
 
 The discriminator always sees the *composited* image: generated pixels inside the hole and the
-original pixels outside (GLCIC 3.2), and a local crop around the hole. A real image is cropped at
-the same window as its hole's by default (`mask.real_crop='hole'`): the seed report's trainer crops
-"the 128*128 hole-centered images ... for both the intact and the completed images" with one
-function, and with equal windows D cannot tell real from completed crops by where they were cut
-(with `mask.position='center'` the completed crops would otherwise always show the image centre).
-That report's network description also says an intact image's crop "is centered on a random
-pixel"; we follow its trainer, as DESIGN.md decides.
-`mask.real_crop='random'` crops real images at an independent random window instead, as
-GLCIC-PyTorch's train.py does (its `hole_area_real`).
+original pixels outside (GLCIC 3.2), and a local crop around the hole (`_prepare`).
 """
 
 from __future__ import annotations
@@ -41,12 +26,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, errors, inference, losses, masks, models
+from glcic_jax import config_lib, inference, losses, masks, models
 from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
-GAN_LOSSES = config_lib.GAN_LOSSES
-REAL_CROPS = config_lib.REAL_CROPS  # where real images' local crops are cut (module docstring)
 
 
 class StepSettings(NamedTuple):
@@ -60,7 +43,7 @@ class StepSettings(NamedTuple):
     perceptual_weight: float = 0.0
     real_crop: str = "hole"  # 'hole': real crops at the hole's window; 'random' (GLCIC-PyTorch)
     skip_nonfinite: bool = False  # keep the old state (and count) instead of applying NaN updates
-    input_norm: str = "mean_fill"  # how the completion input is built (masks.INPUT_NORMS)
+    input_norm: str = "mean_fill"  # how the completion input is built (config_lib.INPUT_NORMS)
     # First phase-3 step (Tc + Td): a discriminator step from here on (ratio schedules) weighs
     # the BCE loss by alpha as the joint step does; before it (phase 2) the loss is plain.
     phase3_start: int = 0
@@ -78,26 +61,22 @@ class StepSettings(NamedTuple):
     @classmethod
     def from_config(cls, config) -> "StepSettings":
         loss = config.loss
-        if loss.gan not in GAN_LOSSES:
-            raise errors.ConfigError(f"loss.gan={loss.gan!r} must be one of {list(GAN_LOSSES)}.")
-        real_crop = str(config.mask.get("real_crop", "hole"))  # absent from older configs
-        if real_crop not in REAL_CROPS:
-            raise errors.ConfigError(
-                f"mask.real_crop={real_crop!r} must be one of {list(REAL_CROPS)}."
-            )
+        config_lib.check_choice("loss.gan", loss.gan)
+        real_crop = str(config.mask.real_crop)
+        config_lib.check_choice("mask.real_crop", real_crop)
         return cls(
             mask=masks.MaskSpec.from_config(config.mask),
             gan_loss=str(loss.gan),
             alpha=float(loss.alpha),
             mse_weight=float(loss.mse_weight),
             gp_weight=float(loss.gp_weight),
-            perceptual_weight=float(loss.get("perceptual_weight", 0.0)),
+            perceptual_weight=float(loss.perceptual_weight),
             real_crop=real_crop,
-            skip_nonfinite=config.get("nan_policy", "stop") == "skip",
+            skip_nonfinite=config.nan_policy == "skip",
             input_norm=inference.input_norm_of(config),
-            phase3_start=int(config.schedule.tc) + int(config.schedule.td),
-            g_lr_final=float(config.optimizer.get("g_lr_final", 1.0)),
-            tc=int(config.schedule.tc),
+            phase3_start=config_lib.phase_starts(config)[2],
+            g_lr_final=float(config.optimizer.g_lr_final),
+            tc=config_lib.phase_starts(config)[1],
         )
 
 
@@ -213,6 +192,15 @@ def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
     m = masks.sample_masks(k_mask, b, h, w, settings.mask)
     x = masks.fill_holes(images, m.mask, state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
+    # A real image is cropped at the same window as its hole's by default
+    # (`mask.real_crop='hole'`): the seed report's trainer crops "the 128*128 hole-centered images
+    # ... for both the intact and the completed images" with one function, and with equal windows
+    # D cannot tell real from completed crops by where they were cut (with
+    # `mask.position='center'` the completed crops would otherwise always show the image centre).
+    # That report's network description also says an intact image's crop "is centered on a random
+    # pixel"; we follow its trainer (our judgement: the code is what was run).
+    # `mask.real_crop='random'` crops real images at an independent random window instead, as
+    # GLCIC-PyTorch's train.py does (its `hole_area_real`).
     if settings.real_crop == "random":
         real_corners = masks.random_corners(k_real, b, h, w, size)
     else:
@@ -238,7 +226,7 @@ def _recon_loss(settings, outs, batch: _Batch, perceptual_fn) -> tuple[jax.Array
 def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, scale):
     """Discriminator / critic loss on real vs completed; returns (loss, (stats, metrics)).
 
-    `scale` multiplies the BCE loss (1 in phase 2, alpha in phase 3, see the module docstring);
+    `scale` multiplies the BCE loss (1 in phase 2, alpha in phase 3, see `_d_scale`);
     the logged `d_loss` is the loss before that weighting, comparable across phases.
     """
     size = settings.mask.local_size
@@ -276,6 +264,14 @@ def _d_loss(settings, nets, d: ModelState, d_params, batch: _Batch, completed, s
 def _d_scale(settings: StepSettings, step: jax.Array, joint: bool) -> jax.Array | float:
     """Weight of D's BCE loss: alpha in phase 3 (the joint step, or a D-only step at or after
     Tc + Td), 1 in phase 2. The WGAN-GP critic's loss is never weighted (GanLoss.alpha_weighs_d)."""
+    # The seed report (CelebA/Places2) spells the phase-2 / phase-3 difference out: in the
+    # discriminator phase the two BCE terms are "added" and used as they are; in the simultaneous
+    # phase D's loss "is the same as before, except it is multiplied by an alpha factor" (GLCIC
+    # eq. 3 weighs D's terms by alpha in the joint objective). Adadelta is not scale-invariant for
+    # gradients below sqrt(eps), so a phase-2 D trained on alpha * BCE hardly moves. With the
+    # WGAN-GP loss, D's (critic's) loss is the landscape report's (4a) in every phase: E[D(G(x))]
+    # - E[D(x)] + gp, never multiplied by alpha; alpha weighs only the generator's adversarial
+    # term there.
     if not settings.gan.alpha_weighs_d:
         return 1.0
     if joint:
@@ -418,12 +414,8 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
 
 def phase_of(step: int, config) -> int:
     """Training phase (1, 2 or 3) of a 0-based global step under the config's schedule."""
-    tc, td = int(config.schedule.tc), int(config.schedule.td)
-    if step < tc:
-        return 1
-    if step < tc + td:
-        return 2
-    return 3
+    _, phase2, phase3 = config_lib.phase_starts(config)
+    return 1 if step < phase2 else 2 if step < phase3 else 3
 
 
 def phase3_update(step: int, config) -> str:
@@ -431,7 +423,7 @@ def phase3_update(step: int, config) -> str:
     n_d, n_g = int(config.loss.n_critic), int(config.loss.n_generator)
     if n_d == 1 and n_g == 1:
         return "joint"
-    k = (step - int(config.schedule.tc) - int(config.schedule.td)) % (n_d + n_g)
+    k = (step - config_lib.phase_starts(config)[2]) % (n_d + n_g)
     return "discriminator" if k < n_d else "generator"
 
 

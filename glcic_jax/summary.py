@@ -151,6 +151,11 @@ class Writer:
             logging.warning("tensorboardX is not installed: no TensorBoard events (PNG samples "
                             "and console logs still work). pip install tensorboardX")
 
+    @property
+    def tensorboard(self) -> bool:
+        """Whether TensorBoard events are written (tensorboardX installed, process 0)."""
+        return self._tb is not None
+
     def write_config(self, config, step: int = 0, previous: dict | None = None) -> dict:
         """Write the config in force to WORKDIR/config.json (and TensorBoard text at `step`).
 

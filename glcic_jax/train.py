@@ -145,41 +145,69 @@ def _window_updates(pending: list[tuple[int, str, dict]], config) -> str:
     return f"{where} ({kinds})"
 
 
-class _Throughput:
-    """Images per second over a logging window, without the time spent compiling.
+def itstime(step: int, every: int) -> bool:
+    """Whether a periodic action (logging, samples, evaluation, checkpoints) is due after `step`
+    steps, every `every` steps (0 = never)."""
+    return every > 0 and step % every == 0
 
-    The first call of each jitted function compiles it (30-60 s on a CPU for the joint step):
-    counted in, it made the ETA after a compilation (or right after a resume) many times too long.
-    Such calls are timed to completion and left out, time and step alike.
+
+class Timer:
+    """Images per second over a logging window, with pauses left out.
+
+    A first call of a jitted function compiles it (30-60 s on a CPU for the joint step), and the
+    first save and evaluation compile their own parts: counted in, they made the ETA after a
+    compilation (or right after a resume) many times too long. `pause()` / `resume(steps)` (or
+    `with timer.paused(steps):`) leave out that time and the steps taken meanwhile.
     """
 
-    def __init__(self, batch_size: int, now: float):
+    def __init__(self, batch_size: int, now: float | None = None):
         self.batch_size = batch_size
-        self.start = now
-        self.excluded_s = 0.0
-        self.excluded_steps = 0
+        self.restart(now)
 
-    def exclude(self, seconds: float, steps: int = 0) -> None:
-        self.excluded_s += seconds
-        self.excluded_steps += steps
+    def restart(self, now: float | None = None) -> None:
+        """A new window from `now`."""
+        self.start = time.time() if now is None else now
+        self.paused_s = 0.0
+        self.paused_steps = 0
+        self._since: float | None = None
 
-    def rate(self, steps: int, now: float) -> float:
-        """Images/s for `steps` steps ending at `now` (nan: nothing but compilation measured)."""
-        n = steps - self.excluded_steps
-        seconds = now - self.start - self.excluded_s
+    def pause(self, now: float | None = None) -> None:
+        self._since = time.time() if now is None else now
+
+    def resume(self, now: float | None = None, steps: int = 0) -> None:
+        """End the pause; `steps` were taken during it (they leave the window too)."""
+        now = time.time() if now is None else now
+        self.paused_s += now - self._since
+        self.paused_steps += steps
+        self._since = None
+
+    @contextlib.contextmanager
+    def paused(self, steps: int = 0):
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume(steps=steps)
+
+    def rate(self, steps: int, now: float | None = None) -> float:
+        """Images/s for `steps` steps ending at `now` (nan: nothing but pauses measured)."""
+        now = time.time() if now is None else now
+        n = steps - self.paused_steps
+        seconds = now - self.start - self.paused_s
         if n <= 0 or seconds <= 0:
             return float("nan")
         return n * self.batch_size / seconds
 
-    def restart(self, now: float) -> None:
-        self.__init__(self.batch_size, now)
 
-
+# What compiles on the first call of each kind (logged, so that a minute of silence is not one).
 _FIRST_CALL = {
     "completion": "the phase-1 completion step",
     "discriminator": "the phase-2 discriminator step",
     "joint": "the phase-3 joint step",
     "generator": "the phase-3 generator step",
+    "sample grid": "the sample-grid completion",
+    "eval": "",  # evaluate.TrainingEval says so itself
+    "checkpoint": "",  # the finiteness check; Orbax's first save is slow too
 }
 
 
@@ -269,8 +297,7 @@ def load_init_from(config):
 
 def start_step(config) -> int:
     """First step of a run that starts from `init_from`: the start of phase `init_phase`."""
-    tc, td = int(config.schedule.tc), int(config.schedule.td)
-    return {1: 0, 2: tc, 3: tc + td}[int(config.get("init_phase", 2))]
+    return config_lib.phase_starts(config)[int(config.init_phase) - 1]
 
 
 def _replicated_array(value, sharding: NamedSharding) -> jax.Array:
@@ -389,20 +416,18 @@ def _check_before_writing(config, workdir: str):
     """The data source (found, not empty) and, for a run that does not resume, `init_from`
     (loadable, with this config's model settings): the loaded source, or None."""
     input_pipeline.check_source(config)
-    if config.get("init_from", "") and not checkpointing.finished_steps(workdir):
+    if config.init_from and not checkpointing.finished_steps(workdir):
         return load_init_from(config)
     return None
 
 
 def _train(config, workdir: str, mesh: Mesh, is_main: bool,
            library_noise: contextlib.ExitStack, source=None) -> Any:
-    hosts, host = jax.process_count(), jax.process_index()
-    local_batch = distributed.local_batch_size(config.batch_size, mesh)
-    batch_sharding = distributed.batch_sharded(mesh)
-
+    """`source`: fine-tuning, the `init_from` workdir (inference.Completer) loaded before any
+    write (None: a fresh start, or a resume, which does not use it again)."""
     ckpt = checkpointing.Checkpointer(workdir, config)
     perceptual_fn = None
-    if config.loss.get("perceptual_weight", 0.0):
+    if config.loss.perceptual_weight:
         from glcic_jax import perceptual  # optional variant (VGG-16 features)
 
         perceptual_fn = perceptual.make_perceptual_loss(config.loss.vgg_weights)
@@ -417,16 +442,54 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
     # messages go to WORKDIR/library.log, not the console.
     library_noise.enter_context(checkpointing.library_log(
         os.path.join(workdir, checkpointing.LIBRARY_LOG) if is_main else None))
-    # source: fine-tuning, the `init_from` workdir (inference.Completer) loaded before any write
-    if state is not None:  # resumed: the checkpoint's own mean pixel
-        source = None
-        if config.get("init_from", ""):
-            logging.info("Resuming this workdir's own checkpoint; init_from is not used again.")
-    elif config.get("init_from", ""):
+    if state is None:
+        state = _fresh_state(config, workdir, mesh, nets, is_main, source)
+    elif config.init_from:
+        logging.info("Resuming this workdir's own checkpoint; init_from is not used again.")
+    start, total = int(jax.device_get(state.step)), int(config.num_train_steps)
+    if start >= total:
+        logging.info("Already trained to step %d (num_train_steps=%d): nothing to do.", start,
+                     total)
+        ckpt.close()
+        return state
+    _, tc, t3 = config_lib.phase_starts(config)
+    logging.info("Training steps %d..%d (phase 1 < %d <= phase 2 < %d <= phase 3), global batch "
+                 "%d on %d device(s).", start, total, tc, t3, config.batch_size, mesh.size)
+    logging.info("Preparing TensorBoard and the fixed held-out batch for the sample grids...")
+    writer = summary.Writer(workdir, enabled=is_main)
+    # A run that stops with an error closes TensorBoard's files here, quietly: their own exit
+    # hook would otherwise retry a failed write (disk full) and print its traceback.
+    library_noise.callback(writer.close, quiet=True)
+    # config.json is the config in force; a resume with other overrides is recorded.
+    writer.write_config(config, step=start, previous=resumed_config if start else None)
+    loop = _Loop(config, mesh, nets, steps, ckpt, writer, is_main)
+    data: Iterator[np.ndarray] = input_pipeline.train_iterator(
+        config, distributed.local_batch_size(config.batch_size, mesh), start,
+        jax.process_index(), jax.process_count())
+    with _StopSignal() as stop, _saves_finished_on_error(ckpt):
+        state, step = loop.run(state, start, data, stop)
+    # A SIGTERM now must not cut the last save short; a second Ctrl-C still stops at once.
+    with _StopSignal(stop.received) as last:
+        ckpt.close()
+        last.check()
+    tensorboard = writer.tensorboard
+    writer.close()
+    if hasattr(data, "close"):
+        data.close()
+    if config.final_eval and step == total:
+        report_final(config, workdir, loop.grid_path, tensorboard)
+    return state
+
+
+def _fresh_state(config, workdir: str, mesh: Mesh, nets, is_main: bool, source=None):
+    """The state of a new run: initialised networks, or `init_from`'s completion network (the
+    `source` loaded before any write); the mean pixel computed (and cached) from the data, or
+    the one `init_from` was trained with."""
+    if config.init_from:
         # Fine-tuning: the network keeps the mean pixel it was trained with.
         source = source or load_init_from(config)
         mean_px = source.mean_pixel
-    elif hosts == 1:
+    elif jax.process_count() == 1:
         mean_px = input_pipeline.mean_pixel(config, workdir)
     else:
         # Process 0 computes (or reads) and caches it; the others take its value, so every
@@ -434,130 +497,129 @@ def _train(config, workdir: str, mesh: Mesh, is_main: bool,
         mean_px = (input_pipeline.mean_pixel(config, workdir) if is_main
                    else np.zeros(3, np.float32))
         mean_px = distributed.broadcast_from_main(mean_px).astype(np.float32)
+    # The longest silent wait before the first step otherwise: XLA compiles the initialisation
+    # of both networks and the optimizer states before it runs (once per process and setup).
+    logging.info("Initialising the networks and the optimizer (compiled first; up to a minute "
+                 "on a CPU)...")
+    # Created replicated under jit: each process fills its own devices, nothing is copied.
+    state = distributed.init_replicated(lambda: state_lib.create_state(
+        config, nets, jax.random.PRNGKey(int(config.seed)), mean_px), mesh)
+    if source is not None:
+        state = _start_from(config, state, source, nets, mesh)
+    return state
 
-    if state is None:
-        # Created replicated under jit: each process fills its own devices, nothing is copied.
-        state = distributed.init_replicated(lambda: state_lib.create_state(
-            config, nets, jax.random.PRNGKey(int(config.seed)), mean_px), mesh)
-        if source is not None:
-            state = _start_from(config, state, source, nets, mesh)
-    start = int(jax.device_get(state.step))
-    total = int(config.num_train_steps)
-    if start >= total:
-        logging.info("Already trained to step %d (num_train_steps=%d): nothing to do.", start,
-                     total)
-        ckpt.close()
-        return state
 
-    writer = summary.Writer(workdir, enabled=is_main)
-    # A run that stops with an error closes TensorBoard's files here, quietly: their own exit
-    # hook would otherwise retry a failed write (disk full) and print its traceback.
-    library_noise.callback(writer.close, quiet=True)
-    # config.json is the config in force; a resume with other overrides is recorded.
-    writer.write_config(config, step=start, previous=resumed_config if start else None)
-    periodic_eval = None
-    if int(config.get("eval_every", 0)) > 0:  # held-out metrics for TensorBoard (evaluate.py)
-        from glcic_jax import evaluate
+class _Loop:
+    """The training loop's parts: the periodic logging, sample grids, held-out evaluation and
+    checkpoints, and the timer that leaves their first (compiling) calls out of the rate."""
 
-        periodic_eval = evaluate.TrainingEval(config, nets, mesh)
-    if is_main:
-        input_pipeline.describe_split(config)
-    eval_imgs = input_pipeline.eval_images(config, int(config.data.num_eval_images))
-    # Host (numpy) copies: the evaluate step places them replicated on the global mesh.
-    eval_masks = jax.device_get(fixed_eval_masks(config, len(eval_imgs)))
-    data: Iterator[np.ndarray] = input_pipeline.train_iterator(config, local_batch, start, host,
-                                                              hosts)
-    logging.info("Training steps %d..%d (phase 1 < %d <= phase 2 < %d <= phase 3), global batch "
-                 "%d on %d device(s).", start, total, config.schedule.tc,
-                 config.schedule.tc + config.schedule.td, config.batch_size, mesh.size)
+    def __init__(self, config, mesh: Mesh, nets, steps: steps_lib.Steps,
+                 ckpt: checkpointing.Checkpointer, writer: summary.Writer, is_main: bool):
+        self.config, self.mesh, self.steps, self.ckpt, self.writer = (config, mesh, steps, ckpt,
+                                                                      writer)
+        self.periodic_eval = None
+        if config.eval_every > 0:  # held-out metrics for TensorBoard (evaluate.py)
+            from glcic_jax import evaluate
 
-    pending: list[tuple[int, str, dict]] = []
-    throughput = _Throughput(int(config.batch_size), time.time())
-    step_last = start
-    compiled: set[str] = set()
-    grid_path = None
-    step = start
-    with _StopSignal() as stop, _saves_finished_on_error(ckpt):
+            self.periodic_eval = evaluate.TrainingEval(config, nets, mesh)
+        if is_main:
+            input_pipeline.describe_split(config)
+        self.eval_imgs = input_pipeline.eval_images(config, int(config.data.num_eval_images))
+        # Host (numpy) copies: the evaluate step places them replicated on the global mesh.
+        self.eval_masks = jax.device_get(fixed_eval_masks(config, len(self.eval_imgs)))
+        self.timer = Timer(int(config.batch_size))
+        self.compiled: set[str] = set()
+        self.pending: list[tuple[int, str, dict]] = []
+        self.grid_path: str | None = None
+
+    @contextlib.contextmanager
+    def first_call(self, name: str, steps: int = 0):
+        """Around a call that compiles the first time (`name`): say so, and pause the timer."""
+        first = name not in self.compiled
+        if not first:
+            yield False
+            return
+        what = _FIRST_CALL.get(name, name)
+        if what:  # a silent minute otherwise (GLCIC's networks, on a CPU)
+            logging.info("Compiling %s (first time only)...", what)
+        with self.timer.paused(steps):
+            yield True
+        self.compiled.add(name)
+
+    def run(self, state, step: int, data: Iterator[np.ndarray], stop: _StopSignal):
+        """Train from `step` to num_train_steps (or a stop signal); returns (state, step)."""
+        c, total = self.config, int(self.config.num_train_steps)
+        batch_sharding = distributed.batch_sharded(self.mesh)
+        step_last = step
         while step < total:
             images = distributed.global_batch(next(data), batch_sharding)
-            name, fn = steps_lib.step_fn_for(step, config, steps)
-            first_call = name not in compiled
-            if first_call:  # a silent minute otherwise (GLCIC's networks, on a CPU)
-                logging.info("Compiling %s (first time only)...", _FIRST_CALL.get(name, name))
-                t_compile = time.time()
-            state, metrics = fn(state, images)
-            if first_call:
-                jax.block_until_ready(metrics)
-                throughput.exclude(time.time() - t_compile, steps=1)
-                compiled.add(name)
+            name, fn = steps_lib.step_fn_for(step, c, self.steps)
+            with self.first_call(name, steps=1) as first:
+                state, metrics = fn(state, images)
+                if first:
+                    jax.block_until_ready(metrics)
             stop.check()
             # The save of the step before (if any) has had this step to finish in the
             # background; a failed one (disk full) stops the run here, named with its step.
-            ckpt.poll(wait=True)
-            pending.append((step, name, metrics))
+            self.ckpt.poll(wait=True)
+            self.pending.append((step, name, metrics))
             step += 1
             done = step == total
             stopping = stop.received is not None
-            if hosts > 1:  # decide together, at steps every process checks (see STOP_SYNC_EVERY)
-                stopping = step % STOP_SYNC_EVERY == 0 and distributed.any_process(stopping)
-            save_now = done or stopping or step % int(config.checkpoint_every) == 0
-            if save_now or step % int(config.log_every) == 0:
-                values = _check_finite(pending, config, ckpt)  # raises before a bad save
-                updates = _window_updates(pending, config)
-                pending.clear()
-                now = time.time()
-                rate = throughput.rate(step - step_last, now)
-                eta = (total - step) * config.batch_size / rate if rate > 0 else float("nan")
-                phase = steps_lib.phase_of(step - 1, config)
-                rate_text = f"{rate:.1f} img/s" if math.isfinite(rate) else "n/a img/s (compiling)"
-                logging.info("step %d/%d %s %s | %s | ETA %s", step, total, updates,
-                             _format_metrics(values), rate_text, _fmt_time(eta))
-                writer.scalars(step, {**values, "phase": phase,
-                                      **({"images_per_sec": rate} if math.isfinite(rate) else {})})
-                throughput.restart(now)
+            if jax.process_count() > 1:  # decided together, at steps every process checks
+                stopping = itstime(step, STOP_SYNC_EVERY) and distributed.any_process(stopping)
+            save_now = done or stopping or itstime(step, int(c.checkpoint_every))
+            if save_now or itstime(step, int(c.log_every)):
+                self.log(step, step - step_last)
                 step_last = step
-            if done or step % int(config.sample_every) == 0:
-                t_eval = time.time()
-                if "sample grid" not in compiled:
-                    logging.info("Compiling the sample-grid completion (first time only)...")
-                out = steps.evaluate(state, eval_imgs, eval_masks.mask, eval_masks.corners)
-                grid_path = writer.sample_grid(step, eval_imgs, jax.device_get(out))
-                if "sample grid" not in compiled:
-                    throughput.exclude(time.time() - t_eval)
-                    compiled.add("sample grid")
-            if periodic_eval is not None and step % int(config.eval_every) == 0:
-                t_eval = time.time()
-                held_out = periodic_eval(state)
-                logging.info("step %d held-out: hole PSNR %.2f dB, hole L1 %.2f", step,
-                             held_out["eval/psnr_hole"], held_out["eval/l1_hole"])
-                writer.scalars(step, held_out)
-                if "eval" not in compiled:
-                    throughput.exclude(time.time() - t_eval)
-                    compiled.add("eval")
+            if done or itstime(step, int(c.sample_every)):
+                self.sample_grid(step, state)
+            if self.periodic_eval is not None and itstime(step, int(c.eval_every)):
+                self.held_out(step, state)
             if save_now:
-                t_save = time.time()
-                _check_state_finite(state, step, ckpt)
-                stop.check()
-                ckpt.save(step, state, config)
-                if "checkpoint" not in compiled:  # its check compiles; Orbax's first save is slow
-                    throughput.exclude(time.time() - t_save)
-                    compiled.add("checkpoint")
+                self.save(step, state, stop)
             if stopping:
                 logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same "
                                 "command to resume.", stop.received or "another process's signal",
                                 step)
                 break
-    # A SIGTERM now must not cut the last save short; a second Ctrl-C still stops at once.
-    with _StopSignal(stop.received) as last:
-        ckpt.close()
-        last.check()
-    tensorboard = writer._tb is not None
-    writer.close()
-    if hasattr(data, "close"):
-        data.close()
-    if config.get("final_eval", False) and step == total:
-        report_final(config, workdir, grid_path, tensorboard)
-    return state
+        return state, step
+
+    def log(self, step: int, steps: int) -> None:
+        """The console line and TensorBoard scalars for the `steps` steps ending at `step`."""
+        # Raises before a bad state is saved.
+        values = _check_finite(self.pending, self.config, self.ckpt)
+        updates = _window_updates(self.pending, self.config)
+        self.pending.clear()
+        now = time.time()
+        rate = self.timer.rate(steps, now)
+        total = int(self.config.num_train_steps)
+        eta = (total - step) * self.config.batch_size / rate if rate > 0 else float("nan")
+        rate_text = f"{rate:.1f} img/s" if math.isfinite(rate) else "n/a img/s (compiling)"
+        logging.info("step %d/%d %s %s | %s | ETA %s", step, total, updates,
+                     _format_metrics(values), rate_text, _fmt_time(eta))
+        self.writer.scalars(step, {**values, "phase": steps_lib.phase_of(step - 1, self.config),
+                                   **({"images_per_sec": rate} if math.isfinite(rate) else {})})
+        self.timer.restart(now)
+
+    def sample_grid(self, step: int, state) -> None:
+        with self.first_call("sample grid"):
+            out = self.steps.evaluate(state, self.eval_imgs, self.eval_masks.mask,
+                                      self.eval_masks.corners)
+            self.grid_path = self.writer.sample_grid(step, self.eval_imgs, jax.device_get(out))
+
+    def held_out(self, step: int, state) -> None:
+        with self.first_call("eval"):
+            held_out = self.periodic_eval(state)
+        logging.info("step %d held-out: hole PSNR %.2f dB, hole L1 %.2f", step,
+                     held_out["eval/psnr_hole"], held_out["eval/l1_hole"])
+        self.writer.scalars(step, held_out)
+
+    def save(self, step: int, state, stop: _StopSignal) -> None:
+        with self.first_call("checkpoint"):
+            _check_state_finite(state, step, self.ckpt)
+            stop.check()
+            self.ckpt.save(step, state, self.config)
 
 
 def report_final(config, workdir: str, grid_path: str | None, tensorboard: bool) -> None:

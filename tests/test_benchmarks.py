@@ -7,6 +7,7 @@ Pure Python: nothing here compiles or times a network (`python benchmarks/bench_
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -61,3 +62,25 @@ def test_bench_steps_plan_puts_the_goal_configurations_first():
     assert (args.warmup, args.iters, args.repeats) == (3, 10, 5)
     with pytest.raises(SystemExit, match="unknown"):
         bench_steps.plan(bench_steps.parse_args(["--steps", "completion,nope"]))
+
+
+def test_every_script_is_documented_and_parses_its_flags_through_the_harness():
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    readme = (bench / "README.md").read_text()
+    for script in sorted(bench.glob("*.py")):
+        assert f"`{script.name}`" in readme, f"{script.name} is not in benchmarks/README.md"
+        if script.name != "_harness.py":
+            assert "ArgumentParser(" not in script.read_text(), script.name  # _harness.parser
+    # Every result is one the documentation cites (no orphaned history: that lives in git).
+    docs = readme + (bench.parent / "README.md").read_text() + "".join(
+        p.read_text() for p in (bench.parent / "docs").glob("*.md"))
+    for result in (bench / "results").iterdir():
+        assert f"results/{result.name}" in docs or f"results/{result.stem}" in docs or (
+            re.sub(r"^.*?(_\d{8})$", r"\1", result.stem) in docs), result.name
+
+
+def test_the_harness_parser_shows_the_docstring_as_help():
+    p = _harness.parser("Times a thing.\n\n  python benchmarks/x.py --n 3\n")
+    p.add_argument("--n", type=int, default=1)
+    assert p.parse_args(["--n", "3"]).n == 3
+    assert p.description == "Times a thing." and "python benchmarks/x.py --n 3" in p.format_help()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glcic_jax import checkpointing, complete, config_lib, errors, postprocess, state
+from glcic_jax import checkpointing, complete, config_lib, errors, inference, postprocess, state
 
 H, W = 257, 301  # odd, not a multiple of 4, not square
 
@@ -180,7 +180,7 @@ def test_complete_with_postprocess_and_max_size(files, completer):
 
 
 def test_train_scale_works_at_the_checkpoints_training_scale(files, completer):
-    """Item 4 of issue 14: a photo larger than training's resize range is completed scaled down
+    """A photo larger than training's resize range is completed scaled down
     so that its shortest side is data.resize_max (40 for :tiny), only if asked (the CLI default)."""
     cfg = completer.config
     assert cfg.data.resize_max == 40
@@ -376,7 +376,7 @@ def test_any_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, c
 
 
 # ----------------------------------------------------------------------------------------------
-# What the console shows (issue 19)
+# What the console shows
 
 
 def test_each_image_line_says_how_long_it_took(files, workdir, tmp_path, capsys):
@@ -394,6 +394,25 @@ def test_each_image_line_says_how_long_it_took(files, workdir, tmp_path, capsys)
     assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[0])
     assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[1])
     assert re.search(r"hole, \d+\.\d\d s including compilation$", lines[2])
+
+
+def test_each_image_line_says_at_which_size_the_network_worked(files, workdir, completer,
+                                                               tmp_path, capsys):
+    # The :tiny checkpoint trained at a shortest side of 40 px: a 301x257 photo is completed at
+    # that scale (or smaller with --max_size) and only the hole is scaled back up.
+    paths = files[0]
+    given = (f"--workdir={workdir}", f"--image={paths['rgb']}", f"--mask={paths['mask']}")
+    assert _run(*given, f"--output={tmp_path / 'a.png'}") == 0
+    assert _run(*given, f"--output={tmp_path / 'b.png'}", "--max_size=30") == 0
+    assert _run(*given, f"--output={tmp_path / 'c.png'}", "--notrain_scale") == 0
+    a, b, c = [line for line in capsys.readouterr().out.splitlines() if " -> " in line]
+    h, w = inference.network_size(H, W, complete.training_scale_limit(completer.config, H, W))
+    assert (h, w) < (H, W) and w == 46
+    assert (f": {W}x{H} RGB (completed at {w}x{h}, the checkpoint's training scale; the hole "
+            f"scaled back up), ") in a, a
+    h, w = inference.network_size(H, W, 30)
+    assert f": {W}x{H} RGB (completed at {w}x{h}, --max_size=30; the hole scaled back" in b, b
+    assert f": {W}x{H} RGB, " in c and "completed at" not in c, c
 
 
 @pytest.mark.slow
@@ -420,7 +439,7 @@ def test_console_shows_our_lines_only_unless_verbosity_is_given(files, workdir, 
     assert quiet.stderr == "", quiet.stderr  # no Orbax read-only warnings, no jax backend notes
     assert len(quiet.stdout.strip().splitlines()) == 2, quiet.stdout
     # --verbosity is accepted and changes nothing else. (Restoring for inference no longer makes
-    # Orbax warn at all, issue 18; that the filter lets the libraries' records through when asked
+    # Orbax warn at all; that the filter lets the libraries' records through when asked
     # is tested in test_console.py::test_console_shows_our_records_only_unless_verbose.)
     loud = run("--verbosity=0")
     assert loud.returncode == 0, loud.stderr

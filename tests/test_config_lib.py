@@ -1,5 +1,5 @@
 """Config validation: every field's range and choice, checked before anything is written, and
-configs that load without JAX (issue 15 item 1, issue 18 items 1, 8, 9)."""
+configs that load without JAX."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-from glcic_jax import config_lib, masks, models, state, steps, train
+from glcic_jax import checkpointing, config_lib, masks, models, state, steps, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,12 +96,10 @@ def test_shipped_configs_are_valid(tiny_config):
 
 
 def test_the_listed_choices_are_what_the_code_implements():
-    # The tuples in config_lib are the ones the implementing modules check against.
-    assert models.PADDING_MODES is config_lib.PADDING_MODES
-    assert models.NORMS is config_lib.NORMS and models.ACTIVATIONS is config_lib.ACTIVATIONS
-    assert state.OPTIMIZERS is config_lib.OPTIMIZERS
-    assert steps.GAN_LOSSES is config_lib.GAN_LOSSES
-    assert masks.POSITIONS is config_lib.MASK_POSITIONS
+    # The tuples in config_lib are the only lists: the implementing modules check against them.
+    for module in (models, state, steps, masks):
+        assert not [k for k, v in vars(module).items() if isinstance(v, tuple) and any(
+            v == choices for choices in config_lib.CHOICES.values())], module
     for name in config_lib.DTYPES:
         jnp.dtype(name)  # every listed activation dtype exists
     for name in config_lib.OPTIMIZERS:
@@ -140,3 +138,25 @@ def test_keep_checkpoints_zero_never_touches_existing_checkpoints(tmp_path):
         train.train_and_evaluate(config, str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
     assert (workdir / "checkpoints" / "3" / "marker").exists()
+
+
+def test_a_stored_config_from_an_older_version_is_brought_up_to_date_at_load():
+    # A checkpoint's config from before model.fill, model.width, mask.real_crop and nan_policy
+    # existed: load fills them in with the behaviour they had then, so code reads them directly.
+    stored = config_lib.base_config().to_dict()
+    for section, key in (("model", "fill"), ("model", "width"), ("mask", "real_crop")):
+        del stored[section][key]
+    del stored["nan_policy"]
+    stored["model"]["padding"] = "reflect"
+    stored["retired_field"] = 1
+    c = config_lib.upgrade(stored)
+    assert (c.model.fill, c.model.width, c.mask.real_crop, c.nan_policy) == (
+        "mean", 1.0, "hole", "stop")
+    assert c.model.padding == "reflect" and c.retired_field == 1
+    assert steps.StepSettings.from_config(c).real_crop == "hole"
+    current = config_lib.base_config()
+    current.model.padding = "reflect"
+    checkpointing.check_compatible(stored, current)  # the same model: resumable
+    current.model.width = 0.5
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="model.width"):
+        checkpointing.check_compatible(stored, current)

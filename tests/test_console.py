@@ -1,4 +1,4 @@
-"""What a user sees (issue 19): TensorBoard that starts, quiet and truthful console lines, tools
+"""What a user sees: TensorBoard that starts, quiet and truthful console lines, tools
 that fail in one line.
 """
 
@@ -137,15 +137,42 @@ def test_a_user_error_is_one_line_and_library_notes_are_hidden(tmp_path):
 
 
 def test_the_rate_leaves_out_compilation():
-    t = train._Throughput(batch_size=8, now=100.0)
+    t = train.Timer(batch_size=8, now=100.0)
     # Window of 5 steps over 62 s: the first step compiled for 60 s, the other 4 took 2 s.
-    t.exclude(60.0, steps=1)
+    t.pause(now=100.0)
+    t.resume(now=160.0, steps=1)
     assert t.rate(5, now=162.0) == pytest.approx(4 * 8 / 2.0)
     t.restart(162.0)
     assert t.rate(5, now=167.0) == pytest.approx(5 * 8 / 5.0)
     t.restart(167.0)
-    t.exclude(30.0, steps=1)  # a window of one step that only compiled: no rate to claim
+    t.pause(now=167.0)
+    t.resume(now=197.0, steps=1)  # a window of one step that only compiled: no rate to claim
     assert np.isnan(t.rate(1, now=197.0))
+
+
+def test_periodic_actions_are_due_every_n_steps_and_never_for_0():
+    assert [s for s in range(1, 13) if train.itstime(s, 4)] == [4, 8, 12]
+    assert not any(train.itstime(s, 0) for s in range(1, 13))
+
+
+def test_the_wait_before_the_first_step_says_what_it_is(tmp_path, caplog, monkeypatch):
+    # Between the mean pixel and the first step, XLA compiles the networks' initialisation
+    # (~30 s for the quickstart on a 2-core CPU): the console says so before it starts.
+    class Stop(Exception):
+        pass
+
+    def init_replicated(*args, **kwargs):
+        raise Stop
+
+    c = tiny_config()
+    c.data.source = "skimage"
+    monkeypatch.setattr(train.distributed, "init_replicated", init_replicated)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(Stop):
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-2].startswith("Mean pixel"), lines
+    assert lines[-1].startswith("Initialising the networks and the optimizer (compiled"), lines
 
 
 def test_a_log_line_names_every_update_kind_in_its_window():

@@ -1,4 +1,4 @@
-"""launch/local_multiprocess.sh: signals, failures, paths and log folders (issue 19).
+"""launch/local_multiprocess.sh: signals, failures, paths and log folders.
 
 The launcher's own logic (what it forwards, when it gives up on a process, where it runs them) is
 tested with tests/fake_launch_process.py standing in for the training processes, so these tests

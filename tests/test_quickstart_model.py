@@ -1,4 +1,4 @@
-"""A quickstart-trained network completes a full-size held-out photo (issue 14, item 4).
+"""A quickstart-trained network completes a full-size held-out photo.
 
 The network is the generator of a real run of `configs/quickstart.py` (our own weights, small:
 `tests/data/quickstart_generator.npz`, written by `tools/export_test_model.py`). `chelsea`

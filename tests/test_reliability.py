@@ -1,4 +1,4 @@
-"""Reliability (issue 8): preemption, kill -9, non-finite losses, bad data, bad settings, full
+"""Reliability: preemption, kill -9, non-finite losses, bad data, bad settings, full
 disks.
 
 Training runs go through the real command line (`python -m glcic_jax.main`) in subprocesses, as a

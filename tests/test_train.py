@@ -108,7 +108,7 @@ def test_folder_source_trains_end_to_end(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert_trained_workdir(str(tmp_path / "run"), state)
-    # What the console said (issue 19): the split, each first compilation, the window's updates.
+    # What the console said: the split, each first compilation, the window's updates.
     text = caplog.text
     assert re.search(r"12 images found, \d+ used for training, \d+ held out", text), text
     for kind in ("phase-1 completion step", "phase-2 discriminator step",
@@ -395,7 +395,7 @@ def test_resume_is_bit_identical_across_a_phase_boundary(tmp_path, monkeypatch):
     partial = train.train_and_evaluate(first, str(tmp_path / "resumed"))
     assert int(jax.device_get(partial.step)) == 3
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    # config.json is the config in force, and the resume's change is on record (issue 19).
+    # config.json is the config in force, and the resume's change is on record.
     with open(tmp_path / "resumed" / "config.json") as f:
         assert json.load(f)["num_train_steps"] == 6
     with open(tmp_path / "resumed" / "config_changes.jsonl") as f:
@@ -521,7 +521,7 @@ def test_preparing_a_tfds_dataset_shows_progress(tmp_path, monkeypatch, caplog):
 
 
 # ----------------------------------------------------------------------------------------------
-# Small folders (issue 18 item 10): nothing held out below MIN_IMAGES_TO_HOLD_OUT, and then the
+# Small folders: nothing held out below MIN_IMAGES_TO_HOLD_OUT, and then the
 # training images are evaluated, with a warning
 
 
@@ -556,7 +556,7 @@ def test_from_three_images_one_is_held_out_whatever_the_order():
 
 
 # ----------------------------------------------------------------------------------------------
-# Faults in-process (issue 18 items 3, 4, 7): a damaged newest checkpoint, a save that fails in
+# Faults in-process: a damaged newest checkpoint, a save that fails in
 # the background, a second Ctrl-C whose KeyboardInterrupt is swallowed. Each trains the tiny
 # config through train_and_evaluate (10-60 CPU s each), so they are end-to-end runs: marked slow,
 # like the other kill/resume tests (CI runs them; `-m "not slow"` skips them).

@@ -179,7 +179,7 @@ def test_landscapes_config_has_the_report_switches():
         "optimizer.name",
         "data.source",
     ):
-        assert checkpointing._get(tiny, key) == checkpointing._get(c, key), key
+        assert checkpointing.setting(tiny, key) == checkpointing.setting(c, key), key
     assert tiny.data.image_size == 32
     with pytest.raises(ValueError, match="tiny"):
         landscapes_config("huge")

@@ -6,7 +6,7 @@
 Writes the generator's parameters and batch statistics (float16: half the size, and the test's
 tolerances are far wider than that rounding), the mean pixel, the step and the config as JSON.
 `tests/test_quickstart_model.py` rebuilds a `inference.Completer` from it and checks that a
-quickstart-trained network completes a full-size held-out photo (issue 14). Regenerate it with
+quickstart-trained network completes a full-size held-out photo. Regenerate it with
 this command after a change to the networks or the quickstart.
 """
 
@@ -46,13 +46,11 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
 
 def load(path: str):
     """The `inference.Completer` of a file this tool wrote (float32 again)."""
-    import ml_collections
-
-    from glcic_jax import inference
+    from glcic_jax import config_lib, inference
     from glcic_jax import state as state_lib
 
     with np.load(path) as z:
-        config = ml_collections.ConfigDict(json.loads(str(z["config"])))
+        config = config_lib.upgrade(json.loads(str(z["config"])))  # as stored by any version
         variables = unflatten({k[4:]: z[k].astype(np.float32) for k in z.files
                                if k.startswith("var/")})
         mean_pixel, step = z["mean_pixel"], int(z["step"])

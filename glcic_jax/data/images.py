@@ -67,11 +67,8 @@ def load_image(path: str, min_short: int | None = None) -> np.ndarray:
 # the quickstart (neither report nor the paper uses it): trained on a handful of photos, the
 # network otherwise learns their palette instead of continuing the colours around a hole, and
 # fills held-out photos with the wrong ones. Gains from 0.25 rather than 0.6 tint the quickstart's
-# six grey photos strongly enough to be colour examples too: measured, 18.76 against 18.25 dB
-# held-out hole PSNR after its 1,000 steps (the quickstart of 2026-12-02). Without the channel
-# permutation (color_permute=False, the quickstart since 2026-12-03) the network learns the
-# colours around a hole faster: 21.45 and 21.86 dB against 21.04 and 20.86 after 600 phase-1
-# steps, two seeds each (benchmarks/results/quickstart_ablation_20261203.json).
+# six grey photos strongly enough to be colour examples too (measurements: docs/history.md and
+# docs/quickstart_ablations.md).
 COLOR_GAIN_MIN = 0.25
 
 

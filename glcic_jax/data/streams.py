@@ -79,7 +79,7 @@ class StreamIterator:
         self.host = host
         d = config.data
         self._aug = (int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip),
-                     bool(d.get("color_augment", False)), bool(d.get("color_permute", True)))
+                     bool(d.color_augment), bool(d.color_permute))
         workers = workers or min(32, (os.cpu_count() or 2) * 2)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="glcic-data")
         self._pending: collections.deque = collections.deque()
@@ -132,7 +132,7 @@ class IndexedReader:
                       hosts: int) -> StreamIterator:
         """This host's training stream from element `start` on, in batches of `local_batch`."""
         source = self.examples(config, "train", host, hosts)
-        workers = int(config.data.get("num_workers", 0) or 0) or None
+        workers = int(config.data.num_workers) or None
         return StreamIterator(source, config, local_batch, start=start, seed=int(config.seed),
                               host=host, workers=workers)
 

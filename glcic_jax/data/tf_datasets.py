@@ -159,8 +159,7 @@ def stream(config, split: str, batch: int, start: int, seed: int, host: int, hos
         ds = ds.repeat()
     ds = ds.enumerate().skip(start)  # exact resume: skip undecoded records
     size, rmin, rmax, flip = int(d.image_size), int(d.resize_min), int(d.resize_max), bool(d.flip)
-    color = bool(d.get("color_augment", False))
-    permute = bool(d.get("color_permute", True))
+    color, permute = bool(d.color_augment), bool(d.color_permute)
 
     def process(k, encoded):
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
