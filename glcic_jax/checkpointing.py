@@ -522,7 +522,7 @@ def restore_for_inference(path: str, step: int | None = None):
 class GeneratorCheckpoint(NamedTuple):
     """What inference reads from a checkpoint (`restore_generator`)."""
 
-    config: ml_collections.ConfigDict
+    config: Any  # the stored ConfigDict (config_lib.upgrade)
     generator: Any  # the flax module
     variables: dict  # {'params', 'batch_stats'} of the generator, numpy arrays
     mean_pixel: np.ndarray  # float32 [3]
@@ -542,7 +542,7 @@ def restore_generator(path: str, step: int | None = None) -> GeneratorCheckpoint
     workdir, path_step = _resolve(path)
     step = path_step if step is None else step
     with library_log(None):  # Orbax's warnings that a read-only manager will not save
-        ckpt = Checkpointer(workdir, ml_collections.ConfigDict(), read_only=True)
+        ckpt = Checkpointer(workdir, read_only=True)
     try:
         steps = ckpt.all_steps()
         if not steps:
@@ -553,7 +553,7 @@ def restore_generator(path: str, step: int | None = None) -> GeneratorCheckpoint
         built = {}
 
         def abstract_for(meta):
-            config = ml_collections.ConfigDict(meta["config"])
+            config = config_lib.upgrade(meta["config"])  # one from an older version too
             generator = models.make_generator(config.model)
             built["config"], built["generator"] = config, generator
             # The variables' structure from the module, at a small input: shapes do not depend
