@@ -425,7 +425,7 @@ def bench_serve(folder: str, n: int, timeout: float) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _harness.parser(__doc__)
     p.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
     p.add_argument("--only", default=",".join(PARTS), help=f"among {','.join(PARTS)}")
     p.add_argument("--sizes", default="256,512,1024", help="forward sizes (px)")
