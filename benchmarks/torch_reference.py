@@ -49,22 +49,36 @@ def _import_torch():
     return torch
 
 
-def build(torch):
-    """Module classes, defined once torch is imported (this file must import without torch)."""
+def _scaled(features: int, width: float) -> int:
+    """As `glcic_jax.models.scaled`: a hidden layer's channels times `model.width`."""
+    return max(1, int(round(features * width)))
+
+
+def build(torch, width: float = 1.0, padding: str = "zero"):
+    """Module classes, defined once torch is imported (this file must import without torch).
+
+    `width` and `padding` as `model.width` and `model.padding` (the quickstart's 1/8 width and
+    reflect padding of C's convolutions); the defaults are the paper's network."""
     nn = torch.nn
     F = torch.nn.functional
+    # PyTorch's reflect padding refuses a pad as wide as the input, which the quickstart's
+    # dilation-16 layer needs (16 px on a 16x16 map at 64 px); for timing, 'replicate' pads the
+    # same number of pixels at the same cost (its values differ from a reflection).
+    pad_mode = {"zero": "zeros", "reflect": "replicate"}[padding]
 
     class CompletionNetwork(nn.Module):
         def __init__(self):
             super().__init__()
             layers, c = [], 4
             for kind, k, d, s, f in flops.COMPLETION_LAYERS:
+                f = f if kind == "output" else _scaled(f, width)
                 if kind == "deconv":
                     # 4x4 stride 2 padding 1: exactly doubles H and W (flax 'SAME' does too).
                     layers.append(nn.ConvTranspose2d(c, f, k, stride=s, padding=1))
                 else:
                     layers.append(
-                        nn.Conv2d(c, f, k, stride=s, padding=d * (k - 1) // 2, dilation=d)
+                        nn.Conv2d(c, f, k, stride=s, padding=d * (k - 1) // 2, dilation=d,
+                                  padding_mode=pad_mode)
                     )
                 if kind != "output":
                     layers += [nn.BatchNorm2d(f), nn.ReLU(inplace=True)]
@@ -79,6 +93,7 @@ def build(torch):
             super().__init__()
             layers, c = [], 3
             for f in features:
+                f = _scaled(f, width)
                 layers += [
                     nn.Conv2d(c, f, flops.D_KERNEL, stride=2, padding=2),
                     nn.BatchNorm2d(f),
@@ -86,7 +101,7 @@ def build(torch):
                 ]
                 c, size = f, (size + 1) // 2
             self.convs = nn.Sequential(*layers)
-            self.fc = nn.Linear(c * size * size, flops.D_FC)
+            self.fc = nn.Linear(c * size * size, _scaled(flops.D_FC, width))
 
         def forward(self, x):
             return F.relu(self.fc(torch.flatten(self.convs(x), 1)))
@@ -96,7 +111,7 @@ def build(torch):
             super().__init__()
             self.glob = ConvStack(flops.GLOBAL_D_FEATURES, image_size)
             self.local = ConvStack(flops.LOCAL_D_FEATURES, local_size)
-            self.head = nn.Linear(2 * flops.D_FC, 1)
+            self.head = nn.Linear(2 * _scaled(flops.D_FC, width), 1)
 
         def forward(self, global_image, local_image):
             feats = torch.cat([self.glob(global_image), self.local(local_image)], dim=1)
@@ -146,7 +161,8 @@ def crop(torch, x, top, left, local):
 
 
 class Bench:
-    def __init__(self, torch, variant, batch, image_size, local_size, hole_min, hole_max, device):
+    def __init__(self, torch, variant, batch, image_size, local_size, hole_min, hole_max, device,
+                 width: float = 1.0, padding: str = "zero", optimizer: str = "adadelta"):
         self.torch = torch
         self.variant = variant
         self.device = device
@@ -154,7 +170,7 @@ class Bench:
         self.hole = (hole_min, hole_max)
         self.bf16 = variant.startswith("bf16")
         self.fmt = torch.channels_last if "channels_last" in variant else torch.contiguous_format
-        CompletionNetwork, ContextDiscriminator = build(torch)
+        CompletionNetwork, ContextDiscriminator = build(torch, width, padding)
         self.g = CompletionNetwork().to(device).to(memory_format=self.fmt)
         self.d = ContextDiscriminator(image_size, local_size).to(device).to(memory_format=self.fmt)
         self.g_params = sum(p.numel() for p in self.g.parameters())
@@ -162,9 +178,12 @@ class Bench:
         self.g_fwd, self.d_fwd = self.g, self.d
         if variant.endswith("_compile"):
             self.g_fwd, self.d_fwd = torch.compile(self.g), torch.compile(self.d)
-        opt = {"lr": 1.0, "rho": 0.9, "eps": 1e-6}
-        self.g_opt = torch.optim.Adadelta(self.g.parameters(), **opt)
-        self.d_opt = torch.optim.Adadelta(self.d.parameters(), **opt)
+        if optimizer == "adam":  # the quickstart's (lr 1e-3, eps 1e-8)
+            opt, cls = {"lr": 1e-3, "eps": 1e-8}, torch.optim.Adam
+        else:
+            opt, cls = {"lr": 1.0, "rho": 0.9, "eps": 1e-6}, torch.optim.Adadelta
+        self.g_opt = cls(self.g.parameters(), **opt)
+        self.d_opt = cls(self.d.parameters(), **opt)
         self.mean = torch.tensor(MEAN_PIXEL, device=device).view(1, 3, 1, 1)
         gen = torch.Generator().manual_seed(0)
         u8 = torch.randint(

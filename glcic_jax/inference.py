@@ -307,10 +307,12 @@ def load(path: str, step: int | None = None) -> Completer:
     from glcic_jax import checkpointing
 
     try:
-        config, nets, state = checkpointing.restore_for_inference(path, step)
+        # Only the generator and the mean pixel are read, not the discriminator or optimizers.
+        found = checkpointing.restore_generator(path, step)
     except FileNotFoundError as e:
         raise LoadError(str(e)) from e
     except Exception as e:  # a corrupt or foreign folder: say where, not a traceback
         raise LoadError(f"cannot restore a GLCIC checkpoint from {path!r}: "
                         f"{type(e).__name__}: {e}") from e
-    return from_state(config, nets, state)
+    return Completer(found.config, found.generator, jax.device_put(found.variables),
+                     found.mean_pixel, found.step)

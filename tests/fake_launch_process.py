@@ -6,10 +6,11 @@ a real multi-process run takes to compile.
 FAKE_MODE:
   record   write the record and exit 0
   train    run until signalled: the first SIGINT/SIGTERM is noted and the process exits 0 two
-           seconds later (a real run finishes its step and checkpoints); a second SIGINT exits
-           130 at once
+           seconds later (a real run finishes its step and checkpoints), or with FAKE_STAY=1
+           not by itself (a long step); a second SIGINT exits 130 at once
   die      process 1 kills itself with SIGKILL after 1 s; process 0 is stuck (ignores SIGTERM,
-           as a process blocked in a collective does) until it is killed
+           as a process blocked in a collective does) until it is killed; if it is not
+           killed within 60 s it records EXIT and exits 0
 """
 
 import json
@@ -56,7 +57,8 @@ if mode == "record":
 
 if mode == "train":
     deadline = time.time() + 60
-    while time.time() < deadline and not (first and time.time() > first + 2.0):
+    stay = os.environ.get("FAKE_STAY") == "1"
+    while time.time() < deadline and not (first and not stay and time.time() > first + 2.0):
         time.sleep(0.05)
     sys.exit(0)
 
@@ -68,4 +70,6 @@ if mode == "die":
     deadline = time.time() + 60
     while time.time() < deadline:
         time.sleep(0.05)
+    events.append("EXIT")  # nobody stopped it
+    record()
     sys.exit(0)

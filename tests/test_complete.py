@@ -619,6 +619,13 @@ def two_checkpoints(tmp_path_factory, workdir):
     return path
 
 
+def test_the_newest_of_two_intact_checkpoints_is_restored(two_checkpoints):
+    _, _, st = checkpointing.restore_for_inference(str(two_checkpoints))
+    assert int(st.step) == 5
+    _, _, st = checkpointing.restore_for_inference(str(two_checkpoints), step=0)
+    assert int(st.step) == 0
+
+
 @pytest.mark.parametrize("kind", ["truncated-data-file", "empty-meta", "missing-_METADATA",
                                   "empty-step-folder"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(

@@ -25,8 +25,8 @@ import pytest
 import torch7_writer as tw
 from PIL import Image
 
-from glcic_jax import (checkpointing, complete, config_lib, convert, evaluate, inference, masks,
-                       models, torch7, train)
+from glcic_jax import (checkpointing, complete, config_lib, convert, evaluate, inference,
+                       input_pipeline, masks, models, torch7, train)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "quickstart.py") + ":tiny"
@@ -191,12 +191,40 @@ def test_complete_cli_on_converted_workdir(synthetic, converted, tmp_path, capsy
             assert np.abs(done.astype(int) - want.astype(int)).max() <= 1
 
 
-def test_mode_eval_on_converted_workdir(converted):
+def test_mode_eval_on_converted_workdir(synthetic, converted):
     cfg = config_lib.shrink_to_tiny(config_lib.base_config())
     cfg.data.source = "skimage"
     payload = evaluate.evaluate(cfg, converted)
     assert payload["step"] == cfg.num_train_steps  # a finished run
     assert all(np.isfinite(v) for v in payload["results"]["model"].values())
+    # The numbers themselves, recomputed here: the held-out crops and holes, the authors'
+    # network applied as inpaint.lua does (tests/torch7_writer.py's float64 reference), the
+    # results rounded to uint8, and L1 / PSNR written out.
+    _, _, modules, mean = synthetic
+    n = payload["num_images"]
+    images = input_pipeline.eval_images(cfg, n)
+    holes = evaluate.eval_masks(cfg, n, *images.shape[1:3])
+    model = np.stack([inference.quantize_uint8(_torch_reference(modules, mean, im, h)[1])
+                      for im, h in zip(images, holes)])
+    fill = np.round(np.asarray(mean, np.float32) * 255).astype(np.uint8)
+    mean_fill = np.where(holes[..., None], fill, images)
+
+    def l1_psnr(pred, inside):
+        err = pred.astype(np.float64) - images.astype(np.float64)
+        rows = []
+        for e, h in zip(err, holes):
+            sel = e[h] if inside else e.reshape(-1, 3)
+            mse = np.mean(sel**2)
+            rows.append((np.mean(np.abs(sel)), 10 * np.log10(255.0**2 / mse)))
+        return np.mean(rows, axis=0)
+
+    for name, pred, tol in (("model", model, 0.05), ("mean_fill", mean_fill, 1e-9)):
+        got = payload["results"][name]
+        for suffix, inside in (("", False), ("_hole", True)):
+            l1, psnr = l1_psnr(pred, inside)
+            # model: float32 against the float64 reference may round a few pixels the other way.
+            np.testing.assert_allclose(got["l1" + suffix], l1, rtol=0, atol=tol, err_msg=name)
+            np.testing.assert_allclose(got["psnr" + suffix], psnr, rtol=0, atol=tol, err_msg=name)
 
 
 # ----------------------------------------------------------------------------------------------

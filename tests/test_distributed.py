@@ -16,20 +16,25 @@ conftest.py travels to the subprocesses through the environment.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from glcic_jax import config_lib, distributed
+from glcic_jax import checkpointing, config_lib, distributed, input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "distributed_steps_helper.py")
+TWO_PROCESS_HELPER = os.path.join(ROOT, "tests", "two_process_helper.py")
+DUMP_MAIN = os.path.join(ROOT, "tests", "dump_state_main.py")
 LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 
 
@@ -246,10 +251,37 @@ def test_sharding_comparison_accepts_the_reported_reduction_order_difference(
 # Two processes, one checkpoint, resume
 
 
-def _launch(workdir: str, log_dir: str, *overrides: str, timeout: float):
+def dumping_python(folder) -> str:
+    """An interpreter for the launcher's PYTHON that runs tests/dump_state_main.py: the real
+    command line, which also writes each process's state into $GLCIC_DUMP_DIR."""
+    path = os.path.join(str(folder), "dumping_python")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec "{sys.executable}" "{DUMP_MAIN}" "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+def dumped(folder, name: str) -> list[list[np.ndarray]]:
+    """The state leaves process 0 and process 1 wrote as `name` (dump_state_main.py)."""
+    out = []
+    for i in range(2):
+        with np.load(os.path.join(str(folder), f"{name}_process_{i}.npz")) as data:
+            out.append([data[f"leaf_{k}"] for k in range(len(data.files))])
+    return out
+
+
+def assert_same_leaves(a: list[np.ndarray], b: list[np.ndarray], what: str) -> None:
+    assert len(a) == len(b), what
+    differ = [k for k, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
+    assert not differ, f"{what}: {len(differ)} of {len(a)} leaves differ"
+
+
+def _launch(workdir: str, log_dir: str, *overrides: str, timeout: float, python=None,
+            **env_extra: str):
     # No JAX_SHARE_BINARY_BETWEEN_HOSTS: on CPU the compilation cache keys differ per process,
     # so process 1 would wait forever for a binary process 0 publishes under another key.
-    env = cpu_env(1, GLCIC_LOG_DIR=log_dir, GLCIC_PORT=str(free_port()), PYTHON=sys.executable)
+    env = cpu_env(1, GLCIC_LOG_DIR=log_dir, GLCIC_PORT=str(free_port()),
+                  PYTHON=python or sys.executable, **env_extra)
     cmd = ["bash", LAUNCHER, "2", "--config=configs/quickstart.py:tiny", f"--workdir={workdir}",
            *overrides]
     result = run_bounded(cmd, env, timeout)
@@ -269,7 +301,10 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     # Each CPU process compiles every step kind itself (the compilation cache keys differ per
     # process on CPU), so the runs stop before phase 3: the joint step's sharding is covered by
     # test_four_devices_match_one_device, and it shares the wrappers of the steps run here.
-    logs = _launch(workdir, str(tmp_path / "logs1"), "--config.num_train_steps=2", timeout=900)
+    dumps, python = tmp_path / "dumps", dumping_python(tmp_path)
+    dumps.mkdir()
+    logs = _launch(workdir, str(tmp_path / "logs1"), "--config.num_train_steps=2", timeout=900,
+                   python=python, GLCIC_DUMP_DIR=str(dumps))
     assert "2 process(es)" in logs[0]
     assert "global batch 4 on 2 device(s)" in logs[0]
     assert "step 2/2 phase 1 (completion)" in logs[0]
@@ -280,16 +315,117 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     state_dir = os.path.join(workdir, "checkpoints", "2", "state")
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
     assert os.path.exists(os.path.join(workdir, "samples", "step_00000002.png"))
+    # Both processes hold the same state, bit for bit, and its mean pixel is the data's,
+    # computed here from the same config (process 1 took process 0's: it reads no data for it).
+    final0, final1 = dumped(dumps, "final")
+    assert_same_leaves(final0, final1, "process 0 vs process 1 after run 1")
+    from test_train import load_config
+
+    from glcic_jax import state as state_lib
+
+    config = load_config("quickstart")  # the :tiny the processes ran
+    abstract = jax.eval_shape(lambda: state_lib.create_state(
+        config, state_lib.create_networks(config), jax.random.PRNGKey(0), np.zeros(3)))
+    held = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), final0)
+    assert int(held.step) == 2
+    want_mean = input_pipeline.mean_pixel(config, str(tmp_path / "mean_cache"))
+    np.testing.assert_allclose(np.asarray(held.mean_pixel), want_mean, rtol=1e-6)
 
     # Run 2: a rerun with a longer schedule: both processes restore step 2 and train phase 2 to
     # the final step 4.
-    logs = _launch(workdir, str(tmp_path / "logs2"), "--config.num_train_steps=4", timeout=900)
+    logs = _launch(workdir, str(tmp_path / "logs2"), "--config.num_train_steps=4", timeout=900,
+                   python=python, GLCIC_DUMP_DIR=str(dumps))
     assert "Resuming from" in logs[0] and "checkpoints/2" in logs[0]
     assert "Training steps 2..4" in logs[0]
     assert "step 4/4 phase 2 (discriminator)" in logs[0]
     assert "Traceback" not in logs[1], logs[1][-3000:]
     assert {"3", "4"} <= set(os.listdir(os.path.join(workdir, "checkpoints")))
     assert os.path.exists(os.path.join(workdir, "samples", "step_00000004.png"))
+    # Each process restored exactly the state run 1 ended with, and they end run 2 together.
+    restored0, restored1 = dumped(dumps, "restored")
+    assert_same_leaves(restored0, final0, "process 0's restored state vs run 1's")
+    assert_same_leaves(restored1, final0, "process 1's restored state vs run 1's")
+    final0, final1 = dumped(dumps, "final")
+    assert_same_leaves(final0, final1, "process 0 vs process 1 after run 2")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
+    """SIGTERM delivered to process 1 alone (as a scheduler preempting one host): both processes
+    stop at the same step, which is saved once, by both, and exit 0."""
+    workdir, log_dir = tmp_path / "run", tmp_path / "logs"
+    env = cpu_env(1, GLCIC_LOG_DIR=str(log_dir), GLCIC_PORT=str(free_port()),
+                  PYTHON=sys.executable)
+    cmd = ["bash", LAUNCHER, "2", "--config=configs/quickstart.py:tiny", f"--workdir={workdir}",
+           "--config.num_train_steps=100000", "--config.schedule.tc=100000",
+           "--config.checkpoint_every=100000", "--config.sample_every=100000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log0 = log_dir / "process_0.log"
+    try:
+        deadline = time.monotonic() + 900  # a hang guard, not a speed claim
+        while not (log0.exists() and "] step 3/" in log0.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                log0.read_text()[-3000:] if log0.exists() else "no log"
+            time.sleep(0.2)
+        (victim,) = [p for p in _children(proc.pid) if "--process_id=1" in _cmdline(p)]
+        os.kill(victim, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    logs = [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
+    assert proc.returncode == 0, \
+        f"{out[-3000:]}\n--- 0:\n{logs[0][-3000:]}\n--- 1:\n{logs[1][-3000:]}"
+    match = re.search(r"Stopped by another process's signal at step (\d+); checkpoint saved",
+                      logs[0])
+    assert match, logs[0][-3000:]
+    step = int(match.group(1))
+    assert "Stopped by SIGTERM at step %d" % step in logs[1], logs[1][-3000:]
+    assert "Traceback" not in logs[0] + logs[1]
+    assert checkpointing.finished_steps(str(workdir)) == [step]
+    state_dir = workdir / "checkpoints" / str(step) / "state"
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def test_broadcast_and_any_process_agree_across_two_processes(tmp_path):
+    """The multi-process branch of the two host agreements: process 0's array reaches process
+    1, and a flag raised by one process is seen by both."""
+    port = str(free_port())
+    env = cpu_env(1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    procs = [subprocess.Popen([sys.executable, TWO_PROCESS_HELPER, port, str(i),
+                               str(tmp_path / f"{i}.json")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+    results = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+    assert [r["process"] for r in results] == [0, 1]
+    for r in results:
+        assert r["broadcast"] == [10.0, 0.5, 0.0]  # process 0's values, not process 1's
+        assert r["any_only_1"] is True and r["any_only_0"] is True and r["any_none"] is False
 
 
 # ----------------------------------------------------------------------------------------------

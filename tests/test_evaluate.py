@@ -132,6 +132,31 @@ def test_mode_eval_writes_json_with_model_and_baselines(tiny, eval_run):
         assert row["l1"] <= row["l1_hole"]  # outside the hole every method is exact
 
 
+def test_every_method_is_exact_outside_the_hole(tiny, monkeypatch):
+    """Every method's output equals the input image bit for bit outside the hole (and the
+    whole-image L1 is then the hole L1 times the hole's share of the image)."""
+    cfg, workdir = tiny
+    scored = []
+    real = evaluate.mean_metrics
+
+    def recording(pred, target, mask):
+        scored.append((np.array(pred), np.array(target), np.array(mask)))
+        return real(pred, target, mask)
+
+    monkeypatch.setattr(evaluate, "mean_metrics", recording)
+    payload = evaluate.evaluate(cfg, workdir)
+    assert len(scored) == len(evaluate.METHODS)
+    for name, (pred, target, hole) in zip(evaluate.METHODS, scored):
+        assert pred.dtype == np.uint8 and pred.shape == target.shape, name
+        np.testing.assert_array_equal(pred[~hole], target[~hole], err_msg=name)
+        assert not np.array_equal(pred[hole], target[hole]), name  # the hole was filled
+        per_image = np.abs(pred.astype(float) - target.astype(float)).mean(axis=(1, 2, 3))
+        share = hole.mean(axis=(1, 2))
+        hole_l1 = evaluate.l1(pred, target, hole)
+        np.testing.assert_allclose(per_image, hole_l1 * share, rtol=1e-9, err_msg=name)
+        np.testing.assert_allclose(payload["results"][name]["l1"], per_image.mean(), rtol=1e-9)
+
+
 def test_training_eval_matches_mode_eval(tiny, eval_run):
     """The eval_every hook reports the model row of --mode=eval (same images, same holes)."""
     cfg, workdir = tiny

@@ -93,15 +93,16 @@ def test_relative_paths_resolve_where_the_user_runs_it_and_logs_are_named(tmp_pa
 
 
 def test_ctrl_c_is_passed_on_as_ctrl_c_and_a_second_one_stops_at_once(tmp_path):
-    proc, out = start(tmp_path, "train", "--workdir=w")
+    # FAKE_STAY: after the first Ctrl-C the processes would go on for a minute (a long step), so
+    # the run can only end here because the second one stopped them.
+    proc, out = start(tmp_path, "train", "--workdir=w", FAKE_STAY="1")
     assert wait_for(lambda: all((out / f"process_{i}.json").exists() for i in range(2)), 30)
     proc.send_signal(signal.SIGINT)
     assert wait_for(lambda: all(r["events"] == ["SIGINT"] for r in records(out)), 10), \
         records(out)  # SIGINT, not SIGTERM: the processes can tell a first from a second Ctrl-C
     proc.send_signal(signal.SIGINT)
-    rc, text, seconds = finish(proc)
+    rc, text, _ = finish(proc)
     assert rc == 130, text
-    assert seconds < 5, text
     assert [r["events"] for r in records(out)] == [["SIGINT", "SIGINT"]] * 2
     assert "Ctrl-C again: stopping all processes now" in text
 
@@ -121,12 +122,13 @@ def test_a_dead_process_stops_the_stuck_survivor_within_seconds_with_one_line(tm
     (workdir / "checkpoints" / "3").mkdir(parents=True)
     (workdir / "checkpoints" / "6").mkdir()
     (workdir / "checkpoints" / "9.orbax-checkpoint-tmp-1").mkdir()
-    t0 = time.time()
     proc, out = start(tmp_path, "die", "--workdir", "w", cwd=tmp_path / "caller",
                       GLCIC_STOP_GRACE="2")
     rc, text, _ = finish(proc)
     assert rc == 128 + signal.SIGKILL, text
-    assert time.time() - t0 < 10, text  # 1 s to the kill, then the 2 s grace, not 30 s
+    # The stuck survivor was asked to stop (SIGTERM), ignored it, and was killed: it never got
+    # to leave by itself (EXIT, a minute later).
+    assert records(out)[0]["events"] == ["SIGTERM"], records(out)
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert errors == ["error: process 1 was killed by SIGKILL; stopping the other processes; "
                       "the last complete checkpoint is w/checkpoints/6 (rerun the same command "

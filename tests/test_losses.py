@@ -155,8 +155,17 @@ def test_gradient_penalty_evaluated_at_interpolates():
     np.testing.assert_allclose(gp, (0.4 - 1.0) ** 2, rtol=1e-5)
     # real = 0, fake = 2a: ||x_hat|| = 0.8 (1 - eps), eps ~ U(0, 1) per sample, so the penalty lies
     # strictly between its values at the ends (1.0 at eps=1 and 0.04 at eps=0).
-    gp = float(losses.gradient_penalty(critic, jnp.zeros_like(a), 2 * a, jax.random.PRNGKey(3)))
+    key = jax.random.PRNGKey(3)
+    gp = float(losses.gradient_penalty(critic, jnp.zeros_like(a), 2 * a, key))
     assert 0.04 < gp < 1.0
+    # Exactly: one epsilon per sample, eps ~ U(0, 1) drawn from the key as [B] (the docstring's
+    # contract), so the penalty is the mean of four different per-sample values.
+    eps = np.asarray(jax.random.uniform(key, (4,)), np.float64)
+    assert len(np.unique(eps)) == 4
+    per_sample = (0.8 * (1.0 - eps) - 1.0) ** 2
+    np.testing.assert_allclose(gp, per_sample.mean(), rtol=1e-5)
+    # A single epsilon for the whole batch gives one of these instead, never their mean.
+    assert not np.any(np.isclose(gp, per_sample, rtol=1e-3))
 
 
 def test_the_gan_loss_table_has_one_entry_per_config_choice():

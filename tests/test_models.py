@@ -169,6 +169,32 @@ def test_two_stage_generator_returns_refined_and_coarse(tiny_config):
     assert refined.shape == coarse.shape == (2, 64, 48, 3)
 
 
+def test_two_stage_is_its_two_completion_networks_applied_by_hand():
+    """Stage 2 refines stage 1's output composited into the input (not the raw input), and the
+    module returns (refined, coarse) in that order: rebuilt here from two CompletionNetworks."""
+    width = 0.125  # any width: the wiring is what is checked
+    net = models.TwoStageCompletion(width=width)
+    x = gen_input(2, 16, 16, seed=3)
+    variables = cheap_variables(net, x[:1], seed=4)
+    # Train mode (batch statistics): with these weights, running statistics would squash every
+    # output to ~0.5 and hide the wiring.
+    (refined, coarse), _ = apply(net, variables, x, train=True)
+    part = {k: {"params": variables["params"][k], "batch_stats": variables["batch_stats"][k]}
+            for k in ("coarse", "refine")}
+    one = models.CompletionNetwork(width=width)
+    want_coarse, _ = apply(one, part["coarse"], x, train=True)
+    rgb, mask = np.asarray(x[..., :3]), np.asarray(x[..., 3:])
+    stage2_in = np.concatenate([rgb * (1 - mask) + np.asarray(want_coarse) * mask, mask], -1)
+    want_refined, _ = apply(one, part["refine"], jnp.asarray(stage2_in), train=True)
+    np.testing.assert_allclose(np.asarray(coarse), np.asarray(want_coarse), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(refined), np.asarray(want_refined), rtol=0, atol=1e-5)
+    # The two outputs differ (else the order would not matter), and so would a refinement of
+    # the raw input: the check above tells them apart.
+    assert np.abs(np.asarray(refined) - np.asarray(coarse)).max() > 0.05
+    raw, _ = apply(one, part["refine"], x, train=True)
+    assert np.abs(np.asarray(raw) - np.asarray(want_refined)).max() > 0.05
+
+
 # ----------------------------------------------------------------------------------------------
 # Learned fill (the CelebA/Places2 report's proposal)
 # ----------------------------------------------------------------------------------------------

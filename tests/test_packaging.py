@@ -130,3 +130,31 @@ def test_wheel_installs_a_working_package_with_configs_and_commands(tmp_path):
     proc = subprocess.run([str(site / "bin" / "glcic-complete"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "--image" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+    # A real command, offline: the installed glcic-complete completes a photo with a (tiny,
+    # untrained) checkpoint; its output is the photo outside the hole and, inside, what the
+    # checkout's own inference module computes from the same checkpoint.
+    import numpy as np
+    from PIL import Image
+
+    from glcic_jax import inference
+    from test_complete import make_workdir
+
+    workdir = make_workdir(str(tmp_path / "ckpt"))
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    hole = np.zeros((32, 32), bool)
+    hole[8:20, 10:24] = True
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    proc = subprocess.run(
+        [str(site / "bin" / "glcic-complete"), f"--workdir={workdir}",
+         f"--image={tmp_path / 'photo.png'}", f"--mask={tmp_path / 'mask.png'}",
+         f"--output={tmp_path / 'done.png'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    done = np.asarray(Image.open(tmp_path / "done.png"))
+    want = inference.quantize_uint8(inference.load(workdir)(photo[None], hole[None])[0])
+    np.testing.assert_array_equal(done[~hole], photo[~hole])
+    assert np.abs(done.astype(int) - want.astype(int)).max() <= 1  # two processes' rounding
+    assert (done[hole] != photo[hole]).any(axis=-1).mean() > 0.5

@@ -469,6 +469,30 @@ def test_an_overflowing_update_is_never_checkpointed(tiny_state):
         train._check_state_finite(bad, 7)
 
 
+def test_training_refuses_to_checkpoint_an_overflowed_state(tmp_path, monkeypatch):
+    """Training itself calls the guard: a step whose losses are finite but whose new weights
+    are not stops the run before that state is saved, and nothing is checkpointed. The step is
+    a stand-in (no compilation): it advances the counter and turns one weight infinite."""
+    from test_train import load_config
+
+    config = load_config("quickstart")
+    config.num_train_steps, config.checkpoint_every, config.sample_every = 3, 1, 1000
+
+    def overflowing_step(st, images):
+        leaves, tree = jax.tree_util.tree_flatten(st.g.params)
+        leaves[0] = leaves[0] * np.float32(np.inf)
+        g = st.g.replace(params=jax.tree_util.tree_unflatten(tree, leaves))
+        metrics = {"mse": np.float32(0.01), "g_loss": np.float32(0.01),
+                   "nonfinite": np.float32(0.0)}  # the step's own check saw nothing
+        return st.replace(step=st.step + 1, g=g), metrics
+
+    monkeypatch.setattr(train.steps_lib, "step_fn_for",
+                        lambda step, cfg, fns: ("completion", overflowing_step))
+    with pytest.raises(train.NonFiniteError, match="non-finite at step 1 although the losses"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert checkpointing.finished_steps(str(tmp_path / "run")) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad data
 
@@ -806,9 +830,63 @@ def test_workdir_that_cannot_be_created_is_a_clear_error(tmp_path):
     assert "Cannot create --workdir" in proc.stderr and "Not a directory" in proc.stderr
 
 
+def without_permission_override(cmd: list[str]) -> list[str]:
+    """`cmd` run without the capabilities that let root ignore permission bits (CI runs the
+    tests as root): setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding
+    set before exec, so permission bits bind the command as they bind any user. Not a switch
+    to another uid (setpriv --reuid, os.setuid): the interpreter may live where only root can
+    reach it (e.g. under /root/.pyenv). Unchanged when the tests do not run as root."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")  # util-linux
+    if setpriv is None:
+        pytest.fail("running as root needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def run_cli_unprivileged(workdir, *flags: str) -> subprocess.CompletedProcess:
+    """run_cli without the privilege to ignore permission bits, so that a read-only folder
+    really is read-only."""
+    return subprocess.run(without_permission_override(main_cmd(workdir, *flags)), cwd=ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=900,
+                          check=False)
+
+
+def test_dropping_the_override_makes_root_obey_permission_bits(tmp_path):
+    """The helper above is what makes the read-only tests meaningful as root."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    code = f"open({str(folder / 'x')!r}, 'w')"
+    proc = subprocess.run(without_permission_override([sys.executable, "-c", code]),
+                          capture_output=True, text=True, timeout=60, check=False)
+    os.chmod(folder, 0o755)
+    assert proc.returncode == 1 and "PermissionError" in proc.stderr, proc.stderr
+
+
+def test_read_only_workdir_is_refused_before_training_even_for_a_fresh_run(tmp_path):
+    """The write probe before training: a workdir the user cannot write stops the run with one
+    line, before any step and without touching the folder."""
+    workdir = str(tmp_path / "run")
+    try:
+        os.makedirs(os.path.join(workdir, "checkpoints"))
+        for d in (workdir, os.path.join(workdir, "checkpoints")):
+            os.chmod(d, 0o555)
+        before = snapshot(workdir)
+        proc = run_cli_unprivileged(workdir, "--config.num_train_steps=2")
+        assert proc.returncode == 1, report(proc)
+        assert "Traceback" not in proc.stderr, report(proc)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Could not write" in errors[0], report(proc)
+        assert "Permission denied" in errors[0], report(proc)
+        assert "Compiling" not in proc.stderr, report(proc)  # stopped before the first step
+        assert snapshot(workdir) == before
+    finally:
+        for d in (workdir, os.path.join(workdir, "checkpoints")):
+            os.chmod(d, 0o755)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits; the RLIMIT_FSIZE "
-                    "test above covers failing writes for root too")
 def test_read_only_workdir_fails_before_training_and_keeps_checkpoints(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
@@ -816,7 +894,8 @@ def test_read_only_workdir_fails_before_training_and_keeps_checkpoints(reference
         os.chmod(d, 0o555)
     try:
         before = snapshot(workdir)
-        proc = run_cli(workdir, *FAULT_FLAGS[:-1], f"--config.num_train_steps={FAULT_STEPS + 1}")
+        proc = run_cli_unprivileged(workdir, *FAULT_FLAGS[:-1],
+                                    f"--config.num_train_steps={FAULT_STEPS + 1}")
         assert proc.returncode == 1, report(proc)
         assert "Traceback" not in proc.stderr, report(proc)
         assert "Could not write" in proc.stderr and "Permission denied" in proc.stderr

@@ -152,7 +152,8 @@ def test_wgan_critic_loss_is_never_weighted_by_alpha(tiny_config):
 
 
 def test_step_counter_and_masks_advance(tiny_steps, tiny_state, tiny_images, after_completion):
-    """Each call adds 1 to the step; the next step draws new masks (fold_in(rng, step))."""
+    """Each call adds 1 to the step, and replaying a step gives the same result. (Which holes
+    each step draws: test_each_step_draws_the_holes_of_its_own_step_number.)"""
     s1, m1 = after_completion
     s2, m2 = tiny_steps.completion(s1, tiny_images)
     s3, _ = tiny_steps.discriminator(s2, tiny_images)
@@ -162,6 +163,104 @@ def test_step_counter_and_masks_advance(tiny_steps, tiny_state, tiny_images, aft
     again, m_again = tiny_steps.completion(tiny_state, tiny_images)
     assert float(m_again["mse"]) == float(m1["mse"])
     assert tree_equal(again.g.params, s1.g.params)
+
+
+def _step_masks(config, st, k: int) -> masks.Masks:
+    """The holes of global step k, derived from the state's key as the steps document it:
+    split(fold_in(rng, k), 3)[0] is the mask key."""
+    size = config.data.image_size
+    k_mask = jax.random.split(jax.random.fold_in(st.rng, k), 3)[0]
+    return masks.sample_masks(k_mask, config.batch_size, size, size,
+                              masks.MaskSpec.from_config(config.mask))
+
+
+def test_each_step_draws_the_holes_of_its_own_step_number(tiny_nets, tiny_steps, tiny_state,
+                                                            tiny_images):
+    """With the weights held fixed, step k's reported hole MSE is the one of the masks drawn
+    from fold_in(rng, k), recomputed here with the generator applied by hand; the masks of
+    different steps differ (the same holes forever would train on one hole per image)."""
+    config = make_tiny_config()
+
+    @jax.jit
+    def hole_mse(mask):
+        x = masks.fill_holes(tiny_images, mask, tiny_state.mean_pixel)
+        variables = {"params": tiny_state.g.params, "batch_stats": tiny_state.g.batch_stats}
+        out, _ = tiny_nets.generator.apply(variables, x, train=True, mutable=["batch_stats"])
+        return losses.masked_mse(out, tiny_images, mask)
+
+    drawn = []
+    for k in (0, 1, 5):
+        at_k = tiny_state.replace(step=jnp.asarray(k, tiny_state.step.dtype))
+        _, metrics = tiny_steps.completion(at_k, tiny_images)
+        m = _step_masks(config, tiny_state, k)
+        np.testing.assert_allclose(float(metrics["mse"]), float(hole_mse(m.mask)), rtol=1e-5)
+        drawn.append(np.asarray(m.mask))
+    assert not np.array_equal(drawn[0], drawn[1]) and not np.array_equal(drawn[1], drawn[2])
+
+
+def test_joint_g_loss_matches_an_independent_computation(tiny_nets, tiny_state, tiny_images,
+                                                         after_joint):
+    """g_loss = mse_weight * hole MSE + alpha * BCE(D'(completed), real), with D' the
+    discriminator this joint step just updated (the step's docstring), recomputed from the
+    step's masks and the networks applied by hand, not from the logged metrics."""
+    config = make_tiny_config()
+    new, metrics = after_joint
+    m = _step_masks(config, tiny_state, 0)
+    size = config.mask.local_size
+
+    @jax.jit
+    def independent(mask, corners, d_vars):
+        x = masks.fill_holes(tiny_images, mask, tiny_state.mean_pixel)
+        g_vars = {"params": tiny_state.g.params, "batch_stats": tiny_state.g.batch_stats}
+        out, _ = tiny_nets.generator.apply(g_vars, x, train=True, mutable=["batch_stats"])
+        mse = jnp.mean(jnp.square((out - tiny_images) * mask))
+        completed = tiny_images * (1 - mask) + out * mask
+        local = jax.vmap(lambda im, c: jax.lax.dynamic_slice(im, (c[0], c[1], 0),
+                                                             (size, size, 3)))(completed, corners)
+        logits, _ = tiny_nets.discriminator.apply(d_vars, completed, local, train=True,
+                                                  mutable=["batch_stats"])
+        adv = jnp.mean(jnp.logaddexp(0.0, -logits))  # -log sigmoid(z): BCE against "real"
+        return mse, adv
+
+    d_vars = {"params": new.d.params, "batch_stats": new.d.batch_stats}
+    mse, adv = (float(v) for v in independent(m.mask, m.corners, d_vars))
+    alpha, mse_weight = float(config.loss.alpha), float(config.loss.mse_weight)
+    np.testing.assert_allclose(float(metrics["mse"]), mse, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["g_adv"]), adv, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["g_loss"]), mse_weight * mse + alpha * adv,
+                               rtol=1e-5)
+    # Against the discriminator before its update the adversarial term is another number.
+    old_vars = {"params": tiny_state.d.params, "batch_stats": tiny_state.d.batch_stats}
+    _, adv_old = (float(v) for v in independent(m.mask, m.corners, old_vars))
+    assert abs(adv_old - adv) > 1e-3 * abs(adv)
+
+
+def test_the_adversarial_gradient_reaches_both_stages_of_the_two_stage_generator(tiny_state,
+                                                                                tiny_images):
+    """The discriminator judges the refined (second-stage) output: the gradient of the
+    adversarial term alone reaches the `refine` network's weights (and, through its input, the
+    coarse one's)."""
+    config = make_tiny_config()
+    config.model.two_stage = True
+    nets = state.create_networks(config)
+    settings = steps.StepSettings.from_config(config)
+    st = state.create_state(config, nets, jax.random.PRNGKey(1), tiny_state.mean_pixel)
+
+    @jax.jit
+    def adv_grads(params):
+        batch = steps._prepare(settings, st, tiny_images)
+
+        def adv(p):
+            _, outs, _ = steps._generate(nets, st.g, p, batch.x, True)
+            _, metrics = steps._generator_loss(settings, nets, None, st.d, batch, outs)
+            return metrics["g_adv"]
+
+        return jax.grad(adv)(params)
+
+    grads = jax.device_get(adv_grads(st.g.params))
+    for stage in ("refine", "coarse"):
+        top = max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[stage]))
+        assert top > 0.0, f"no adversarial gradient reaches {stage}"
 
 
 def test_to_float_images():
