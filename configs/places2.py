@@ -2,6 +2,9 @@
 
 COMMAND:
   python -m glcic_jax.main --config=configs/places2.py --workdir=runs/places2
+`:freeform` trains on free-form brush strokes (mask.shape='strokes', 5-50 % of the image) instead
+of the paper's rectangles (docs/freeform.md):
+  python -m glcic_jax.main --config=configs/places2.py:freeform --workdir=runs/places2_freeform
 
 From the paper: Tc = 90k steps of C alone, Td = 10k of D alone, joint training up to 500k; batch
 96; Adadelta; alpha 0.0004; shortest side resized into [256, 384], a random 256x256 crop, holes
@@ -36,6 +39,10 @@ def get_config(arg=None):
     c.schedule.td = 10_000
     if arg == "tiny":
         c = config_lib.shrink_to_tiny(c)
+    elif arg == "freeform":
+        # Free-form holes: DeepFill v2-style brush strokes covering 5-50 % of the image, with
+        # DeepFill v2's 12-40 px brushes at 256 px (masks.py; the base config's stroke settings).
+        c.mask.shape = "strokes"
     elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; use ':tiny' or nothing.")
+        raise ValueError(f"Unknown config argument {arg!r}; use ':tiny', ':freeform' or nothing.")
     return c

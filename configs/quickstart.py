@@ -13,6 +13,9 @@ not continued edges. The choices differ from the paper's for a 2-core CPU: see t
 and docs/history.md for the measurements behind them. `:tiny` is the 6-step smoke run the tests
 use. A longer run (e.g. on a GPU): --config.num_train_steps=20000 --config.schedule.tc=12000
 --config.schedule.td=2000.
+`:strokes` trains on free-form brush strokes covering 5-50 % of each crop instead of rectangles
+(docs/freeform.md):
+  python -m glcic_jax.main --config=configs/quickstart.py:strokes --workdir=runs/quickstart_strokes
 """
 
 from glcic_jax import config_lib
@@ -23,8 +26,8 @@ def get_config(arg=None):
     c.data.source = "skimage"  # scikit-image sample photos, in memory
     if arg == "tiny":
         return config_lib.shrink_to_tiny(c)
-    if arg:
-        raise ValueError(f"Unknown config argument {arg!r}; use ':tiny' or nothing.")
+    if arg not in (None, "", "strokes"):
+        raise ValueError(f"Unknown config argument {arg!r}; use ':tiny', ':strokes' or nothing.")
     c.data.image_size = 64
     c.data.resize_min = 64  # photos shrunk so a crop shows a recognisable patch
     c.data.resize_max = 128
@@ -54,4 +57,10 @@ def get_config(arg=None):
     c.eval_every = 100
     c.num_eval_batches = 2  # 32 held-out crops (of chelsea and rocket) with fixed holes
     c.final_eval = True
+    if arg == "strokes":
+        # Free-form holes: brush strokes over 5-50 % of the crop, DeepFill v2's 12-40 px
+        # brushes at 256 px scaled to 64 px (masks.py).
+        c.mask.shape = "strokes"
+        c.mask.stroke_width_min = 3.0
+        c.mask.stroke_width_max = 10.0
     return c

@@ -6,9 +6,11 @@ r"""Complete your own photos with a trained GLCIC checkpoint.
       --image=photos/ --mask=masks/ --output=completed/        # a folder, masks matched by stem
 
 The mask is an image of the photo's size, white (>= 128) where the hole is; 1-channel, RGB or RGBA
-(transparent = not a hole). Without --mask, holes are drawn at random as the checkpoint's training
-holes were (sizes scaled to the photo; `mask.square`, `mask.position` and `mask.max_holes` kept;
-`--seed`), and the mask used is written beside the output as `<output stem>_mask.png`.
+(transparent = not a hole). Without --mask (or with --random_holes), holes are drawn at random as
+the checkpoint's training holes were: its `mask.shape` (rectangles, brush strokes, either; strokes
+for a checkpoint trained on mask files), sizes and brush widths scaled to the photo,
+`mask.square`, `mask.position`, `mask.max_holes` and the strokes' area range kept; `--seed`. The
+mask used is written beside the output as `<output stem>_mask.png`.
 
 Contract (each point is pinned by tests/test_complete.py):
 * Pixels outside the hole come back exactly as read (uint8), in the photo's own mode (grayscale,
@@ -57,7 +59,7 @@ from glcic_jax.image_io import (
     read_photo,
     write_image,
 )
-from glcic_jax.masks import random_hole
+from glcic_jax.masks import random_hole  # noqa: F401  (the holes drawn without --mask)
 
 training_scale_limit = inference.training_scale_limit  # where --train_scale's limit is computed
 
@@ -103,6 +105,8 @@ def _run(fv) -> None:
 
     console.quiet_native_logs(fv.verbosity is not None)
     console.configure(fv.verbosity is not None, logging.WARNING)
+    if fv.random_holes and fv.mask:
+        raise CompletionError("--random_holes draws the holes; pass it or --mask, not both.")
     jobs = plan_jobs(fv.image, fv.mask, fv.output)
     photos, holes = _read_and_check(jobs)
     import jax
@@ -112,7 +116,7 @@ def _run(fv) -> None:
     key = jax.random.PRNGKey(fv.seed)
     for i, photo in enumerate(photos):
         if holes[i] is None:
-            holes[i] = random_hole(completer.config, photo.size, jax.random.fold_in(key, i))
+            holes[i] = completer.random_hole(photo.size, jax.random.fold_in(key, i))
     t_complete = _complete_and_write(fv, completer, jobs, photos, holes)
     device = jax.devices()[0].platform
     print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
@@ -340,6 +344,8 @@ def _define_flags(fv):
                       "scaled down to it (and only the hole scaled back).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 4, "Photos of the same size completed together.",
                          lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("random_holes", False, "Draw random holes as the checkpoint was trained "
+                      "on (its mask.shape); the default without --mask.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the random holes (without --mask).", flag_values=fv)
     flags.DEFINE_integer("verbosity", None, "Show the libraries' log lines too (absl levels: 0 "
                          "INFO, 1 DEBUG); by default only this tool's lines.", flag_values=fv)

@@ -22,6 +22,9 @@ from glcic_jax import errors
 # The choices of each string field (the modules that implement them import these tuples).
 DATA_SOURCES = ("tfds", "folder", "skimage")
 MASK_POSITIONS = ("random", "center")
+# Hole shapes (masks.py): the paper's rectangles, free-form brush strokes, either per sample, or
+# the user's own mask images (mask.files).
+MASK_SHAPES = ("box", "strokes", "mixed", "files")
 DTYPES = ("float32", "bfloat16", "float16")
 PADDING_MODES = ("zero", "reflect")
 ACTIVATIONS = ("relu", "leaky_relu")
@@ -41,6 +44,7 @@ CHOICES = {
     "nan_policy": NAN_POLICIES,
     "data.source": DATA_SOURCES,
     "mask.position": MASK_POSITIONS,
+    "mask.shape": MASK_SHAPES,
     "mask.real_crop": REAL_CROPS,
     "model.dtype": DTYPES,
     "model.padding": PADDING_MODES,
@@ -116,6 +120,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.mask.position = "random"  # 'random' window, or 'center' (the landscape report's fixed hole)
     c.mask.square = False  # square holes: one side in [hole_min, hole_max] for height and width
     c.mask.real_crop = "hole"  # real images' local crop: 'hole' (its window) or 'random' (PyTorch)
+    # Hole shape: 'box' (GLCIC's rectangles, the settings above), 'strokes' (free-form brush
+    # strokes, after DeepFill v2: masks.py), 'mixed' (box with probability box_prob, else
+    # strokes, per sample) or 'files' (the user's mask images in the folder `files`, white =
+    # hole, randomly cropped, flipped and rotated to the training size).
+    c.mask.shape = "box"
+    c.mask.max_strokes = 8  # strokes: up to this many, added until the hole reaches its area
+    c.mask.stroke_width_min = 12.0  # strokes: brush widths in pixels at data.image_size ...
+    c.mask.stroke_width_max = 40.0  # ... (DeepFill v2's 12-40 at 256 px), before the area fit
+    c.mask.area_min = 0.05  # strokes: each hole's area, a fraction of the image, is drawn ...
+    c.mask.area_max = 0.5  # ... uniformly from [area_min, area_max]
+    c.mask.box_prob = 0.5  # mixed: probability that a sample's hole is a box
+    c.mask.files = ""  # files: folder of mask images (white = hole, any size)
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # activation dtype: 'float32' or 'bfloat16' (params stay float32)
@@ -205,6 +221,8 @@ def shrink_to_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.mask.local_size = 16
     c.mask.hole_min = 6
     c.mask.hole_max = 12
+    c.mask.stroke_width_min = 2.0  # DeepFill v2's 12-40 px at 256, scaled to 32 px
+    c.mask.stroke_width_max = 5.0
     c.log_every = 1
     c.sample_every = 3
     c.checkpoint_every = 3
@@ -236,6 +254,29 @@ def mask_problems(mask_cfg, height: int, width: int) -> list[str]:
         )
     if max_holes < 1:
         problems.append(f"mask.max_holes ({max_holes}) must be at least 1")
+    # `mask_cfg` is a config's mask section or a masks.MaskSpec: the same field names.
+    shape = str(mask_cfg.shape)
+    problems += [p for p in [choice_problem("mask.shape", shape)] if p]
+    if shape in ("strokes", "mixed"):
+        a_lo, a_hi = float(mask_cfg.area_min), float(mask_cfg.area_max)
+        if not 0.0 <= a_lo <= a_hi < 1.0:
+            problems.append(f"need 0 <= mask.area_min ({a_lo}) <= mask.area_max ({a_hi}) < 1 "
+                            f"(fractions of the image)")
+        w_lo, w_hi = float(mask_cfg.stroke_width_min), float(mask_cfg.stroke_width_max)
+        if not 0.0 < w_lo <= w_hi:
+            problems.append(f"need 0 < mask.stroke_width_min ({w_lo}) <= "
+                            f"mask.stroke_width_max ({w_hi})")
+        if int(mask_cfg.max_strokes) < 1:
+            problems.append(f"mask.max_strokes ({int(mask_cfg.max_strokes)}) must be at least 1")
+    if shape == "mixed" and not 0.0 <= float(mask_cfg.box_prob) <= 1.0:
+        problems.append(f"mask.box_prob ({float(mask_cfg.box_prob)}) must be in [0, 1]")
+    if shape == "files" and not isinstance(mask_cfg, tuple):  # a MaskSpec has no folder
+        folder = str(mask_cfg.files)
+        if not folder:
+            problems.append("mask.shape='files' needs the masks' folder: add "
+                            "--config.mask.files=DIR (images, white = hole)")
+        elif not os.path.isdir(folder):
+            problems.append(f"mask.files={folder!r} is not a folder")
     return problems
 
 

@@ -1,9 +1,10 @@
 """Held-out evaluation: L1, PSNR and SSIM of the model against classical baselines.
 
 `python -m glcic_jax.main --config=... --workdir=DIR --mode=eval` restores DIR's latest checkpoint,
-completes a fixed held-out set (`num_eval_batches * batch_size` images of the config's eval split,
-with holes drawn from a fixed key, so every run and every checkpoint sees the same inputs) and
-scores five methods on it:
+completes a fixed held-out set (`num_eval_batches * batch_size` images of the config's eval split)
+under several fixed mask sets (`mask_sets`: the config's boxes, brush strokes binned by hole area
+0-10 % ... 40-50 %, and the mask files with mask.shape='files'; each drawn from a fixed key, so
+every run and every checkpoint sees the same inputs) and scores five methods on each set:
 
   model              the completion network (running BatchNorm statistics), composited
   model+postprocess  the same, then GLCIC's fast marching + Poisson blending (`postprocess.py`)
@@ -25,10 +26,11 @@ Metrics follow MMagic's conventions for its Global&Local numbers: uint8 results,
               skimage does) over hole pixels x channels
 
 Outside the hole every method returns the input exactly, so whole-image numbers are the hole
-numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` and a table on the
-console; `WORKDIR/eval_<step>.png` shows the first PICTURE_ROWS held-out images as each method
-completed them, side by side (drawn at least 128 px wide). `TrainingEval` computes the model's
-metrics during training (`config.eval_every`).
+numbers diluted by the known pixels. Results go to `WORKDIR/eval_<step>.json` (`results`: the
+boxes set; `mask_sets`: every set), TensorBoard (`eval/<set>/<method>/<metric>`) and a table on
+the console (a row per set and method); `WORKDIR/eval_<step>.png` shows the first PICTURE_ROWS
+held-out images with the boxes as each method completed them, side by side (drawn at least
+128 px wide). `TrainingEval` computes the model's metrics during training (`config.eval_every`).
 """
 
 from __future__ import annotations
@@ -177,9 +179,45 @@ def opencv_inpaint(images: np.ndarray, hole: np.ndarray, method: str,
 
 
 def eval_masks(config, num: int, height: int, width: int) -> np.ndarray:
-    """The held-out holes: bool [num, H, W], drawn from a fixed key with the config's hole sizes."""
+    """The held-out holes of the config's own hole shape: bool [num, H, W], drawn from a fixed
+    key (fixed crops of the mask files with mask.shape='files')."""
+    if config.mask.shape == "files":
+        return input_pipeline.fixed_file_masks(config, num)
     m = masks.fixed_eval_masks(config, num, height, width)
     return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
+
+
+# The mask sets of --mode=eval: the config's boxes, and brush strokes binned by hole area (the
+# bins of the free-form literature, e.g. DeepFill v2 and LaMa report by area). Strokes use
+# DeepFill v2's 12-40 px brushes at 256 px, scaled to the image size, whatever the config trains
+# with: every config and checkpoint of one image size is scored on the same holes.
+STROKE_BINS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5))
+EVAL_STROKE_WIDTHS = (12.0, 40.0)  # pixels at EVAL_STROKE_REFERENCE px
+EVAL_STROKE_REFERENCE = 256
+
+
+def stroke_set_name(lo: float, hi: float) -> str:
+    return f"strokes_{round(100 * lo):02d}-{round(100 * hi):02d}"
+
+
+def mask_sets(config, num: int, height: int, width: int) -> dict[str, np.ndarray]:
+    """{set name: bool [num, H, W] holes} for --mode=eval: 'boxes' (the config's rectangles,
+    the set scored before free-form holes existed), one stroke set per STROKE_BINS entry, and
+    'files' with mask.shape='files'. Fixed seeds: identical in every run and checkpoint."""
+    def holes(m):
+        return np.asarray(jax.device_get(m.mask))[..., 0] > 0.5
+
+    sets = {"boxes": holes(masks.fixed_eval_masks(config, num, height, width, shape="box"))}
+    scale = min(height, width) / EVAL_STROKE_REFERENCE
+    strokes = dict(shape="strokes", max_strokes=8,
+                   stroke_width_min=max(1.0, EVAL_STROKE_WIDTHS[0] * scale),
+                   stroke_width_max=max(1.0, EVAL_STROKE_WIDTHS[1] * scale))
+    for i, (lo, hi) in enumerate(STROKE_BINS):
+        sets[stroke_set_name(lo, hi)] = holes(masks.fixed_eval_masks(
+            config, num, height, width, seed_offset=i + 1, area_min=lo, area_max=hi, **strokes))
+    if config.mask.shape == "files":
+        sets["files"] = input_pipeline.fixed_file_masks(config, num)
+    return sets
 
 
 def num_eval_images(config) -> int:
@@ -227,6 +265,21 @@ class TrainingEval:
 # --mode=eval
 
 
+def format_sets_table(sets: dict[str, dict[str, dict[str, float]]],
+                      fractions: dict[str, float]) -> str:
+    """One table over every mask set: a row per (set, method), the set's hole fraction too."""
+    header = "| mask set | hole % | method | " + " | ".join(METRICS) + " |"
+    rule = "| --- | ---: | --- | " + " | ".join("---:" for _ in METRICS) + " |"
+    rows = []
+    for set_name, results in sets.items():
+        for name, vals in results.items():
+            cells = [f"{vals[k]:.3f}" if k.startswith("ssim") else f"{vals[k]:.2f}"
+                     for k in METRICS]
+            rows.append(f"| {set_name} | {100 * fractions[set_name]:.1f} | {name} | "
+                        + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width (and Markdown-compatible) table: one row per method."""
     header = "| method | " + " | ".join(METRICS) + " |"
@@ -270,10 +323,11 @@ def _report(workdir: str, payload: dict, images: np.ndarray, outputs: dict) -> N
     The table comes first: a workdir that cannot be written (read-only, full) must not lose it."""
     step, n = payload["step"], payload["num_images"]
     h, w = payload["image_size"]
-    print(f"Step {step}: {n} held-out {h}x{w} images, hole fraction "
-          f"{payload['hole_fraction']:.3f} (L1 in [0, 255], PSNR in dB; *_hole = inside the "
-          f"holes only)")
-    print(format_table(payload["results"]), flush=True)
+    sets = {k: v["results"] for k, v in payload["mask_sets"].items()}
+    fractions = {k: v["hole_fraction"] for k, v in payload["mask_sets"].items()}
+    print(f"Step {step}: {n} held-out {h}x{w} images, {len(sets)} mask sets (L1 in [0, 255], "
+          f"PSNR in dB; *_hole = inside the holes only)")
+    print(format_sets_table(sets, fractions), flush=True)
     path = os.path.join(os.path.abspath(workdir), f"eval_{step}.json")
     try:  # atomic, and a failed write leaves no temporary file (leftovers.py)
         leftovers.write_json(path, payload, indent=2)
@@ -281,9 +335,11 @@ def _report(workdir: str, payload: dict, images: np.ndarray, outputs: dict) -> N
         raise errors.InputFileError(f"Could not write {path} ({e.strerror or e}); the table "
                                     f"above holds the results.") from e
     print(f"Wrote {path} ({payload['seconds']['total']:.1f} s).")
+    _write_tensorboard(workdir, step, sets)
     picture = write_comparison(workdir, step, images, outputs)
     if picture:
-        print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images): {picture}")
+        print(f"Side by side (the first {min(n, PICTURE_ROWS)} held-out images, boxes): "
+              f"{picture}")
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -305,32 +361,61 @@ def evaluate(config, workdir: str) -> dict:
     images = input_pipeline.eval_images(config, n)
     n = len(images)  # fewer when the held-out photos give fewer distinct crops
     h, w = images.shape[1:3]
-    hole = eval_masks(config, n, h, w)
-    logging.info("Evaluating step %d on %d held-out %dx%d images (hole fraction %.3f).", step, n,
-                 h, w, hole.mean())
+    holes = mask_sets(config, n, h, w)
+    logging.info("Evaluating step %d on %d held-out %dx%d images, mask sets %s.", step, n, h, w,
+                 ", ".join(f"{k} ({100 * v.mean():.1f}% hole)" for k, v in holes.items()))
+    sets, timings, pictures = {}, {}, {}
+    for set_name, hole in holes.items():
+        outputs, seconds = _complete_every_way(completer, images, hole, int(config.batch_size))
+        sets[set_name] = {name: mean_metrics(outputs[name], images, hole) for name in METHODS}
+        for k, v in seconds.items():
+            timings[k] = timings.get(k, 0.0) + v
+        if set_name == "boxes":
+            pictures = outputs
+    results = sets["boxes"]
+    fractions = {k: float(v.mean()) for k, v in holes.items()}
 
-    outputs, timings = _complete_every_way(completer, images, hole, int(config.batch_size))
-    results = {name: mean_metrics(outputs[name], images, hole) for name in METHODS}
     payload = {
         "step": step,
         "workdir": os.path.abspath(workdir),
         "num_images": n,
         "image_size": [int(h), int(w)],
-        "hole_fraction": float(hole.mean()),
+        "hole_fraction": fractions["boxes"],
         "mask_seed": EVAL_MASK_SEED,
         "data": {"source": config.data.source, "name": config.data.name,
                  "path": config.data.path, "split": config.data.eval_split},
         "trained_image_size": int(stored_config.data.image_size),
+        "trained_mask_shape": str(stored_config.mask.shape),
         "inpaint_radius": INPAINT_RADIUS,
         "psnr_cap_db": PSNR_CAP,
-        "results": results,
+        "results": results,  # the 'boxes' set
+        "mask_sets": {k: {"hole_fraction": fractions[k], "results": v} for k, v in sets.items()},
         "seconds": {**{k: round(v, 3) for k, v in timings.items()},
                     "total": round(time.time() - t0, 3)},
         "device": str(jax.devices()[0].platform),
     }
     if jax.process_index() == 0:
-        _report(workdir, payload, images, outputs)
+        _report(workdir, payload, images, pictures)
     return payload
+
+
+def tensorboard_tag(mask_set: str, method: str, metric: str) -> str:
+    """`eval/<set>/<method>/<metric>`, '+' written '_' (TensorBoard drops it from tags)."""
+    return f"eval/{mask_set}/{method.replace('+', '_')}/{metric}"
+
+
+def _write_tensorboard(workdir: str, step: int, sets: dict) -> None:
+    """Every (set, method, metric) as a TensorBoard scalar (`tensorboard_tag`); a failure only
+    warns (the table and the JSON hold the results)."""
+    from glcic_jax import summary
+
+    try:
+        writer = summary.Writer(os.path.abspath(workdir))
+        writer.scalars(step, {tensorboard_tag(s, m, k): v for s, res in sets.items()
+                              for m, vals in res.items() for k, v in vals.items()})
+        writer.close()
+    except errors.UserError as e:
+        logging.warning("No TensorBoard scalars for this evaluation: %s", e)
 
 
 def write_comparison(workdir: str, step: int, images: np.ndarray,

@@ -184,6 +184,12 @@ class Completer:
         out = np.asarray(jax.device_get(self.fn(self.variables, x, m, self.mean_pixel)))
         return out[:, :h, :w]
 
+    def random_hole(self, size: tuple[int, int], key) -> np.ndarray:
+        """Random holes for an (H, W) photo as this checkpoint trained on them (its
+        `mask.shape`, sizes scaled to the photo: `masks.random_hole`): bool [H, W]. What
+        `complete` draws without --mask, and what a web page's random holes should use."""
+        return masks.random_hole(self.config, size, key)
+
     def complete_uint8(self, images: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] and bool [B, H, W] -> uint8 completions, exact outside the hole."""
         out = quantize_uint8(self(images, hole))

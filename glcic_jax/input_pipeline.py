@@ -30,6 +30,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from glcic_jax.data import mask_files
 from glcic_jax.data.folder import (  # noqa: F401  (public names of the data API)
     MIN_HELD_OUT_FILES,
     MIN_IMAGES_TO_HOLD_OUT,
@@ -87,8 +88,39 @@ def reader(config) -> Reader:
 def train_iterator(config, local_batch: int, start_step: int = 0, host: int = 0,
                    hosts: int = 1) -> Iterator[np.ndarray]:
     """This host's training batches from global step `start_step` on: uint8
-    [local_batch, S, S, 3]."""
-    return reader(config).train_batches(config, local_batch, start_step * local_batch, host, hosts)
+    [local_batch, S, S, 3], or [local_batch, S, S, 4] with mask.shape='files' (the 4th channel
+    the user's hole, 255 = hole: `data/mask_files.py`)."""
+    start = start_step * local_batch
+    images = reader(config).train_batches(config, local_batch, start, host, hosts)
+    if config.mask.shape != "files":
+        return images
+    stream = mask_files.MaskStream(mask_file_holes(config), int(config.data.image_size),
+                                   int(config.seed), host)
+    return mask_files.WithMasks(images, stream, start)
+
+
+def mask_file_holes(config) -> list[np.ndarray]:
+    """The usable masks of `mask.files` (bool [H, W] each), read once per folder and process.
+
+    Raises DataError (one line) for a folder with a non-image file or without a usable mask:
+    training and evaluation call it before they write anything.
+    """
+    folder = os.path.abspath(str(config.mask.files))
+    if folder not in _MASK_FILES:
+        _MASK_FILES[folder] = mask_files.load_masks(folder)
+        logging.info("mask.files=%s: %d usable mask(s).", config.mask.files,
+                     len(_MASK_FILES[folder]))
+    return _MASK_FILES[folder]
+
+
+_MASK_FILES: dict[str, list[np.ndarray]] = {}
+
+
+def fixed_file_masks(config, num: int) -> np.ndarray:
+    """`num` fixed crops of the mask files (the same in every run): bool [num, S, S]."""
+    stream = mask_files.MaskStream(mask_file_holes(config), int(config.data.image_size),
+                                   mask_files.EVAL_MASK_FILES_SEED)
+    return stream.batch(0, num)[..., 0] > 127
 
 
 def eval_images(config, num: int) -> np.ndarray:
@@ -105,11 +137,14 @@ def eval_images(config, num: int) -> np.ndarray:
 
 def check_source(config) -> None:
     """Fail now, with one line, on data that cannot be found (a missing or empty data.path, an
-    unknown tfds dataset): training runs it before it writes anything to the workdir. Unreadable
-    photos are found later, while reading."""
+    unknown tfds dataset) and on a mask.files folder with a non-image file or no usable mask:
+    training runs it before it writes anything to the workdir. Unreadable photos are found
+    later, while reading."""
     check = getattr(reader(config), "check", None)
     if check is not None:
         check(config)
+    if config.mask.shape == "files":
+        mask_file_holes(config)
 
 
 def describe_split(config) -> tuple[int, int, int] | None:
@@ -140,7 +175,8 @@ def compute_mean_pixel(config) -> np.ndarray:
         config = config.copy_and_resolve_references()
         with config.unlocked():
             config.data.color_augment = False
-    it = train_iterator(config, batch, start_step=0, host=0, hosts=1)
+    # The photos alone (not train_iterator: no mask channel with mask.shape='files').
+    it = reader(config).train_batches(config, batch, 0, 0, 1)
     total, count = np.zeros(3, np.float64), 0
     try:
         while count < n:

@@ -11,7 +11,8 @@ With an update ratio other than 1:1 (the landscape report's WGAN runs), phase 3 
 
 Each step takes `(state, images)` with images `[B, H, W, 3]` uint8 (or float in [0, 1]), draws its
 masks on the device from `fold_in(state.rng, state.step)`, and returns `(new_state, metrics)`, a
-dict of float32 scalars; nothing syncs with the host.
+dict of float32 scalars; nothing syncs with the host. With `mask.shape='files'` the images carry
+a 4th channel, the user's hole (255 = hole), from the input pipeline.
 
 The discriminator always sees the *composited* image: generated pixels inside the hole and the
 original pixels outside (GLCIC 3.2), and a local crop around the hole (`_prepare`).
@@ -185,11 +186,17 @@ class _Batch(NamedTuple):
 
 
 def _prepare(settings: StepSettings, state: GANState, images) -> _Batch:
-    images = to_float_images(images)
-    b, h, w, _ = images.shape
     step_key = jax.random.fold_in(state.rng, state.step)
     k_mask, k_real, k_gp = jax.random.split(step_key, 3)
-    m = masks.sample_masks(k_mask, b, h, w, settings.mask)
+    if settings.mask.shape == "files":
+        # The user's masks ride in the batch's 4th channel (input_pipeline: 255 = hole).
+        holes = (images[..., 3:] > 127) if images.dtype == jnp.uint8 else images[..., 3:] > 0.5
+        images = to_float_images(images[..., :3])
+        m = masks.masks_from_holes(holes.astype(jnp.float32), settings.mask)
+    else:
+        images = to_float_images(images)
+        m = masks.sample_masks(k_mask, *images.shape[:3], settings.mask)
+    b, h, w, _ = images.shape
     x = masks.fill_holes(images, m.mask, state.mean_pixel, settings.input_norm)
     size = settings.mask.local_size
     # A real image is cropped at the same window as its hole's by default

@@ -58,16 +58,38 @@ def _enlarged(images: np.ndarray, min_cell: int) -> np.ndarray:
     return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
 
 
+OUTLINE_COLOUR = (255, 48, 48)  # the hole's outline in sample grids (the web page's hole colour)
+
+
+def hole_outline(hole: np.ndarray) -> np.ndarray:
+    """The hole's boundary pixels: bool [..., H, W] -> bool [..., H, W] (hole pixels with a
+    4-neighbour outside the hole; the image border counts as outside)."""
+    hole = np.asarray(hole, bool)
+    inner = np.pad(hole, [(0, 0)] * (hole.ndim - 2) + [(1, 1), (1, 1)], constant_values=False)
+    interior = (inner[..., :-2, 1:-1] & inner[..., 2:, 1:-1] & inner[..., 1:-1, :-2]
+                & inner[..., 1:-1, 2:])
+    return hole & ~interior
+
+
 def make_grid(originals: np.ndarray, inputs: np.ndarray, completed: np.ndarray,
               d_real: np.ndarray | None = None, d_fake: np.ndarray | None = None,
-              pad: int = 2, label_height: int = 12, min_cell: int = MIN_CELL) -> np.ndarray:
+              pad: int = 2, label_height: int = 12, min_cell: int = MIN_CELL,
+              holes: np.ndarray | None = None) -> np.ndarray:
     """Rows of original | input | completed ([N, S, S, 3] each) -> one uint8 image.
 
     Images smaller than `min_cell` are drawn `ceil(min_cell / S)` times larger, each pixel a
-    block (nearest neighbour: no smoothing hides what the network drew).
+    block (nearest neighbour: no smoothing hides what the network drew). With `holes`
+    ([N, S, S] or [N, S, S, 1], 1 = hole) the input and the completed image show the hole's
+    outline in OUTLINE_COLOUR, so that a free-form hole can be told from what filled it.
     """
     originals, inputs, completed = (_enlarged(_as_uint8(x), min_cell)
                                     for x in (originals, inputs, completed))
+    if holes is not None:
+        holes = np.asarray(holes)
+        holes = holes[..., 0] if holes.ndim == 4 else holes
+        edge = hole_outline(_enlarged((holes > 0.5)[..., None], min_cell)[..., 0])
+        inputs, completed = (np.where(edge[..., None], np.uint8(OUTLINE_COLOUR), x)
+                             for x in (inputs, completed))
     n, s = originals.shape[0], originals.shape[1]
     label = label_height if d_real is not None else 0
     row_h = s + label + pad
@@ -201,7 +223,7 @@ class Writer:
         if not self.enabled:
             return None
         grid = make_grid(originals, out["inputs"], out["completed"], out.get("d_real"),
-                         out.get("d_fake"))
+                         out.get("d_fake"), holes=out.get("hole"))
         path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
         with _writing(path, self.workdir):  # atomic: a kill never leaves half a PNG
             image_io.write_image(path, grid)

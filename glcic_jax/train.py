@@ -122,8 +122,13 @@ def _kept(ckpt: checkpointing.Checkpointer | None) -> str:
 
 
 def fixed_eval_masks(config, num: int) -> masks.Masks:
-    """Masks for the sample grid / evaluation batch, identical in every run and checkpoint."""
+    """Masks for the sample grid / evaluation batch, identical in every run and checkpoint
+    (fixed crops of the mask files with mask.shape='files')."""
     size = int(config.data.image_size)
+    if config.mask.shape == "files":
+        holes = input_pipeline.fixed_file_masks(config, num)
+        return masks.masks_from_holes(jnp.asarray(holes[..., None], jnp.float32),
+                                      masks.MaskSpec.from_config(config.mask))
     return masks.fixed_eval_masks(config, num, size, size)
 
 
@@ -606,7 +611,8 @@ class _Loop:
         with self.first_call("sample grid"):
             out = self.steps.evaluate(state, self.eval_imgs, self.eval_masks.mask,
                                       self.eval_masks.corners)
-            self.grid_path = self.writer.sample_grid(step, self.eval_imgs, jax.device_get(out))
+            self.grid_path = self.writer.sample_grid(
+                step, self.eval_imgs, {**jax.device_get(out), "hole": self.eval_masks.mask})
 
     def held_out(self, step: int, state) -> None:
         with self.first_call("eval"):

@@ -6,6 +6,7 @@ end-to-end evaluation runs once on a workdir holding one untrained `:tiny` check
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -144,8 +145,11 @@ def test_every_method_is_exact_outside_the_hole(tiny, monkeypatch):
 
     monkeypatch.setattr(evaluate, "mean_metrics", recording)
     payload = evaluate.evaluate(cfg, workdir)
-    assert len(scored) == len(evaluate.METHODS)
-    for name, (pred, target, hole) in zip(evaluate.METHODS, scored):
+    sets = list(payload["mask_sets"])  # every mask set, the methods in METHODS order in each
+    assert len(scored) == len(evaluate.METHODS) * len(sets)
+    for i, (pred, target, hole) in enumerate(scored):
+        name, mask_set = evaluate.METHODS[i % len(evaluate.METHODS)], sets[
+            i // len(evaluate.METHODS)]
         assert pred.dtype == np.uint8 and pred.shape == target.shape, name
         np.testing.assert_array_equal(pred[~hole], target[~hole], err_msg=name)
         assert not np.array_equal(pred[hole], target[hole]), name  # the hole was filled
@@ -153,7 +157,8 @@ def test_every_method_is_exact_outside_the_hole(tiny, monkeypatch):
         share = hole.mean(axis=(1, 2))
         hole_l1 = evaluate.l1(pred, target, hole)
         np.testing.assert_allclose(per_image, hole_l1 * share, rtol=1e-9, err_msg=name)
-        np.testing.assert_allclose(payload["results"][name]["l1"], per_image.mean(), rtol=1e-9)
+        np.testing.assert_allclose(payload["mask_sets"][mask_set]["results"][name]["l1"],
+                                   per_image.mean(), rtol=1e-9)
 
 
 def test_training_eval_matches_mode_eval(tiny, eval_run):
@@ -245,3 +250,53 @@ def test_the_float_blend_and_the_uint8_paste_agree_on_hard_masks():
     np.testing.assert_array_equal(inference.quantize_uint8(blended), pasted)
     np.testing.assert_array_equal(pasted[hole], filled[hole])
     np.testing.assert_array_equal(pasted[~hole], images[~hole])
+
+
+def test_mode_eval_scores_every_mask_set_identically_on_rerun(tiny, eval_run, capsys):
+    """Boxes and the five stroke-area bins: a row per (set, method) in the table, the JSON and
+    TensorBoard; a second run on the same checkpoint gives the same numbers."""
+    cfg, workdir = tiny
+    names = ["boxes"] + [evaluate.stroke_set_name(lo, hi) for lo, hi in evaluate.STROKE_BINS]
+    assert list(eval_run["mask_sets"]) == names
+    assert eval_run["mask_sets"]["boxes"]["results"] == eval_run["results"]
+    for (lo, hi), name in zip(evaluate.STROKE_BINS, names[1:]):
+        fraction = eval_run["mask_sets"][name]["hole_fraction"]
+        assert lo <= fraction <= hi, (name, fraction)  # each hole is in its bin, so the mean is
+        assert set(eval_run["mask_sets"][name]["results"]) == set(evaluate.METHODS)
+    capsys.readouterr()
+    again = evaluate.evaluate(cfg, workdir)
+    out = capsys.readouterr().out
+    assert again["mask_sets"] == eval_run["mask_sets"]
+    for name in names:
+        for method in evaluate.METHODS:
+            assert sum(ln.startswith(f"| {name} |") and f"| {method} |" in ln
+                       for ln in out.splitlines()) == 1, (name, method)
+    events = glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in events:
+        acc = EventAccumulator(path)
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {evaluate.tensorboard_tag(n, m, "psnr_hole") for n in names
+            for m in evaluate.METHODS} <= tags
+
+
+def test_stroke_eval_sets_hold_their_area_bins_and_never_change(tiny):
+    cfg, _ = tiny
+    a = evaluate.mask_sets(cfg, 8, 32, 32)
+    b = evaluate.mask_sets(cfg, 8, 32, 32)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    for lo, hi in evaluate.STROKE_BINS:
+        area = a[evaluate.stroke_set_name(lo, hi)].mean(axis=(1, 2))
+        assert np.all((area >= lo) & (area <= hi)), (lo, hi, area)
+    # Independent of what the config trains with: a strokes config is scored on the same sets.
+    strokes = cfg.copy_and_resolve_references()
+    strokes.mask.shape = "strokes"
+    strokes.mask.stroke_width_min = 1
+    c = evaluate.mask_sets(strokes, 8, 32, 32)
+    for name in a:
+        np.testing.assert_array_equal(a[name], c[name])

@@ -170,7 +170,8 @@ def test_center_position_single_centred_hole():
 def test_spec_from_config(tiny_config):
     spec = masks.MaskSpec.from_config(tiny_config.mask)
     assert spec == masks.MaskSpec(local_size=16, hole_min=6, hole_max=12, max_holes=1,
-                                  position="random")
+                                  position="random", shape="box", stroke_width_min=2.0,
+                                  stroke_width_max=5.0)
     spec.validate(32, 32)  # the tiny config is drawable
     hash(spec)  # a jit static argument
 
