@@ -481,16 +481,9 @@ def _resolve(path: str) -> tuple[str, int | None]:
     )
 
 
-def restore_for_inference(path: str, step: int | None = None):
-    """Everything inference needs from a workdir or checkpoint path.
-
-    Returns `(config, nets, state)`: the stored ConfigDict, the rebuilt `Networks` and the restored
-    `GANState` (use `state.g` and `state.mean_pixel`). Given a workdir, damaged newer checkpoints
-    are skipped (one warning line each) for the newest intact one; a step asked for by path or
-    `step` must itself be intact.
-    """
-    from glcic_jax import state as state_lib  # local import: state imports models (flax)
-
+def _restore_newest_intact(path: str, step: int | None, abstract_for, partial: bool = False):
+    """`Checkpointer.restore_newest_intact` on a workdir or checkpoint path, read-only: the
+    newest intact checkpoint (or `step`, which must be intact), as `(step, meta, state)`."""
     workdir, path_step = _resolve(path)
     step = path_step if step is None else step
     with library_log(None):  # Orbax's warnings that a read-only manager will not save
@@ -502,20 +495,35 @@ def restore_for_inference(path: str, step: int | None = None):
         if step is not None and step not in steps:
             raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no checkpoint of step "
                                     f"{step} (it holds {', '.join(map(str, steps))}).")
-        built = {}
-
-        def abstract_for(meta):
-            config = config_lib.upgrade(meta["config"])  # one from an older version too
-            built["config"], built["nets"] = config, state_lib.create_networks(config)
-            return jax.eval_shape(lambda: state_lib.create_state(
-                config, built["nets"], jax.random.PRNGKey(0), meta["mean_pixel"]))
-
-        found = ckpt.restore_newest_intact(abstract_for, steps=None if step is None else [step])
+        found = ckpt.restore_newest_intact(abstract_for, steps=None if step is None else [step],
+                                           partial=partial)
     finally:
         with library_log(None):
             ckpt.close()
     if found is None:  # pragma: no cover - steps were listed above
         raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
+    return found
+
+
+def restore_for_inference(path: str, step: int | None = None):
+    """Everything inference needs from a workdir or checkpoint path.
+
+    Returns `(config, nets, state)`: the stored ConfigDict, the rebuilt `Networks` and the restored
+    `GANState` (use `state.g` and `state.mean_pixel`). Given a workdir, damaged newer checkpoints
+    are skipped (one warning line each) for the newest intact one; a step asked for by path or
+    `step` must itself be intact.
+    """
+    from glcic_jax import state as state_lib  # local import: state imports models (flax)
+
+    built = {}
+
+    def abstract_for(meta):
+        config = config_lib.upgrade(meta["config"])  # one from an older version too
+        built["config"], built["nets"] = config, state_lib.create_networks(config)
+        return jax.eval_shape(lambda: state_lib.create_state(
+            config, built["nets"], jax.random.PRNGKey(0), meta["mean_pixel"]))
+
+    found = _restore_newest_intact(path, step, abstract_for)
     return built["config"], built["nets"], found[2]
 
 
@@ -539,38 +547,20 @@ def restore_generator(path: str, step: int | None = None) -> GeneratorCheckpoint
     """
     from glcic_jax import models  # local import: flax
 
-    workdir, path_step = _resolve(path)
-    step = path_step if step is None else step
-    with library_log(None):  # Orbax's warnings that a read-only manager will not save
-        ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
-        if step is not None and step not in steps:
-            raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no checkpoint of step "
-                                    f"{step} (it holds {', '.join(map(str, steps))}).")
-        built = {}
+    built = {}
 
-        def abstract_for(meta):
-            config = config_lib.upgrade(meta["config"])  # one from an older version too
-            generator = models.make_generator(config.model)
-            built["config"], built["generator"] = config, generator
-            # The variables' structure from the module, at a small input: shapes do not depend
-            # on the image size.
-            g = jax.eval_shape(lambda: generator.init(
-                jax.random.PRNGKey(0), jax.numpy.zeros((1, 16, 16, 4), jax.numpy.float32),
-                train=False))
-            g = {k: g[k] for k in ("params", "batch_stats") if g.get(k)}
-            return {"g": g, "mean_pixel": jax.ShapeDtypeStruct((3,), np.float32)}
+    def abstract_for(meta):
+        config = config_lib.upgrade(meta["config"])  # one from an older version too
+        generator = models.make_generator(config.model)
+        built["config"], built["generator"] = config, generator
+        # The variables' structure from the module, at a small input: shapes do not depend
+        # on the image size.
+        g = jax.eval_shape(lambda: generator.init(
+            jax.random.PRNGKey(0), jax.numpy.zeros((1, 16, 16, 4), jax.numpy.float32),
+            train=False))
+        g = {k: g[k] for k in ("params", "batch_stats") if g.get(k)}
+        return {"g": g, "mean_pixel": jax.ShapeDtypeStruct((3,), np.float32)}
 
-        found = ckpt.restore_newest_intact(abstract_for, steps=None if step is None else [step],
-                                           partial=True)
-    finally:
-        with library_log(None):
-            ckpt.close()
-    if found is None:  # pragma: no cover - steps were listed above
-        raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no finished checkpoint.")
-    found_step, _, subset = found
+    found_step, _, subset = _restore_newest_intact(path, step, abstract_for, partial=True)
     return GeneratorCheckpoint(built["config"], built["generator"], subset["g"],
                                np.asarray(subset["mean_pixel"], np.float32), found_step)
