@@ -419,7 +419,7 @@ def test_nan_loss_stops_naming_step_and_losses_and_keeps_last_good_checkpoint(tm
     expected = "error: Non-finite values at step 2 (completion update): g_loss, mse."
     assert last.startswith(expected), \
         report(proc)
-    assert "last good checkpoint is kept" in last and "nan_policy=skip" in last
+    assert "last good checkpoint (step 1) is kept" in last and "nan_policy=skip" in last
     assert finished_steps(workdir) == [1] and not unfinished_saves(workdir)
     state = restore_state(workdir)
     assert int(state.step) == 1 and all_finite(state)
