@@ -146,3 +146,44 @@ def write_json(path: str, report: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Requests to the web server (bench_serve, bench_serve_load, bench_cpu)
+
+
+def png_bytes(pixels) -> bytes:
+    """uint8 pixels -> a PNG file's bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def synthetic_photo(h: int, w: int, seed: int):
+    """A smooth, slightly noisy uint8 RGB photo (sinusoids per channel); its content does not
+    affect speed, but a real-looking image keeps the PNG sizes realistic."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([np.sin(6 * (yy * rng.random() + xx * rng.random()) + c) for c in range(3)],
+                   -1) * 0.4 + 0.5
+    return (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
+
+
+def multipart_form(image: bytes, mask: bytes) -> tuple[bytes, str]:
+    """`(body, content_type)` of the form the page posts: `image` and `mask` as PNG files."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, data in (("image", image), ("mask", mask)):
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                 f'filename="{name}.png"\r\nContent-Type: image/png\r\n\r\n').encode()
+        body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

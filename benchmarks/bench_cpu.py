@@ -45,7 +45,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 
 import _harness  # benchmarks/_harness.py: puts the repository root on sys.path
 
@@ -373,15 +372,9 @@ def _free_port() -> int:
 
 
 def _post(url: str, photo: bytes, mask: bytes) -> float:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, data in (("image", photo), ("mask", mask)):
-        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                 f'filename="{name}.png"\r\nContent-Type: image/png\r\n\r\n').encode()
-        body += data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url + "api/complete", data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body, content_type = _harness.multipart_form(photo, mask)
+    req = urllib.request.Request(url + "api/complete", data=body, method="POST",
+                                 headers={"Content-Type": content_type})
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=600) as r:
         r.read()

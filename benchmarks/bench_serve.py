@@ -19,7 +19,6 @@ compilation.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
@@ -27,7 +26,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # time cold compilation
@@ -37,34 +35,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import _harness  # noqa: E402  (benchmarks/_harness.py: the shared flag parser)
 import numpy as np
-from PIL import Image
 
 from glcic_jax import serve
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _photo(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([np.sin(6 * (yy * rng.random() + xx * rng.random()) + c) for c in range(3)],
-                   -1) * 0.4 + 0.5
-    return (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
-
-
 def _request(url: str, image: np.ndarray, hole: np.ndarray) -> tuple[float, dict]:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, data in (("image", _png(image)), ("mask", _png(hole.astype(np.uint8) * 255))):
-        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                 f'filename="{name}.png"\r\n\r\n').encode() + data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url + "api/complete", data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body, content_type = _harness.multipart_form(
+        _harness.png_bytes(image), _harness.png_bytes(hole.astype(np.uint8) * 255))
+    req = urllib.request.Request(url + "api/complete", data=body, method="POST",
+                                 headers={"Content-Type": content_type})
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=1800) as r:
         r.read()
@@ -108,7 +87,7 @@ def main() -> None:
         hole = np.zeros((h, w), bool)
         hole[h // 3 : h // 3 + 128, w // 4 : w // 4 + 160] = True
         compile_s[0] = 0.0
-        secs, headers = _request(url, _photo(h, w, seed), hole)
+        secs, headers = _request(url, _harness.synthetic_photo(h, w, seed), hole)
         rows.append({"request": label, "wall_s": round(secs, 2),
                      "completing_s": float(headers["X-Completion-Seconds"]),
                      "xla_compile_s": round(compile_s[0], 2),

@@ -38,7 +38,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,28 +49,6 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _photo(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([np.sin(6 * (yy * rng.random() + xx * rng.random()) + c) for c in range(3)],
-                   -1) * 0.4 + 0.5
-    return (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
-
-
-def _form(image: bytes, mask: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, data in (("image", image), ("mask", mask)):
-        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                 f'filename="{name}.png"\r\n\r\n').encode() + data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def _post(url: str, body: bytes, ctype: str, timeout: float = 600):
@@ -176,8 +153,10 @@ def main() -> None:
     n = args.size
     hole = np.zeros((n, n), bool)
     hole[n // 3 : n // 3 + n // 4, n // 4 : n // 4 + n // 3] = True
-    mask = _png(hole.astype(np.uint8) * 255)
-    forms = [_form(_png(_photo(n, n, seed)), mask) for seed in range(args.concurrent)]
+    mask = _harness.png_bytes(hole.astype(np.uint8) * 255)
+    forms = [_harness.multipart_form(
+                 _harness.png_bytes(_harness.synthetic_photo(n, n, seed)), mask)
+             for seed in range(args.concurrent)]
 
     status, secs, _, _ = _post(url, *forms[0])
     figures["warmup"] = {"status": status, "s": round(secs, 2)}
@@ -254,7 +233,7 @@ def main() -> None:
     bombs: list = [None] * 3
 
     def send_bomb(i):
-        bombs[i] = _post(url, *_form(bomb, bomb))
+        bombs[i] = _post(url, *_harness.multipart_form(bomb, bomb))
 
     threads = [threading.Thread(target=send_bomb, args=(i,)) for i in range(3)]
     for t in threads:
