@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib
+from glcic_jax import config_lib, conv_forms
 
 Dtype = Any
 
@@ -98,21 +98,14 @@ class PaddedConv(nn.Module):
             padding=conv_pad,
             dtype=self.dtype,
             param_dtype=jnp.float32,
+            conv_general_dilated=conv_forms.conv,  # lax's, or a faster form on CPUs
         )(x)
 
 
-class SubpixelConvTranspose(nn.Module):
-    """flax's `nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`, the same
-    parameters (names, shapes, initialisers) and the same output up to float rounding, computed
-    as four 2x2 convolutions whose outputs are interleaved (the sub-pixel form of a stride-2
-    transposed convolution).
-
-    Output pixel (2p + a, 2q + b) sums the input's 2x2 neighbourhood starting at (p - 1 + a,
-    q - 1 + b) with the kernel's taps (a, a + 2) x (b, b + 2): exactly the products
-    `lax.conv_transpose` sums, without the zeros it inserts between the input pixels. Our own
-    choice for inference on CPUs, where XLA runs the dilated-input form about 1.5-1.8x slower
-    than this (docs/cpu_speed.md); training keeps `nn.ConvTranspose`.
-    """
+class ConvTranspose4x4(nn.Module):
+    """flax's `nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`: the same
+    parameters (names, shapes, initialisers), the same output up to float rounding, computed by
+    `conv_forms.deconv4x4` (its sub-pixel form on CPUs, where XLA's own is slow to train)."""
 
     features: int
     dtype: Dtype = jnp.float32
@@ -125,19 +118,7 @@ class SubpixelConvTranspose(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                           self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        taps, pads = ((0, 2), (1, 3)), ((1, 0), (0, 1))
-        rows = []
-        for a in (0, 1):
-            cols = []
-            for b in (0, 1):
-                k = kernel[jnp.array(taps[a])][:, jnp.array(taps[b])]
-                cols.append(jax.lax.conv_general_dilated(
-                    x, k, (1, 1), (pads[a], pads[b]),
-                    dimension_numbers=("NHWC", "HWIO", "NHWC")))
-            rows.append(jnp.stack(cols, axis=3))  # [B, H, W, b, C]
-        y = jnp.stack(rows, axis=2)  # [B, H, a, W, b, C]
-        n, h, _, w, _, c = y.shape
-        return y.reshape(n, 2 * h, 2 * w, c) + bias
+        return conv_forms.deconv4x4(x, kernel) + bias
 
 
 def _norm(kind: str, train: bool, dtype: Dtype) -> nn.Module | None:
@@ -198,10 +179,12 @@ class FillNetwork(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
+        n_deconv = 0
         for kind, kernel, dilation, stride, features in FILL_LAYERS:
             if kind == "deconv":
-                x = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride),
-                                     padding="SAME", dtype=self.dtype, param_dtype=jnp.float32)(x)
+                x = ConvTranspose4x4(features, dtype=self.dtype,
+                                     name=f"ConvTranspose_{n_deconv}")(x)
+                n_deconv += 1
             else:
                 x = PaddedConv(features, kernel, stride, dilation, self.padding, self.dtype)(x)
             if kind == "output":
@@ -249,16 +232,10 @@ class CompletionNetwork(nn.Module):
             if kind != "output":
                 features = scaled(features, self.width)
             if kind == "deconv":
-                # 4x4 stride-2 transposed conv: exactly doubles H and W. Inference computes the
-                # same layer (same parameters) in the sub-pixel form, faster on CPUs.
-                name = f"ConvTranspose_{n_deconv}"
+                # 4x4 stride-2 transposed conv: exactly doubles H and W.
+                x = ConvTranspose4x4(features, dtype=self.dtype,
+                                     name=f"ConvTranspose_{n_deconv}")(x)
                 n_deconv += 1
-                if train:
-                    x = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride),
-                                         padding="SAME", dtype=self.dtype,
-                                         param_dtype=jnp.float32, name=name)(x)
-                else:
-                    x = SubpixelConvTranspose(features, dtype=self.dtype, name=name)(x)
             else:
                 x = PaddedConv(features, kernel, stride, dilation, self.padding, self.dtype)(x)
             if kind == "output":

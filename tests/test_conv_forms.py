@@ -1,0 +1,179 @@
+"""The convolutions' CPU forms (`conv_forms`): the same layers as XLA's convolutions, outputs and
+gradients within float32 rounding, chosen on the CPU only.
+
+Rounding bounds: both forms sum the same products in another order, so each result differs from
+the exact sum by at most (number of terms) x eps x (the sum of the terms' magnitudes), which XLA's
+own convolution computes when it is given the absolute values (standard summation error bound).
+The whole converted network is also checked against an independent numpy forward pass of the
+Torch7 layers in tests/test_convert.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from glcic_jax import config_lib, conv_forms, models, state as state_lib, steps as steps_lib
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+def _rand(rng, shape, scale=1.0):
+    return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
+
+
+def _check_close(ours, ref, magnitude, terms):
+    ours, ref, magnitude = (np.asarray(a, np.float64) for a in (ours, ref, magnitude))
+    assert ours.shape == ref.shape
+    bound = 2 * terms * EPS * magnitude + 1e-30  # both sides round: twice the one-sided bound
+    excess = np.abs(ours - ref) - bound
+    assert np.all(excess <= 0), float(excess.max())
+
+
+def _compare_with_grads(ours_fn, ref_fn, x, k, terms_out, terms_dx, terms_dk, seed=0):
+    """Outputs and both gradients (for a random cotangent) of `ours_fn` and `ref_fn` agree
+    within the rounding bound; magnitudes come from `ref_fn` on absolute values."""
+    y, vjp = jax.vjp(ours_fn, x, k)
+    y_ref, vjp_ref = jax.vjp(ref_fn, x, k)
+    dy = _rand(np.random.default_rng(seed), y.shape)
+    mag_y, vjp_abs = jax.vjp(ref_fn, jnp.abs(x), jnp.abs(k))
+    mag_dx, mag_dk = vjp_abs(jnp.abs(dy))
+    _check_close(y, y_ref, mag_y, terms_out)
+    (dx, dk), (dx_ref, dk_ref) = vjp(dy), vjp_ref(dy)
+    _check_close(dx, dx_ref, mag_dx, terms_dx)
+    _check_close(dk, dk_ref, mag_dk, terms_dk)
+
+
+def _lax_conv(strides, padding, dilation):
+    return lambda x, k: lax.conv_general_dilated(
+        x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=conv_forms.NHWC)
+
+
+def _cpu_hlo(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def _stablehlo_for(platform: str, fn, *args) -> str:
+    """What `fn` lowers to for `platform` (lowered here, no such device needed)."""
+    return jax.export.export(jax.jit(fn), platforms=[platform])(*args).mlir_module()
+
+
+@pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
+    ((3, 8, 8, 6), (5, 5, 6, 7), (2, 2), ((2, 2), (2, 2)), (1, 1)),  # the Ds' last layers
+    ((2, 4, 4, 5), (5, 5, 5, 3), (2, 2), ((2, 2), (2, 2)), (1, 1)),
+    ((2, 9, 7, 4), (3, 3, 4, 5), (1, 1), ((2, 2), (2, 2)), (2, 2)),  # dilated, odd sizes
+    ((1, 6, 10, 3), (3, 3, 3, 2), (2, 1), ((1, 0), (0, 1)), (1, 1)),  # asymmetric
+])
+def test_patches_conv_equals_xla_conv_with_gradients(shape, kernel, strides, padding, dilation):
+    rng = np.random.default_rng(1)
+    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
+    kh, kw, c_in, c_out = kernel
+    y = lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation,
+                                 dimension_numbers=conv_forms.NHWC)
+    ho, wo = y.shape[1:3]
+    _compare_with_grads(
+        lambda x, k: conv_forms.patches_conv(x, k, strides, padding, dilation),
+        _lax_conv(strides, padding, dilation), x, k,
+        terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+
+
+def test_conv_uses_patches_on_cpu_for_small_outputs_only():
+    rng = np.random.default_rng(2)
+    k = _rand(rng, (5, 5, 8, 8))
+    conv = lambda x, k: conv_forms.conv(x, k, (2, 2), ((2, 2), (2, 2)),  # noqa: E731
+                                        dimension_numbers=conv_forms.NHWC)
+    small, large = _rand(rng, (2, 16, 16, 8)), _rand(rng, (2, 18, 18, 8))  # 8x8, 9x9 outputs
+    assert " convolution(" not in _cpu_hlo(conv, small, k)
+    assert " convolution(" in _cpu_hlo(conv, large, k)
+    # Elsewhere (a GPU) the same call is XLA's convolution, as before.
+    assert "stablehlo.convolution" in _stablehlo_for("cuda", conv, small, k)
+    assert "stablehlo.dot" not in _stablehlo_for("cuda", conv, small, k)
+    # String padding other than VALID, groups: always XLA's convolution.
+    same = lambda x, k: conv_forms.conv(x, k, (2, 2), "SAME",  # noqa: E731
+                                        dimension_numbers=conv_forms.NHWC)
+    assert " convolution(" in _cpu_hlo(same, small, k)
+
+
+@pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((1, 16, 12, 8), 3)])
+def test_deconv_layer_equals_flax_conv_transpose(shape, features):
+    rng = np.random.default_rng(0)
+    x = _rand(rng, shape)
+    ours = models.ConvTranspose4x4(features)
+    theirs = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
+    v = ours.init(jax.random.PRNGKey(1), x)
+    v_ref = theirs.init(jax.random.PRNGKey(1), x)
+    # Same parameter names, shapes and initial values: checkpoints are interchangeable.
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.array_equal(a, b)), v, v_ref))
+    bias = _rand(rng, (features,))
+    y = ours.apply({"params": {"kernel": v["params"]["kernel"], "bias": bias}}, x)
+    y_ref = theirs.apply({"params": {"kernel": v["params"]["kernel"], "bias": bias}}, x)
+    assert y.shape == (shape[0], 2 * shape[1], 2 * shape[2], features)
+    magnitude = theirs.apply({"params": {"kernel": jnp.abs(v["params"]["kernel"]),
+                                         "bias": jnp.abs(bias)}}, jnp.abs(x))
+    _check_close(y, y_ref, magnitude, 16 * shape[-1] + 1)
+
+
+@pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((3, 8, 8, 4), 4)])
+def test_subpixel_deconv_gradients_equal_xla_conv_transpose(shape, features):
+    rng = np.random.default_rng(3)
+    x, k = _rand(rng, shape), _rand(rng, (4, 4, shape[-1], features), 0.3)
+    ref = lambda x, k: lax.conv_transpose(x, k, (2, 2), "SAME",  # noqa: E731
+                                          dimension_numbers=conv_forms.NHWC)
+    # Each output sums 4 x 4 / 4 = 4 taps of C_in; each dx sums 16 taps of C_out; dk sums
+    # every input pixel of the batch.
+    _compare_with_grads(conv_forms.subpixel_deconv4x4, ref, x, k,
+                        terms_out=4 * shape[-1], terms_dx=16 * features,
+                        terms_dk=shape[0] * shape[1] * shape[2])
+
+
+def test_deconv_is_subpixel_on_cpu_and_conv_transpose_elsewhere():
+    x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((4, 4, 4, 3))
+    # XLA's transposed convolution convolves a zero-dilated input (lhs_dilate / lhs_dilation).
+    assert "lhs_dilate=2x2" not in _cpu_hlo(conv_forms.deconv4x4, x, k)
+    gpu = _stablehlo_for("cuda", conv_forms.deconv4x4, x, k)
+    assert gpu.count("stablehlo.convolution") == 1 and "lhs_dilate = [2, 2]" in gpu
+
+
+def _training_step_hlo(width: float, size: int) -> str:
+    config = config_lib.base_config()
+    config.model.width = width
+    config.data.image_size, config.mask.local_size = size, size // 2
+    config.mask.hole_min, config.mask.hole_max = size // 4, size // 3
+    config.batch_size = 2
+    nets = state_lib.create_networks(config)
+    st = state_lib.create_state(config, nets, jax.random.PRNGKey(0), (0.5, 0.5, 0.5))
+    joint = steps_lib.make_steps(config, nets, donate=False).joint
+    images = jnp.zeros((2, size, size, 3), jnp.uint8)
+    return joint.lower(st, images).compile().as_text()
+
+
+def test_cpu_training_step_avoids_xlas_slow_convolutions():
+    """The joint step (both networks, forward and backward) on the CPU computes the upsampling
+    layers without convolving a zero-dilated input (XLA's transposed convolution, whose
+    gradient XLA's CPU backend runs 20-30x slower than PyTorch), and has no convolution with an
+    output of <= 4x4 pixels (the discriminators' last layers, 10-250x slower than the
+    equivalent products): docs/cpu_speed.md."""
+    hlo = _training_step_hlo(width=0.125, size=64)
+    convs = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert convs, "no convolutions at all: the check would be vacuous"
+    assert any("ConvTranspose_" in c for c in convs), "the upsampling layers were not found"
+    dilated = [c for c in convs if "lhs_dilate" in c and "ConvTranspose_" in c]
+    assert not dilated, dilated
+    # The discriminators' 5x5 stride-2 layers halve their input: global 64 -> 32, 16, ...;
+    # local 32 -> 16, 8, .... Layers with outputs of <= 8x8 must be products, forward and back.
+    tiny = []
+    for line in convs:
+        match = re.search(r"/(global|local)/PaddedConv_(\d+)/", line)
+        if match:
+            size_in = 64 if match.group(1) == "global" else 32
+            if size_in >> (int(match.group(2)) + 1) <= 8:
+                tiny.append(line)
+    assert any("/local/PaddedConv_0/" in c for c in convs), "D's layers were not found"
+    assert not tiny, tiny
