@@ -50,12 +50,16 @@ def one_run(extra: list[str]) -> dict:
                 f"--workdir={os.path.join(tmp, 'run')}", *extra]
         train_wall, train_cpu, _ = _timed(base, env)
         eval_wall, eval_cpu, out = _timed(base + ["--mode=eval"], env)
-    rows = {name: [float(v) for v in cells.split("|")]
-            for name, cells in re.findall(r"^\| ([\w+]+) \|(.*)\|$", out, re.M)
-            if name != "method"}
+    # The eval table's rows: | mask set | hole % | method | metrics... |
+    table: dict[str, dict[str, list[float]]] = {}
+    for set_name, method, cells in re.findall(
+            r"^\| ([\w.-]+) \| [\d.]+ \| ([\w+]+) \|(.*)\|$", out, re.M):
+        table.setdefault(set_name, {})[method] = [float(v) for v in cells.split("|")]
+    if "boxes" not in table:
+        sys.exit(f"error: no eval table in the output of --mode=eval:\n{out[-3000:]}")
     return {"train_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
             "eval_s": round(eval_wall, 1), "eval_cpu_s": round(eval_cpu, 1),
-            "model_row": rows.get("model", []), "table": rows,
+            "model_row": table["boxes"].get("model", []), "table": table,
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
 

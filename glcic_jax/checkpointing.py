@@ -537,13 +537,19 @@ class GeneratorCheckpoint(NamedTuple):
     step: int
 
 
-def restore_generator(path: str, step: int | None = None) -> GeneratorCheckpoint:
+def restore_generator(path: str, step: int | None = None,
+                      on_structure: Callable[[Any, Any, dict], None] | None = None
+                      ) -> GeneratorCheckpoint:
     """The completion network of a workdir or checkpoint path, and nothing else.
 
     As `restore_for_inference` (same paths, same skipping of damaged newer checkpoints, same
     errors), but reads only the generator's parameters and batch statistics and the mean pixel:
     neither the discriminator nor the optimizer states are read or even built, which makes a
     cold `complete` start several times faster.
+
+    `on_structure(config, generator, abstract_variables)`, if given, is called as soon as a
+    checkpoint's config is read, before its arrays are (again for an older checkpoint when a
+    newer one turns out damaged): `inference.load` compiles the network meanwhile.
     """
     from glcic_jax import models  # local import: flax
 
@@ -559,6 +565,8 @@ def restore_generator(path: str, step: int | None = None) -> GeneratorCheckpoint
             jax.random.PRNGKey(0), jax.numpy.zeros((1, 16, 16, 4), jax.numpy.float32),
             train=False))
         g = {k: g[k] for k in ("params", "batch_stats") if g.get(k)}
+        if on_structure is not None:
+            on_structure(config, generator, g)
         return {"g": g, "mean_pixel": jax.ShapeDtypeStruct((3,), np.float32)}
 
     found_step, _, subset = _restore_newest_intact(path, step, abstract_for, partial=True)

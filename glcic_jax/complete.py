@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -111,17 +111,18 @@ def _run(fv) -> None:
     photos, holes = _read_and_check(jobs)
     import jax
 
-    completer = Completer(fv.checkpoint or fv.workdir)
+    completer = Completer(fv.checkpoint or fv.workdir, precompile=_first_batches(fv, photos))
     t_ready = time.time()
     key = jax.random.PRNGKey(fv.seed)
     for i, photo in enumerate(photos):
         if holes[i] is None:
             holes[i] = completer.random_hole(photo.size, jax.random.fold_in(key, i))
-    t_complete = _complete_and_write(fv, completer, jobs, photos, holes)
+    t_complete, compiled = _complete_and_write(fv, completer, jobs, photos, holes)
     device = jax.devices()[0].platform
+    ahead = " (compiling the first batch meanwhile)" if completer.precompiled else ""
     print(f"Completed {len(jobs)} image(s) in {time.time() - t0:.2f} s on {device}: reading and "
-          f"restoring step {completer.step} {t_ready - t0:.2f} s, completing (with compilation) "
-          f"{t_complete:.2f} s.")
+          f"restoring step {completer.step}{ahead} {t_ready - t0:.2f} s, completing"
+          f"{' (with compilation)' if compiled else ''} {t_complete:.2f} s.")
 
 
 def _read_and_check(jobs: list[Job]):
@@ -149,11 +150,15 @@ def _read_and_check(jobs: list[Job]):
     return photos, holes
 
 
-def _complete_and_write(fv, completer: Completer, jobs: list[Job], photos, holes) -> float:
+def _complete_and_write(fv, completer: Completer, jobs: list[Job], photos,
+                        holes) -> tuple[float, bool]:
     """Complete --batch_size photos at a time, each written (and its line printed) as soon as its
     batch is done; a photo's time is its batch's shared by the photos in it (the first batch of
-    each input size includes compiling the network for it). Returns the seconds completing."""
-    t_complete, shapes_seen = 0.0, set()
+    each input size includes compiling the network for it, unless `load` compiled it ahead).
+    Returns the seconds completing and whether any of it compiled."""
+    # Shapes compiled while the checkpoint was read: ((H, W), batch), as counted below.
+    shapes_seen = {(images[1:3], images[0]) for images, _, _ in completer.precompiled}
+    t_complete, compiled_any = 0.0, False
     size = max(1, fv.batch_size)
     for start in range(0, len(jobs), size):
         chunk = range(start, min(len(jobs), start + size))
@@ -170,6 +175,7 @@ def _complete_and_write(fv, completer: Completer, jobs: list[Job], photos, holes
             for i in chunk)
         compiled = set(per_shape.items()) - shapes_seen
         shapes_seen |= compiled
+        compiled_any = compiled_any or bool(compiled)
         timing = (f"{seconds / len(chunk):.2f} s"
                   + (f" (a batch of {len(chunk)})" if len(chunk) > 1 else "")
                   + (" including compilation" if compiled else ""))
@@ -185,7 +191,7 @@ def _complete_and_write(fv, completer: Completer, jobs: list[Job], photos, holes
             scaled = _scale_note(completer, photo.size, fv.max_size, fv.train_scale)
             print(f"{job.image} -> {job.output}: {w}x{h} {photo.mode}{scaled}, "
                   f"{100.0 * hole.mean():.1f}% hole, {timing}{extra}{note}")
-    return t_complete
+    return t_complete, compiled_any
 
 
 def complete_photos(completer: inference.Completer, photos: Sequence[Photo],
@@ -219,9 +225,25 @@ def _network_shape(completer: Completer, size: tuple[int, int], max_size: int,
                    train_scale: bool) -> tuple[int, int]:
     """The padded (H, W) the network runs at for a photo of `size` (see
     `inference.Completer._network_input`): one compilation per shape."""
+    return _network_shape_for(completer.config, size, max_size, train_scale)
+
+
+def _network_shape_for(config, size: tuple[int, int], max_size: int,
+                       train_scale: bool) -> tuple[int, int]:
     h, w = inference.network_size(*size, inference.effective_max_size(
-        completer.config, *size, max_size, train_scale))
+        config, *size, max_size, train_scale))
     return h + -h % 4, w + -w % 4
+
+
+def _first_batches(fv, photos) -> Callable:
+    """`config -> [(batch, H, W)]`: the network inputs of the first --batch_size photos (the
+    first call's shapes), for `inference.load` to compile while it reads the checkpoint."""
+    def shapes(config):
+        first = photos[:max(1, fv.batch_size)]
+        counts = collections.Counter(
+            _network_shape_for(config, p.size, fv.max_size, fv.train_scale) for p in first)
+        return [(n, h, w) for (h, w), n in counts.items()]
+    return shapes
 
 
 def _scale_note(completer: Completer, size: tuple[int, int], max_size: int,
@@ -307,15 +329,16 @@ class Completer(inference.Completer):
     Args:
       path: a workdir (a training run or a converted Torch7 model), its `checkpoints/` folder or
         one `checkpoints/<step>` folder.
+      precompile: shapes to compile while the checkpoint is read (`inference.load`).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, precompile: Callable | None = None):
         try:
-            loaded = inference.load(path)
+            loaded = inference.load(path, precompile=precompile)
         except inference.LoadError as e:
             raise CompletionError(str(e)) from e
         super().__init__(loaded.config, loaded.generator, loaded.variables, loaded.mean_pixel,
-                         loaded.step)
+                         loaded.step, loaded.precompiled)
 
 
 # ----------------------------------------------------------------------------------------------

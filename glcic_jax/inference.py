@@ -24,6 +24,8 @@ and batched by input shape; fixed-size evaluation sets go through `complete_in_c
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 import functools
 from typing import Any, Callable, Sequence
 
@@ -146,12 +148,24 @@ class Completer:
     variables: dict
     mean_pixel: np.ndarray
     step: int = 0
+    # Executables compiled ahead for (images shape, images dtype, mask shape) keys, by `load`.
+    precompiled: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.mean_pixel = np.asarray(self.mean_pixel, np.float32).reshape(3)
         self.mean_u8 = quantize_uint8(self.mean_pixel)
         self.input_norm = input_norm_of(self.config)
-        self.fn = completion_fn(self.generator, self.input_norm)
+        jitted = completion_fn(self.generator, self.input_norm)
+
+        def fn(variables, images, mask, mean_pixel):
+            key = (tuple(np.shape(images)), str(np.asarray(images).dtype), tuple(np.shape(mask)))
+            exe = self.precompiled.get(key) if isinstance(mask, np.ndarray) and \
+                mask.dtype == np.float32 else None
+            if exe is not None:  # the same computation, compiled while the checkpoint was read
+                return exe(variables, images, mask, np.asarray(mean_pixel, np.float32))
+            return jitted(variables, images, mask, mean_pixel)
+
+        self.fn = fn
 
     @property
     def g_vars(self) -> dict:
@@ -294,25 +308,73 @@ def effective_max_size(config, height: int, width: int, max_size: int,
     return max_size
 
 
-def load(path: str, step: int | None = None) -> Completer:
+def load(path: str, step: int | None = None,
+         precompile: Callable[[Any], Sequence[tuple[int, int, int]]] | None = None) -> Completer:
     """The completion network of a workdir (training run or converted Torch7 model).
 
     Args:
       path: a workdir, its `checkpoints/` folder, or one `checkpoints/<step>` folder.
       step: a step to restore instead of the latest (or the one `path` names).
+      precompile: `config -> [(batch, height, width), ...]`, the network input shapes (uint8
+        images, multiples of 4) the caller will complete first. They are compiled in a thread
+        while the checkpoint's arrays are read (on a CPU, compiling and reading each take about
+        half a second of a cold `complete`), and `Completer.fn` then runs them without
+        compiling. Any other shape compiles on its first call, as without this.
 
     Raises:
       LoadError: no finished checkpoint there, or one that cannot be restored; one-line message.
     """
     from glcic_jax import checkpointing
 
+    ahead: dict = {}
+
+    def compile_ahead(config, generator, abstract_variables):
+        if precompile is None or "thread" in ahead:
+            return
+        ahead["thread"] = None
+        try:
+            norm = input_norm_of(config)
+            shapes = list(dict.fromkeys(precompile(config)))
+        except Exception:  # noqa: BLE001  an optimisation only: never a reason not to load
+            logging.debug("no shapes to compile ahead", exc_info=True)
+            return
+        ahead.update(generator=generator, input_norm=norm,
+                     structure=jax.tree_util.tree_map(lambda a: (a.shape, a.dtype),
+                                                      abstract_variables))
+
+        def work():
+            f32 = np.dtype(np.float32)
+            for b, h, w in shapes:
+                try:
+                    ahead[((b, h, w, 3), "uint8", (b, h, w, 1))] = compiled_completion().lower(
+                        generator, abstract_variables, jax.ShapeDtypeStruct((b, h, w, 3), np.uint8),
+                        jax.ShapeDtypeStruct((b, h, w, 1), f32), jax.ShapeDtypeStruct((3,), f32),
+                        norm).compile()
+                except Exception:  # noqa: BLE001  an optimisation only: the jit compiles it later
+                    logging.debug("compiling ahead for %s failed", (b, h, w), exc_info=True)
+
+        ahead["thread"] = threading.Thread(target=work, name="glcic-compile-ahead", daemon=True)
+        ahead["thread"].start()
+
     try:
         # Only the generator and the mean pixel are read, not the discriminator or optimizers.
-        found = checkpointing.restore_generator(path, step)
+        found = checkpointing.restore_generator(path, step, on_structure=compile_ahead)
     except FileNotFoundError as e:
         raise LoadError(str(e)) from e
     except Exception as e:  # a corrupt or foreign folder: say where, not a traceback
         raise LoadError(f"cannot restore a GLCIC checkpoint from {path!r}: "
                         f"{type(e).__name__}: {e}") from e
-    return Completer(found.config, found.generator, jax.device_put(found.variables),
-                     found.mean_pixel, found.step)
+    variables = jax.device_put(found.variables)
+    precompiled = {}
+    if ahead.get("thread") is not None:
+        ahead["thread"].join()
+        # Used only if the checkpoint restored is the one compiled for (a damaged newer one
+        # makes restore_generator fall back to an older, possibly different, network).
+        same = (found.generator == ahead["generator"]
+                and input_norm_of(found.config) == ahead["input_norm"]
+                and jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), variables)
+                == ahead["structure"])
+        if same:
+            precompiled = {k: v for k, v in ahead.items() if isinstance(k, tuple)}
+    return Completer(found.config, found.generator, variables, found.mean_pixel, found.step,
+                     precompiled)

@@ -391,12 +391,17 @@ def test_each_image_line_says_how_long_it_took(files, workdir, tmp_path, capsys)
     assert _run(f"--workdir={workdir}", f"--image={tmp_path / 'imgs'}",
                 f"--mask={tmp_path / 'masks'}", f"--output={tmp_path / 'out'}",
                 "--batch_size=2") == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if " -> " in line]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " -> " in line]
     assert len(lines) == 3
-    # a and b share a batch (and its compilation); c is a batch of one, a new compiled shape.
-    assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[0])
-    assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\) including compilation$", lines[1])
+    # a and b share the first batch, compiled while the checkpoint was read; c is a batch of
+    # one, a new shape compiled when it comes.
+    assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\)$", lines[0])
+    assert re.search(r"hole, \d+\.\d\d s \(a batch of 2\)$", lines[1])
     assert re.search(r"hole, \d+\.\d\d s including compilation$", lines[2])
+    summary = [line for line in out.splitlines() if line.startswith("Completed 3 image(s)")]
+    assert len(summary) == 1 and "(compiling the first batch meanwhile)" in summary[0]
+    assert "completing (with compilation)" in summary[0]  # c's shape
 
 
 def test_each_image_line_says_at_which_size_the_network_worked(files, workdir, completer,

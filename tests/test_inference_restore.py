@@ -54,3 +54,48 @@ def test_a_checkpoint_without_discriminator_or_optimizer_state_completes(workdir
     hole = np.zeros((1, 32, 40), bool)
     hole[:, 8:20, 10:30] = True
     np.testing.assert_array_equal(loaded(photo, hole), reference(photo, hole))
+
+
+def _photo_batch(n: int, h: int, w: int):
+    rng = np.random.default_rng(n * h + w)
+    photo = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    mask = np.zeros((n, h, w, 1), np.float32)
+    mask[:, h // 4 : h // 2, w // 4 : w // 2] = 1.0
+    return photo, mask
+
+
+def test_shapes_compiled_while_loading_give_the_jitted_results(workdir):
+    """`load(precompile=...)` compiles the first batch's shapes while it reads the checkpoint;
+    `fn` then runs that executable (the jitted function compiles nothing for it) and gives
+    exactly the jitted function's result. Other shapes still compile on their first call."""
+    asked = []
+
+    def shapes(config):
+        asked.append(int(config.data.image_size))
+        return [(2, 32, 40), (2, 32, 40)]  # a repeat compiles once
+
+    ahead = inference.load(workdir, precompile=shapes)
+    assert asked == [32] and set(ahead.precompiled) == {((2, 32, 40, 3), "uint8", (2, 32, 40, 1))}
+    plain = inference.load(workdir)
+    assert plain.precompiled == {}
+    photo, mask = _photo_batch(2, 32, 40)
+    jitted = inference.compiled_completion()
+    before = jitted._cache_size()
+    out = np.asarray(ahead.fn(ahead.variables, photo, mask, ahead.mean_pixel))
+    assert jitted._cache_size() == before  # the executable compiled ahead ran
+    np.testing.assert_array_equal(out, np.asarray(plain.fn(plain.variables, photo, mask,
+                                                           plain.mean_pixel)))
+    other, other_mask = _photo_batch(1, 32, 40)
+    np.testing.assert_array_equal(
+        np.asarray(ahead.fn(ahead.variables, other, other_mask, ahead.mean_pixel)),
+        np.asarray(plain.fn(plain.variables, other, other_mask, plain.mean_pixel)))
+
+
+def test_a_failing_shape_callback_still_loads(workdir):
+    def broken(config):
+        raise KeyError("no such setting")
+
+    loaded = inference.load(workdir, precompile=broken)
+    assert loaded.precompiled == {}
+    photo, mask = _photo_batch(1, 32, 40)
+    assert loaded.fn(loaded.variables, photo, mask, loaded.mean_pixel).shape == (1, 32, 40, 3)
