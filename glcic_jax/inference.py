@@ -24,9 +24,9 @@ and batched by input shape; fixed-size evaluation sets go through `complete_in_c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -158,9 +158,11 @@ class Completer:
         jitted = completion_fn(self.generator, self.input_norm)
 
         def fn(variables, images, mask, mean_pixel):
-            key = (tuple(np.shape(images)), str(np.asarray(images).dtype), tuple(np.shape(mask)))
-            exe = self.precompiled.get(key) if isinstance(mask, np.ndarray) and \
-                mask.dtype == np.float32 else None
+            exe = None
+            if self.precompiled and getattr(mask, "dtype", None) == np.float32:
+                dtype = getattr(images, "dtype", None)
+                exe = self.precompiled.get((tuple(np.shape(images)), str(dtype),
+                                            tuple(np.shape(mask))))
             if exe is not None:  # the same computation, compiled while the checkpoint was read
                 return exe(variables, images, mask, np.asarray(mean_pixel, np.float32))
             return jitted(variables, images, mask, mean_pixel)
