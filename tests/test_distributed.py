@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import procfs
 
 from glcic_jax import checkpointing, config_lib, distributed, input_pipeline
 
@@ -368,7 +369,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, \
                 log0.read_text()[-3000:] if log0.exists() else "no log"
             time.sleep(0.2)
-        (victim,) = [p for p in _children(proc.pid) if "--process_id=1" in _cmdline(p)]
+        (victim,) = [p for p in procfs.children(proc.pid) if "--process_id=1" in procfs.cmdline(p)]
         os.kill(victim, signal.SIGTERM)
         out, _ = proc.communicate(timeout=600)
     finally:
@@ -387,19 +388,6 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
     assert checkpointing.finished_steps(str(workdir)) == [step]
     state_dir = workdir / "checkpoints" / str(step) / "state"
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [int(p) for p in f.read().split()]
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode()
 
 
 def test_broadcast_and_any_process_agree_across_two_processes(tmp_path):

@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+import procfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
@@ -135,19 +136,6 @@ def test_a_dead_process_stops_the_stuck_survivor_within_seconds_with_one_line(tm
                       "to resume from it)."], text
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [int(p) for p in f.read().split()]
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode()
-
-
 @pytest.mark.slow
 def test_a_killed_training_process_stops_its_peer_within_seconds_with_one_line(tmp_path):
     """Two real processes (`:tiny`, phase 1): SIGKILL process 1 mid-run; the launcher and the
@@ -170,14 +158,14 @@ def test_a_killed_training_process_stops_its_peer_within_seconds_with_one_line(t
         assert wait_for(lambda: log0.exists() and "] step 3/2000" in log0.read_text()
                         and checkpointing.finished_steps(str(workdir)), 900), \
             log0.read_text() if log0.exists() else "no log"
-        victim = [p for p in _children(proc.pid) if "--process_id=1" in _cmdline(p)]
+        victim = [p for p in procfs.children(proc.pid) if "--process_id=1" in procfs.cmdline(p)]
         assert len(victim) == 1
         os.kill(victim[0], signal.SIGKILL)
         t_kill = time.time()
         rc, text, _ = finish(proc, timeout=60)
     finally:
         if proc.poll() is None:
-            for child in _children(proc.pid):
+            for child in procfs.children(proc.pid):
                 os.kill(child, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
     assert time.time() - t_kill < 20, text  # seconds, not the old 30 s + hang
