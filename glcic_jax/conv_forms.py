@@ -1,15 +1,14 @@
 """How the networks' convolutions are computed on each platform: the same layers, the same
 parameters, the same outputs up to float rounding, in the form each backend runs fastest.
 
-XLA's CPU backend has two slow spots that GLCIC's networks hit, measured per layer against
-PyTorch (oneDNN) on the same CPU (docs/cpu_speed.md, `benchmarks/bench_cpu.py`):
+XLA's CPU backend has two slow spots that GLCIC's networks hit, an order of magnitude or more
+slower than PyTorch (oneDNN) on the same layers (`benchmarks/bench_conv_forms.py` times each
+layer both ways; docs/cpu_speed.md has the figures):
 
 * the gradient of a stride-2 transposed convolution (the completion network's two 4x4
-  upsampling layers): XLA computes it through a convolution over a zero-dilated input, 20-30x
-  slower than PyTorch (1.7-2.6 s against 0.08-0.17 s at batch 4, 128 px);
+  upsampling layers): XLA computes it through a convolution over a zero-dilated input;
 * convolutions with a small output (the discriminators' last 5x5 stride-2 layers, 4x4 or 2x2
-  outputs of 512 channels): up to 0.6 s forward and 3 s forward + backward where a matrix
-  product takes 0.02-0.1 s.
+  outputs of 512 channels), forward and backward, against the same sums as one matrix product.
 
 On the CPU, `deconv4x4` therefore computes a transposed convolution as four interleaved 2x2
 convolutions (its sub-pixel form), and `conv` computes a convolution of <= 64 output pixels per
@@ -29,8 +28,8 @@ import numpy as np
 from jax import lax
 
 # A convolution whose output has at most this many pixels per image is a patches-times-kernel
-# matrix product on the CPU. XLA is 3-250x slower than the product up to 4x4 outputs, ~1.25x at
-# 8x8, even at 16x16 and faster beyond (bench at batch 4-16, 32-512 channels), so 8x8 is the cut.
+# matrix product on the CPU: far faster up to 4x4 outputs, a little at 8x8, no gain beyond
+# (benchmarks/bench_conv_forms.py), so 8x8 is the cut.
 PATCHES_MAX_OUTPUT_PIXELS = 64
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -53,7 +52,7 @@ def patches_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     `[kh * kw * C_in, C_out]` (HWIO's own order). Sums the same products as the convolution.
 
     One gather with constant indices (its gradient one scatter-add) rather than kh * kw slices:
-    the same speed, and 3-5x less for XLA to compile."""
+    the same speed, and much less for XLA to compile."""
     kh, kw, c_in, c_out = kernel.shape
     (pt, pb), (pl, pr) = padding
     (sh, sw), (dh, dw) = strides, dilation

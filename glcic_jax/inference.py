@@ -319,9 +319,9 @@ def load(path: str, step: int | None = None,
       step: a step to restore instead of the latest (or the one `path` names).
       precompile: `config -> [(batch, height, width), ...]`, the network input shapes (uint8
         images, multiples of 4) the caller will complete first. They are compiled in a thread
-        while the checkpoint's arrays are read (on a CPU, compiling and reading each take about
-        half a second of a cold `complete`), and `Completer.fn` then runs them without
-        compiling. Any other shape compiles on its first call, as without this.
+        while the checkpoint's arrays are read (on a CPU both are a noticeable part of a cold
+        `complete`), and `Completer.fn` then runs them without compiling. Any other shape
+        compiles on its first call, as without this.
 
     Raises:
       LoadError: no finished checkpoint there, or one that cannot be restored; one-line message.

@@ -157,9 +157,9 @@ def _training_step_hlo(width: float, size: int) -> str:
 def test_cpu_training_step_avoids_xlas_slow_convolutions():
     """The joint step (both networks, forward and backward) on the CPU computes the upsampling
     layers without convolving a zero-dilated input (XLA's transposed convolution, whose
-    gradient XLA's CPU backend runs 20-30x slower than PyTorch), and has no convolution with an
-    output of <= 4x4 pixels (the discriminators' last layers, 10-250x slower than the
-    equivalent products): docs/cpu_speed.md."""
+    gradient XLA's CPU backend runs an order of magnitude slower than PyTorch), and has no
+    convolution in the discriminators' layers with outputs of <= 8x8 pixels (slower still than
+    the equivalent products): benchmarks/bench_conv_forms.py."""
     hlo = _training_step_hlo(width=0.125, size=64)
     convs = [line for line in hlo.splitlines() if " convolution(" in line]
     assert convs, "no convolutions at all: the check would be vacuous"

@@ -1,0 +1,128 @@
+"""The layers `glcic_jax.conv_forms` computes differently on a CPU, one at a time: XLA's own
+convolution against the CPU form, forward and forward + backward, with PyTorch's layer beside
+them when torch is installed (optional, this benchmark only).
+
+  python benchmarks/bench_conv_forms.py [--out benchmarks/results/conv_forms_cpu.json]
+
+Layers (NHWC, float32, the shapes the full-width networks train on at 128 px, batch 4, and the
+Ds' last layers at batch 16 too):
+
+* `deconv`: GLCIC's two 4x4 stride-2 transposed convolutions, `lax.conv_transpose` against
+  `conv_forms.subpixel_deconv4x4` (PyTorch: `ConvTranspose2d(c, f, 4, 2, 1)`).
+* `small`: the discriminators' 5x5 stride-2 convolutions with <= 8x8 outputs, `lax`'s
+  convolution against `conv_forms.patches_conv` (PyTorch: `Conv2d(c, f, 5, 2, 2)`), plus the
+  time to compile each form's forward + backward.
+
+Forward + backward is the gradient of sum(y^2) / 2 with respect to the input and the kernel.
+Each row: milliseconds per call (median of --repeats), PyTorch in channels_last.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import _harness
+import numpy as np
+
+# (name, N, H, C_in, C_out)
+DECONVS = (("deconv 1", 4, 32, 256, 128), ("deconv 2", 4, 64, 128, 64))
+SMALL = (("D 8x8 -> 4x4", 4, 8, 512, 512), ("D 4x4 -> 2x2", 4, 4, 512, 512),
+         ("D 8x8 -> 4x4, batch 16", 16, 8, 512, 512), ("D 16x16 -> 8x8", 4, 16, 256, 512))
+
+
+def parse_args(argv=None):
+    p = _harness.parser(__doc__)
+    p.add_argument("--out", default="")
+    p.add_argument("--repeats", type=int, default=5)
+    return p.parse_args(argv)
+
+
+def _ms(fn, wait, repeats: int) -> float:
+    return 1e3 * statistics.median(_harness.time_calls(fn, 1, 1, repeats, wait).times)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from glcic_jax import conv_forms
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("torch is not installed: the PyTorch columns are skipped (pip install torch).")
+
+    rng = np.random.default_rng(0)
+
+    def deconv_xla(x, k):
+        return lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=conv_forms.NHWC)
+
+    def conv_xla(x, k):
+        return lax.conv_general_dilated(x, k, (2, 2), ((2, 2), (2, 2)),
+                                        dimension_numbers=conv_forms.NHWC)
+
+    def conv_patches(x, k):
+        return conv_forms.patches_conv(x, k, (2, 2), ((2, 2), (2, 2)), (1, 1))
+
+    def timed(fn, x, k) -> dict:
+        fwd = jax.jit(fn)
+        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) ** 2) / 2, argnums=(0, 1)))
+        t0 = time.perf_counter()
+        grad = grad.lower(x, k).compile()
+        compile_s = time.perf_counter() - t0
+        return {"fwd_ms": _ms(lambda: fwd(x, k), jax.block_until_ready, args.repeats),
+                "fwd_bwd_ms": _ms(lambda: grad(x, k), jax.block_until_ready, args.repeats),
+                "compile_fwd_bwd_s": compile_s}
+
+    def timed_torch(layer, x) -> dict:
+        layer = layer.to(memory_format=torch.channels_last)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        xg = xt.clone().requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                return layer(xt)
+
+        def fwd_bwd():
+            (layer(xg).pow(2).sum() / 2).backward()
+
+        return {"fwd_ms": _ms(fwd, lambda out: None, args.repeats),
+                "fwd_bwd_ms": _ms(fwd_bwd, lambda out: None, args.repeats)}
+
+    rows = []
+    cases = [(name, n, h, c, f, 4, deconv_xla, conv_forms.subpixel_deconv4x4, "subpixel")
+             for name, n, h, c, f in DECONVS]
+    cases += [(name, n, h, c, f, 5, conv_xla, conv_patches, "patches")
+              for name, n, h, c, f in SMALL]
+    print(f"{'layer':26s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
+    for name, n, h, c, f, ksize, xla_fn, cpu_fn, form in cases:
+        x = rng.standard_normal((n, h, h, c)).astype(np.float32)
+        k = (rng.standard_normal((ksize, ksize, c, f)) * 0.05).astype(np.float32)
+        row = {"layer": name, "shape": [n, h, h, c], "features": f, "cpu_form": form,
+               "xla": timed(xla_fn, jnp.asarray(x), jnp.asarray(k)),
+               form: timed(cpu_fn, jnp.asarray(x), jnp.asarray(k))}
+        if torch is not None:
+            layer = (torch.nn.ConvTranspose2d(c, f, 4, 2, 1) if ksize == 4
+                     else torch.nn.Conv2d(c, f, 5, 2, 2))
+            row["pytorch"] = timed_torch(layer, x)
+        rows.append(row)
+        for col in ("xla", form, "pytorch"):
+            if col in row:
+                r = row[col]
+                print(f"{name:26s} {col:9s} {r['fwd_ms']:9.1f} {r['fwd_bwd_ms']:11.1f} "
+                      f"{r.get('compile_fwd_bwd_s', float('nan')):10.2f}", flush=True)
+    report = {"meta": _harness.run_meta(commit=_harness.git_commit(), jax=jax.__version__,
+                                        torch=getattr(torch, "__version__", None),
+                                        args=vars(args)),
+              "rows": rows}
+    if args.out:
+        _harness.write_json(args.out, report)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
