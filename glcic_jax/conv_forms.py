@@ -12,14 +12,28 @@ layer both ways; docs/cpu_speed.md has the figures):
 
 On the CPU, `deconv4x4` therefore computes a transposed convolution as four interleaved 2x2
 convolutions (its sub-pixel form), and `conv` computes a convolution of <= 64 output pixels per
-image as one matrix product over the input's patches. Both are our own choices for XLA's CPU
-backend (not from the paper or another implementation); `lax.platform_dependent` picks the form
-when the function is lowered, so accelerators keep XLA's own convolutions (cuDNN's) unchanged.
-tests/test_conv_forms.py checks outputs and gradients against XLA's convolutions.
+image as one matrix product over the input's patches.
+
+The 3x3 stride-1 convolutions, most of the networks' arithmetic, run near the CPU's peak in XLA
+and in PyTorch alike, so neither is faster by computing them better; `winograd_conv3x3` computes
+fewer products instead: Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast
+Algorithms for Convolutional Neural Networks", CVPR 2016) needs 36 products per 4x4 output tile
+and input channel where the direct form needs 144. Its weight gradient is the same algorithm's
+adjoint, and XLA's CPU weight gradient is slower still than its forward, so on the CPU every
+3x3 stride-1 float32 convolution with > 64 output pixels trains through it; its forward (and the
+input gradient, the same convolution with the kernel flipped) only where both channel counts are
+at least `WINOGRAD_MIN_CHANNELS`, below which the transforms cost more than the products saved.
+
+All of these are our own choices for XLA's CPU backend (not from the paper or another
+implementation of it); `lax.platform_dependent` picks the form when the function is lowered, so
+accelerators keep XLA's own convolutions (cuDNN's) unchanged. tests/test_conv_forms.py checks
+outputs and gradients against XLA's convolutions within bounds derived from each form's
+arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -32,7 +46,26 @@ from jax import lax
 # (benchmarks/bench_conv_forms.py), so 8x8 is the cut.
 PATCHES_MAX_OUTPUT_PIXELS = 64
 
+# Winograd's forward (and input gradient) where both channel counts are at least this: 256 -> 256
+# runs 1.4-2.6x faster than XLA's convolution, 128 -> 128 about as fast, fewer channels slower
+# (benchmarks/bench_conv_forms.py).
+WINOGRAD_MIN_CHANNELS = 256
+# Gradients by Winograd's algorithm where either channel count is at least this; the narrower
+# layers of the quickstart's 1/8-width networks trained more slowly and compiled more slowly so.
+WINOGRAD_MIN_TRAINED_CHANNELS = 64
+
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+# LLVM's -O1 rather than XLA's default -O2 for the code XLA generates on the CPU: the
+# convolutions and matrix products are library calls either way, and the Winograd transforms'
+# elementwise code compiled in half the time and ran as fast (benchmarks/bench_conv_forms.py).
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def compiler_options() -> dict | None:
+    """Options for `jax.jit(..., compiler_options=...)`: `CPU_COMPILER_OPTIONS` when the default
+    backend is the CPU, None (XLA's defaults) on accelerators."""
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
 def _is_nhwc(dimension_numbers: Any, ndim: int) -> bool:
@@ -100,12 +133,20 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
     kh, kw = kernel.shape[:2]
     ho = (inputs.shape[1] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // strides[0] + 1
     wo = (inputs.shape[2] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-    if ho * wo > PATCHES_MAX_OUTPUT_PIXELS:
-        return xla(inputs, kernel)
-    return lax.platform_dependent(
-        inputs, kernel,
-        cpu=lambda x, k: patches_conv(x, k, strides, pads, dilation, precision),
-        default=xla)
+    if ho * wo <= PATCHES_MAX_OUTPUT_PIXELS:
+        return lax.platform_dependent(
+            inputs, kernel,
+            cpu=lambda x, k: patches_conv(x, k, strides, pads, dilation, precision),
+            default=xla)
+    if (kernel.shape[:2] == (3, 3) and strides == (1, 1) and dilation[0] == dilation[1]
+            and inputs.dtype == kernel.dtype == jnp.float32
+            and max(kernel.shape[2:]) >= WINOGRAD_MIN_TRAINED_CHANNELS
+            and all(0 <= p <= 2 * dilation[0] for side in pads for p in side)
+            and _winograd_tile_use(inputs.shape[1:3], pads, dilation[0]) >= 0.5):
+        return lax.platform_dependent(
+            inputs, kernel,
+            cpu=lambda x, k: winograd_conv3x3(x, k, pads, dilation[0]), default=xla)
+    return xla(inputs, kernel)
 
 
 def subpixel_deconv4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -136,3 +177,202 @@ def deconv4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return lax.platform_dependent(
         x, kernel, cpu=subpixel_deconv4x4,
         default=lambda x, k: lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=NHWC))
+
+
+# Winograd F(4x4, 3x3) with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin and Gray
+# 2016): a 4x4 output tile of a 3x3 convolution is AT [(G g GT) * (BT d B)] A for the 6x6 input
+# tile d, the kernel g and the elementwise product *, summed over input channels.
+WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0],
+                        [0, -4, -4, 1, 1, 0],
+                        [0, 4, -4, -1, 1, 0],
+                        [0, -2, -1, 2, 1, 0],
+                        [0, 2, -1, -2, 1, 0],
+                        [0, 4, 0, -5, 0, 1]], np.float32)
+WINOGRAD_G = np.array([[1 / 4, 0, 0],
+                       [-1 / 6, -1 / 6, -1 / 6],
+                       [-1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6],
+                       [1 / 24, -1 / 12, 1 / 6],
+                       [0, 0, 1]], np.float32)
+WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0],
+                        [0, 1, -1, 2, -2, 0],
+                        [0, 1, 1, 4, 4, 0],
+                        [0, 1, -1, 8, -8, 1]], np.float32)
+WINOGRAD_MATRICES = (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT)
+
+
+def _combine(mat: np.ndarray, xs: Sequence[jax.Array]) -> list[jax.Array]:
+    """`[sum_j mat[i, j] * xs[j] for each row i]`, skipping zero coefficients."""
+    out = []
+    for row in mat:
+        acc = None
+        for c, x in zip(row, xs):
+            if c != 0:
+                term = x if c == 1 else -x if c == -1 else x * np.float32(c)
+                acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def _winograd_tiles(x: jax.Array, th: int, tw: int, bt: np.ndarray) -> jax.Array:
+    """BT d B for the overlapping 6x6 tiles (stride 4) of `x` [n, 4 th + 2, 4 tw + 2, c]:
+    [36, n th tw, c]. Rows then columns, with the rows' result materialised: fused in one pass,
+    XLA's CPU code ran several times slower."""
+    n, c = x.shape[0], x.shape[-1]
+    rows = jnp.stack(_combine(bt, [x[:, i:i + 4 * th:4] for i in range(6)]))
+    rows = lax.optimization_barrier(rows)  # [6, n, th, W, c]
+    v = jnp.stack(_combine(bt, [rows[:, :, :, j:j + 4 * tw:4] for j in range(6)]), axis=1)
+    return v.reshape(36, n * th * tw, c)
+
+
+def _winograd_untile(m: jax.Array, n: int, th: int, tw: int, at: np.ndarray) -> jax.Array:
+    """AT M A for each tile: [36, n th tw, f] -> [n, 4 th, 4 tw, f]."""
+    f = m.shape[-1]
+    m = m.reshape(6, 6, n, th, tw, f)
+    cols = lax.optimization_barrier(
+        jnp.stack(_combine(at, [m[:, v] for v in range(6)]), axis=4))  # [6, n, th, tw, 4, f]
+    y = jnp.stack(_combine(at, [cols[u] for u in range(6)]), axis=2)  # [n, th, 4, tw, 4, f]
+    return y.reshape(n, 4 * th, 4 * tw, f)
+
+
+def _winograd_untile_adjoint(dy: jax.Array, th: int, tw: int, at: np.ndarray) -> jax.Array:
+    """The adjoint of `_winograd_untile`: [n, 4 th, 4 tw, f] -> [36, n th tw, f]."""
+    n, f = dy.shape[0], dy.shape[-1]
+    dy = dy.reshape(n, th, 4, tw, 4, f)
+    rows = lax.optimization_barrier(
+        jnp.stack(_combine(at.T, [dy[:, :, a] for a in range(4)])))  # [6, n, th, tw, 4, f]
+    v = jnp.stack(_combine(at.T, [rows[:, :, :, :, b] for b in range(4)]), axis=1)
+    return v.reshape(36, n * th * tw, f)
+
+
+def _winograd_kernel(k: jax.Array, g: np.ndarray) -> jax.Array:
+    """G k GT for each channel pair: [3, 3, c, f] -> [36, c, f], one product with G (x) G (as
+    fast as the elementwise form and compiled 20x faster)."""
+    return (jnp.asarray(np.kron(g, g)) @ k.reshape(9, -1)).reshape(36, *k.shape[2:])
+
+
+def _winograd_kernel_adjoint(du: jax.Array, g: np.ndarray) -> jax.Array:
+    """The adjoint of `_winograd_kernel`: [36, c, f] -> [3, 3, c, f]."""
+    return (jnp.asarray(np.kron(g, g).T) @ du.reshape(36, -1)).reshape(3, 3, *du.shape[1:])
+
+
+def _tiling(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Output size and tile counts of a VALID 3x3 convolution of an [n, h, w, c] input."""
+    ho, wo = shape[1] - 2, shape[2] - 2
+    return ho, wo, -(-ho // 4), -(-wo // 4)
+
+
+def winograd_valid(x: jax.Array, k: jax.Array) -> jax.Array:
+    """A VALID 3x3 stride-1 NHWC/HWIO convolution by F(4x4, 3x3) with `WINOGRAD_MATRICES`
+    (read when traced: the tests bound the rounding error with their absolute values)."""
+    bt, g, at = WINOGRAD_MATRICES
+    ho, wo, th, tw = _tiling(x.shape)
+    x = jnp.pad(x, ((0, 0), (0, 4 * th + 2 - x.shape[1]), (0, 4 * tw + 2 - x.shape[2]), (0, 0)))
+    m = lax.dot_general(_winograd_tiles(x, th, tw, bt), _winograd_kernel(k, g),
+                        (((2,), (1,)), ((0,), (0,))))
+    return _winograd_untile(m, x.shape[0], th, tw, at)[:, :ho, :wo]
+
+
+def winograd_valid_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
+    """The kernel gradient of `winograd_valid` for the cotangent `dy`: GT [sum over tiles of
+    (BT d B) * (A dy AT)] G, the adjoint of the forward's kernel path."""
+    bt, g, at = WINOGRAD_MATRICES
+    ho, wo, th, tw = _tiling(x.shape)
+    x = jnp.pad(x, ((0, 0), (0, 4 * th + 2 - x.shape[1]), (0, 4 * tw + 2 - x.shape[2]), (0, 0)))
+    dy = jnp.pad(dy, ((0, 0), (0, 4 * th - ho), (0, 4 * tw - wo), (0, 0)))
+    du = lax.dot_general(_winograd_tiles(x, th, tw, bt), _winograd_untile_adjoint(dy, th, tw, at),
+                         (((1,), (1,)), ((0,), (0,))))
+    return _winograd_kernel_adjoint(du, g)
+
+
+def _winograd_tile_use(size: Sequence[int], padding, d: int) -> float:
+    """The fraction of the 4x4 output tiles' pixels that are outputs: below 1 where the (dilated
+    convolution's sub-)images are not multiples of 4, e.g. 1/4 at dilation 16 on 32 x 32."""
+    used = total = 1
+    for n, (lo, hi) in zip(size, padding):
+        sub = -(-(n + lo + hi) // d) - 2  # outputs per sub-image along this axis
+        used, total = used * (n + lo + hi - 2 * d), total * 4 * -(-sub // 4) * d
+    return used / total
+
+
+def _winograd_forward_pays(c_in: int, c_out: int) -> bool:
+    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
+
+
+def _space_to_batch(x: jax.Array, d: int) -> jax.Array:
+    """[n, h, w, c] with h, w multiples of d -> [n d d, h / d, w / d, c]: the d x d interleaved
+    sub-images, on which a convolution dilated by d is an undilated one."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // d, d, w // d, d, c).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(n * d * d, h // d, w // d, c)
+
+
+def _batch_to_space(y: jax.Array, d: int) -> jax.Array:
+    nd, h, w, c = y.shape
+    y = y.reshape(nd // (d * d), d, d, h, w, c).transpose(0, 3, 1, 4, 2, 5)
+    return y.reshape(nd // (d * d), h * d, w * d, c)
+
+
+def _winograd_input(x: jax.Array, padding, d: int) -> jax.Array:
+    """`x` zero-padded, then (dilated) as sub-images, the input of `winograd_valid`. Zero rows
+    and columns added below and right to make the sizes multiples of d change no output."""
+    (pt, pb), (pl, pr) = padding
+    hp, wp = x.shape[1] + pt + pb, x.shape[2] + pl + pr
+    hq, wq = -(-hp // d) * d, -(-wp // d) * d
+    x = jnp.pad(x, ((0, 0), (pt, pb + hq - hp), (pl, pr + wq - wp), (0, 0)))
+    # Materialised: XLA's CPU code ran the tiles several times slower with the padding fused.
+    return _space_to_batch(lax.optimization_barrier(x), d) if d > 1 else \
+        lax.optimization_barrier(x)
+
+
+def _conv3x3_forward(x: jax.Array, k: jax.Array, padding, d: int) -> jax.Array:
+    """The 3x3 stride-1 convolution: Winograd's where it pays, XLA's otherwise (with the
+    padding given to XLA: its CPU convolution of an explicitly padded input ran 3x slower)."""
+    if not _winograd_forward_pays(k.shape[2], k.shape[3]):
+        return lax.conv_general_dilated(x, k, (1, 1), padding, rhs_dilation=(d, d),
+                                        dimension_numbers=NHWC)
+    (pt, pb), (pl, pr) = padding
+    ho, wo = x.shape[1] + pt + pb - 2 * d, x.shape[2] + pl + pr - 2 * d
+    y = winograd_valid(_winograd_input(x, padding, d), k)
+    return (_batch_to_space(y, d) if d > 1 else y)[:, :ho, :wo]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv3x3(x: jax.Array, k: jax.Array, padding, dilation: int) -> jax.Array:
+    """`_conv3x3_forward` whose gradients are Winograd's too where they pay: the input gradient
+    is `_conv3x3` of the cotangent with the flipped kernel, the kernel gradient
+    `winograd_valid_kernel_grad` (far faster than XLA's CPU kernel gradient at every size the
+    networks train at)."""
+    return _conv3x3_forward(x, k, padding, dilation)
+
+
+def _conv3x3_fwd(x, k, padding, dilation):
+    return _conv3x3_forward(x, k, padding, dilation), (x, k)
+
+
+def _conv3x3_bwd(padding, d, residuals, dy):
+    x, k = residuals
+    (pt, pb), (pl, pr) = padding
+    dx = _conv3x3(dy, jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)),
+                  ((2 * d - pt, 2 * d - pb), (2 * d - pl, 2 * d - pr)), d)
+    xs = _winograd_input(x, padding, d)
+    ho, wo = dy.shape[1:3]
+    dys = jnp.pad(dy, ((0, 0), (0, (xs.shape[1] - 2) * d - ho), (0, (xs.shape[2] - 2) * d - wo),
+                       (0, 0)))
+    return dx, winograd_valid_kernel_grad(xs, _space_to_batch(dys, d) if d > 1 else dys)
+
+
+_conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def winograd_conv3x3(x: jax.Array, k: jax.Array, padding: Sequence[tuple[int, int]],
+                     dilation: int = 1) -> jax.Array:
+    """A 3x3 stride-1 NHWC/HWIO convolution with zero `padding` (each side between 0 and
+    2 x `dilation`) and `dilation`, forward and gradients by Winograd's algorithm where it pays
+    (see the module docstring). A dilated convolution is d x d undilated ones on the input's
+    interleaved sub-images (space to batch), which is how its products fall into 4x4 tiles."""
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if not all(0 <= p <= 2 * dilation for side in padding for p in side):
+        raise ValueError(f"winograd_conv3x3 takes paddings of 0 to {2 * dilation} per side, "
+                         f"got {padding}.")
+    return _conv3x3(x, k, padding, int(dilation))

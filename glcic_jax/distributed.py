@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from glcic_jax import conv_forms
+
 DATA = "data"  # the mesh axis the batch is split along
 
 
@@ -70,10 +72,11 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
     each, can be fetched by every process. The wrapped steps keep donating the state.
     """
     rep, batch = replicated(mesh), batch_sharded(mesh)
+    options = conv_forms.compiler_options()
 
     def train_step(fn):
         return jax.jit(fn, in_shardings=(rep, batch), out_shardings=(rep, rep),
-                       donate_argnums=(0,))
+                       donate_argnums=(0,), compiler_options=options)
 
     return steps._replace(
         completion=train_step(steps.completion),
@@ -82,7 +85,8 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
         generator=train_step(steps.generator),
         # The fixed sample batch is small and not necessarily divisible by the device count:
         # replicated in and out (every process can then fetch the grid).
-        evaluate=jax.jit(steps.evaluate, in_shardings=rep, out_shardings=rep),
+        evaluate=jax.jit(steps.evaluate, in_shardings=rep, out_shardings=rep,
+                         compiler_options=options),
     )
 
 

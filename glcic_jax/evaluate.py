@@ -43,7 +43,8 @@ import time
 import jax
 import numpy as np
 
-from glcic_jax import config_lib, errors, inference, input_pipeline, leftovers, masks, postprocess
+from glcic_jax import (config_lib, conv_forms, errors, inference, input_pipeline, leftovers, masks,
+                       postprocess)
 from glcic_jax.inference import generator_variables, quantize_uint8
 
 PSNR_CAP = 100.0  # dB reported for identical images (MMagic reports inf)
@@ -249,7 +250,8 @@ class TrainingEval:
             rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             self._complete = jax.jit(
                 functools.partial(inference.complete_images, nets.generator, input_norm=norm),
-                in_shardings=rep, out_shardings=rep)
+                in_shardings=rep, out_shardings=rep,
+                compiler_options=conv_forms.compiler_options())
 
     def completions(self, state) -> np.ndarray:
         """uint8 completions of the held-out images by the current state."""

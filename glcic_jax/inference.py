@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glcic_jax import errors, masks, models
+from glcic_jax import conv_forms, errors, masks, models
 
 
 class LoadError(errors.WorkdirError):
@@ -81,7 +81,8 @@ def compiled_completion() -> Callable:
     flax modules hash and compare by their fields, so every caller with the same architecture
     shares the compilations for an input shape.
     """
-    return jax.jit(complete_images, static_argnums=(0, 5))
+    return jax.jit(complete_images, static_argnums=(0, 5),
+                   compiler_options=conv_forms.compiler_options())
 
 
 def completion_fn(generator, input_norm: str = "mean_fill") -> Callable:

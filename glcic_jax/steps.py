@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, inference, losses, masks, models
+from glcic_jax import config_lib, conv_forms, inference, losses, masks, models
 from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
@@ -403,10 +403,11 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
     """Build the jit-compiled steps for a config. `donate=True` reuses the state's buffers."""
     settings = StepSettings.from_config(config)
     donate_args = (0,) if donate else ()
+    options = conv_forms.compiler_options()
 
     def jit_step(fn):
         return jax.jit(functools.partial(fn, nets, settings, perceptual_fn),
-                       donate_argnums=donate_args)
+                       donate_argnums=donate_args, compiler_options=options)
 
     return Steps(
         completion=jit_step(_completion_step),
@@ -414,8 +415,9 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
         joint=jit_step(_joint_step),
         generator=jit_step(_generator_step),
         complete=jax.jit(functools.partial(inference.complete_images, nets.generator,
-                                           input_norm=settings.input_norm)),
-        evaluate=jax.jit(functools.partial(_evaluate, nets, settings)),
+                                           input_norm=settings.input_norm),
+                         compiler_options=options),
+        evaluate=jax.jit(functools.partial(_evaluate, nets, settings), compiler_options=options),
     )
 
 

@@ -4,6 +4,10 @@ gradients within float32 rounding, chosen on the CPU only.
 Rounding bounds: both forms sum the same products in another order, so each result differs from
 the exact sum by at most (number of terms) x eps x (the sum of the terms' magnitudes), which XLA's
 own convolution computes when it is given the absolute values (standard summation error bound).
+Winograd's form computes other products (of transformed tiles and kernels); the same bound holds
+with the magnitudes of its own terms, which the form computes itself when it is given the
+absolute values of its inputs and of its transform matrices, and with the number of terms along
+its longest chain of sums (the transforms' and the channels').
 The whole converted network is also checked against an independent numpy forward pass of the
 Torch7 layers in tests/test_convert.py.
 """
@@ -28,11 +32,15 @@ def _rand(rng, shape, scale=1.0):
     return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
 
 
-def _check_close(ours, ref, magnitude, terms):
+def _excess(ours, ref, magnitude, terms) -> np.ndarray:
     ours, ref, magnitude = (np.asarray(a, np.float64) for a in (ours, ref, magnitude))
     assert ours.shape == ref.shape
     bound = 2 * terms * EPS * magnitude + 1e-30  # both sides round: twice the one-sided bound
-    excess = np.abs(ours - ref) - bound
+    return np.abs(ours - ref) - bound
+
+
+def _check_close(ours, ref, magnitude, terms):
+    excess = _excess(ours, ref, magnitude, terms)
     assert np.all(excess <= 0), float(excess.max())
 
 
@@ -177,3 +185,89 @@ def test_cpu_training_step_avoids_xlas_slow_convolutions():
                 tiny.append(line)
     assert any("/local/PaddedConv_0/" in c for c in convs), "D's layers were not found"
     assert not tiny, tiny
+
+
+# ----------------------------------------------------------------------------------------------
+# Winograd's F(4x4, 3x3)
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Winograd's form for every channel count (the networks use it for wide layers only)."""
+    monkeypatch.setattr(conv_forms, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_forms, "WINOGRAD_MIN_TRAINED_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("shape, features, padding, dilation", [
+    ((2, 16, 16, 5), 6, ((1, 1), (1, 1)), 1),  # whole tiles
+    ((1, 13, 10, 4), 3, ((1, 1), (1, 1)), 1),  # partial tiles
+    ((2, 12, 11, 3), 4, ((0, 0), (0, 0)), 1),  # VALID (reflect padding pads first)
+    ((1, 11, 9, 4), 5, ((0, 2), (1, 0)), 1),  # asymmetric
+    ((2, 17, 14, 3), 4, ((2, 2), (2, 2)), 2),  # dilated, sizes not multiples of 2
+    ((1, 20, 23, 2), 3, ((3, 1), (0, 6)), 3),
+])
+def test_winograd_conv_equals_xla_conv_with_gradients(monkeypatch, winograd_everywhere, shape,
+                                                      features, padding, dilation):
+    rng = np.random.default_rng(4)
+    x, k = _rand(rng, shape), _rand(rng, (3, 3, shape[-1], features), 0.3)
+    ours = lambda x, k: conv_forms.winograd_conv3x3(x, k, padding, dilation)  # noqa: E731
+    ref = _lax_conv((1, 1), padding, (dilation, dilation))
+    y, vjp = jax.vjp(ours, x, k)
+    y_ref, vjp_ref = jax.vjp(ref, x, k)
+    dy = _rand(rng, y.shape)
+    (dx, dk), (dx_ref, dk_ref) = vjp(dy), vjp_ref(dy)
+    # Magnitudes of Winograd's own terms: the same form on absolute values and matrices.
+    monkeypatch.setattr(conv_forms, "WINOGRAD_MATRICES",
+                        tuple(np.abs(m) for m in conv_forms.WINOGRAD_MATRICES))
+    mag_y, vjp_abs = jax.vjp(ours, jnp.abs(x), jnp.abs(k))
+    mag_dx, mag_dk = vjp_abs(jnp.abs(dy))
+    n, h, w, c = shape
+    # Longest chains: the input and output transforms (<= 4 + 4 and 5 + 5 terms), the kernel's
+    # (9), the channels, and XLA's own 9 x channels; the kernel gradient sums every tile of the
+    # padded batch, at most its pixels, where XLA sums every output pixel.
+    chain = 40
+    padded = n * (h + 4 * dilation + 4) * (w + 4 * dilation + 4)
+    _check_close(y, y_ref, mag_y, chain + 10 * c)
+    _check_close(dx, dx_ref, mag_dx, chain + 10 * features)
+    _check_close(dk, dk_ref, mag_dk, chain + padded + n * y.shape[1] * y.shape[2])
+    # Not vacuous: the same check fails for a kernel off by one tap (flipped), a real bug.
+    assert np.any(_excess(ref(x, k[::-1]), y_ref, mag_y, chain + 10 * c) > 0)
+
+
+def test_winograd_rejects_paddings_it_does_not_compute():
+    x, k = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="paddings of 0 to 2"):
+        conv_forms.winograd_conv3x3(x, k, ((3, 3), (1, 1)), 1)
+
+
+def test_conv_uses_winograd_on_cpu_for_wide_3x3_layers_only():
+    """Forward: Winograd's products ([36, tiles, C] x [36, C, F]) where both channel counts are
+    >= WINOGRAD_MIN_CHANNELS, XLA's convolution below; on a GPU always XLA's convolution."""
+    rng = np.random.default_rng(5)
+    conv = lambda x, k: conv_forms.conv(x, k, (1, 1), ((2, 2), (2, 2)),  # noqa: E731
+                                        rhs_dilation=(2, 2), dimension_numbers=conv_forms.NHWC)
+    wide = conv_forms.WINOGRAD_MIN_CHANNELS
+    x, k = _rand(rng, (1, 16, 16, wide)), _rand(rng, (3, 3, wide, wide), 0.05)
+    hlo = _cpu_hlo(conv, x, k)
+    assert " convolution(" not in hlo and "f32[36," in hlo
+    narrow = _rand(rng, (3, 3, wide, wide // 2), 0.05)
+    assert " convolution(" in _cpu_hlo(conv, x, narrow)
+    gpu = _stablehlo_for("cuda", conv, x, k)
+    assert "stablehlo.convolution" in gpu and "36x" not in gpu
+
+
+def test_cpu_training_computes_wide_kernel_gradients_by_winograd():
+    """XLA's CPU kernel gradient of a 3x3 convolution (a convolution whose output is the
+    [C, 3, 3, F] kernel) ran 1.2-8x slower than Winograd's; layers with >= 64 channels train
+    through Winograd's kernel gradient instead (benchmarks/bench_conv_forms.py). Stride-1
+    undilated layers here: a dilated layer whose sub-images are smaller than the tiles keeps
+    XLA's."""
+    hlo = _training_step_hlo(width=0.25, size=48)  # 16 to 64 channels, 12 x 12 in the middle
+    grads = [line for line in hlo.splitlines() if " convolution(" in line
+             and re.search(r"= f32\[(\d+,3,3,\d+|3,3,\d+,\d+)\]", line)]
+    assert grads, "no XLA kernel gradient at all: the check would be vacuous"
+    # A stride-2 layer's kernel gradient has rhs_dilate, a dilated one's a stride.
+    wide = [g for g in grads if "stride=" not in g and "rhs_dilate" not in g and max(
+        int(n) for n in re.search(r"= f32\[([\d,]+)\]", g).group(1).split(",")) >= 64]
+    assert not wide, wide
+    assert "f32[36," in hlo
