@@ -12,6 +12,10 @@ Ds' last layers at batch 16 too):
 * `small`: the discriminators' 5x5 stride-2 convolutions with <= 8x8 outputs, `lax`'s
   convolution against `conv_forms.patches_conv` (PyTorch: `Conv2d(c, f, 5, 2, 2)`), plus the
   time to compile each form's forward + backward.
+* `3x3`: the completion network's 3x3 stride-1 layers (dilated or not), `lax`'s convolution
+  against `conv_forms.conv` as the networks call it on the CPU (Winograd's forward for >= 256
+  channels, Winograd's gradients for >= 64; PyTorch: `Conv2d(c, f, 3, 1, d, d)`): at the
+  256 px inference's shapes (batch 1, 64 x 64) and the 128 px training's (batch 4).
 
 Forward + backward is the gradient of sum(y^2) / 2 with respect to the input and the kernel.
 Each row: milliseconds per call (median of --repeats), PyTorch in channels_last.
@@ -29,6 +33,12 @@ import numpy as np
 DECONVS = (("deconv 1", 4, 32, 256, 128), ("deconv 2", 4, 64, 128, 64))
 SMALL = (("D 8x8 -> 4x4", 4, 8, 512, 512), ("D 4x4 -> 2x2", 4, 4, 512, 512),
          ("D 8x8 -> 4x4, batch 16", 16, 8, 512, 512), ("D 16x16 -> 8x8", 4, 16, 256, 512))
+# (name, N, H, C_in, C_out, dilation)
+THREE = (("3x3 256, 64 px", 1, 64, 256, 256, 1), ("3x3 256 dil 8, 64 px", 1, 64, 256, 256, 8),
+         ("3x3 256, 32 px, batch 4", 4, 32, 256, 256, 1),
+         ("3x3 256 dil 4, 32 px, batch 4", 4, 32, 256, 256, 4),
+         ("3x3 128, 64 px, batch 4", 4, 64, 128, 128, 1),
+         ("3x3 64 -> 32, 128 px, batch 4", 4, 128, 64, 32, 1))
 
 
 def parse_args(argv=None):
@@ -68,6 +78,11 @@ def main(argv=None) -> None:
     def conv_patches(x, k):
         return conv_forms.patches_conv(x, k, (2, 2), ((2, 2), (2, 2)), (1, 1))
 
+    def three(d, cpu_form):
+        call = conv_forms.conv if cpu_form else lax.conv_general_dilated
+        return lambda x, k: call(x, k, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
+                                 dimension_numbers=conv_forms.NHWC)
+
     def timed(fn, x, k) -> dict:
         fwd = jax.jit(fn)
         grad = jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) ** 2) / 2, argnums=(0, 1)))
@@ -94,26 +109,30 @@ def main(argv=None) -> None:
                 "fwd_bwd_ms": _ms(fwd_bwd, lambda out: None, args.repeats)}
 
     rows = []
-    cases = [(name, n, h, c, f, 4, deconv_xla, conv_forms.subpixel_deconv4x4, "subpixel")
+    cases = [(name, n, h, c, f, 4, deconv_xla, conv_forms.subpixel_deconv4x4, "subpixel", 1)
              for name, n, h, c, f in DECONVS]
-    cases += [(name, n, h, c, f, 5, conv_xla, conv_patches, "patches")
+    cases += [(name, n, h, c, f, 5, conv_xla, conv_patches, "patches", 1)
               for name, n, h, c, f in SMALL]
-    print(f"{'layer':26s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
-    for name, n, h, c, f, ksize, xla_fn, cpu_fn, form in cases:
+    cases += [(name, n, h, c, f, 3, three(d, False), three(d, True), "winograd", d)
+              for name, n, h, c, f, d in THREE]
+    print(f"{'layer':30s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
+    for name, n, h, c, f, ksize, xla_fn, cpu_fn, form, d in cases:
         x = rng.standard_normal((n, h, h, c)).astype(np.float32)
         k = (rng.standard_normal((ksize, ksize, c, f)) * 0.05).astype(np.float32)
-        row = {"layer": name, "shape": [n, h, h, c], "features": f, "cpu_form": form,
+        row = {"layer": name, "shape": [n, h, h, c], "features": f, "dilation": d,
+               "cpu_form": form,
                "xla": timed(xla_fn, jnp.asarray(x), jnp.asarray(k)),
                form: timed(cpu_fn, jnp.asarray(x), jnp.asarray(k))}
         if torch is not None:
             layer = (torch.nn.ConvTranspose2d(c, f, 4, 2, 1) if ksize == 4
-                     else torch.nn.Conv2d(c, f, 5, 2, 2))
+                     else torch.nn.Conv2d(c, f, 5, 2, 2) if ksize == 5
+                     else torch.nn.Conv2d(c, f, 3, 1, d, d))
             row["pytorch"] = timed_torch(layer, x)
         rows.append(row)
         for col in ("xla", form, "pytorch"):
             if col in row:
                 r = row[col]
-                print(f"{name:26s} {col:9s} {r['fwd_ms']:9.1f} {r['fwd_bwd_ms']:11.1f} "
+                print(f"{name:30s} {col:9s} {r['fwd_ms']:9.1f} {r['fwd_bwd_ms']:11.1f} "
                       f"{r.get('compile_fwd_bwd_s', float('nan')):10.2f}", flush=True)
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(), jax=jax.__version__,
                                         torch=getattr(torch, "__version__", None),

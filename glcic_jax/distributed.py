@@ -75,8 +75,10 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
     options = conv_forms.compiler_options()
 
     def train_step(fn):
-        return jax.jit(fn, in_shardings=(rep, batch), out_shardings=(rep, rep),
-                       donate_argnums=(0,), compiler_options=options)
+        # The step's own function (`make_steps` jits it): compiler options go on the outermost
+        # jit only.
+        return jax.jit(getattr(fn, "__wrapped__", fn), in_shardings=(rep, batch),
+                       out_shardings=(rep, rep), donate_argnums=(0,), compiler_options=options)
 
     return steps._replace(
         completion=train_step(steps.completion),
@@ -85,8 +87,8 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
         generator=train_step(steps.generator),
         # The fixed sample batch is small and not necessarily divisible by the device count:
         # replicated in and out (every process can then fetch the grid).
-        evaluate=jax.jit(steps.evaluate, in_shardings=rep, out_shardings=rep,
-                         compiler_options=options),
+        evaluate=jax.jit(getattr(steps.evaluate, "__wrapped__", steps.evaluate),
+                         in_shardings=rep, out_shardings=rep, compiler_options=options),
     )
 
 
