@@ -22,8 +22,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from glcic_jax import conv_forms
-
 DATA = "data"  # the mesh axis the batch is split along
 
 
@@ -72,7 +70,7 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
     each, can be fetched by every process. The wrapped steps keep donating the state.
     """
     rep, batch = replicated(mesh), batch_sharded(mesh)
-    options = conv_forms.compiler_options()
+    options = steps.compiler_options
 
     def train_step(fn):
         # The step's own function (`make_steps` jits it): compiler options go on the outermost

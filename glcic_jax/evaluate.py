@@ -43,7 +43,7 @@ import time
 import jax
 import numpy as np
 
-from glcic_jax import (config_lib, conv_forms, errors, inference, input_pipeline, leftovers, masks,
+from glcic_jax import (config_lib, errors, inference, input_pipeline, leftovers, masks, models,
                        postprocess)
 from glcic_jax.inference import generator_variables, quantize_uint8
 
@@ -251,7 +251,7 @@ class TrainingEval:
             self._complete = jax.jit(
                 functools.partial(inference.complete_images, nets.generator, input_norm=norm),
                 in_shardings=rep, out_shardings=rep,
-                compiler_options=conv_forms.compiler_options())
+                compiler_options=models.compiler_options(float(config.model.width)))
 
     def completions(self, state) -> np.ndarray:
         """uint8 completions of the held-out images by the current state."""

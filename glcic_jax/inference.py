@@ -74,20 +74,26 @@ def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
     return models.blend_into_hole(images, out, mask)
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_completion() -> Callable:
-    """`complete_images` jitted with the module and the normalisation as static arguments.
+def compiled_completion(generator=None) -> Callable:
+    """`complete_images` jitted with the module and the normalisation as static arguments, with
+    the compiler options for `generator`'s width (`models.compiler_options`; None: full width).
 
     flax modules hash and compare by their fields, so every caller with the same architecture
     shares the compilations for an input shape.
     """
+    return _compiled_completion(models.compiler_options(float(getattr(generator, "width", 1.0)))
+                                is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_completion(with_cpu_options: bool) -> Callable:
     return jax.jit(complete_images, static_argnums=(0, 5),
-                   compiler_options=conv_forms.compiler_options())
+                   compiler_options=conv_forms.compiler_options() if with_cpu_options else None)
 
 
 def completion_fn(generator, input_norm: str = "mean_fill") -> Callable:
     """Jitted `(g_vars, images, mask, mean_pixel) -> completed` for this generator."""
-    compiled = compiled_completion()
+    compiled = compiled_completion(generator)
     return lambda g_vars, images, mask, mean_pixel: compiled(
         generator, g_vars, images, mask, mean_pixel, input_norm)
 
@@ -349,7 +355,8 @@ def load(path: str, step: int | None = None,
             f32 = np.dtype(np.float32)
             for b, h, w in shapes:
                 try:
-                    ahead[((b, h, w, 3), "uint8", (b, h, w, 1))] = compiled_completion().lower(
+                    ahead[((b, h, w, 3), "uint8", (b, h, w, 1))] = compiled_completion(
+                        generator).lower(
                         generator, abstract_variables, jax.ShapeDtypeStruct((b, h, w, 3), np.uint8),
                         jax.ShapeDtypeStruct((b, h, w, 1), f32), jax.ShapeDtypeStruct((3,), f32),
                         norm).compile()

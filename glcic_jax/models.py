@@ -344,6 +344,16 @@ class ContextDiscriminator(nn.Module):
         return logit.astype(jnp.float32)  # [B, 1]
 
 
+def compiler_options(width: float) -> dict | None:
+    """`jax.jit` compiler options for networks of this `model.width`: on the CPU, those of
+    `conv_forms.compiler_options` where the widest 3x3 layers (256 x width channels) compute by
+    Winograd's form, whose transforms they are for; None (XLA's defaults) for narrower networks,
+    such as the quickstart's, which then compute exactly as they always have."""
+    if scaled(256, width) >= conv_forms.WINOGRAD_MIN_TRAINED_CHANNELS:
+        return conv_forms.compiler_options()
+    return None
+
+
 def make_generator(model_cfg) -> nn.Module:
     """The generator a config asks for: the GLCIC network, or the two-stage variant."""
     dtype = jnp.dtype(model_cfg.dtype)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glcic_jax import config_lib, conv_forms, inference, losses, masks, models
+from glcic_jax import config_lib, inference, losses, masks, models
 from glcic_jax.inference import to_float_images  # noqa: F401  (re-exported: steps' inputs)
 from glcic_jax.state import GANState, ModelState, Networks
 
@@ -88,6 +88,7 @@ class Steps(NamedTuple):
     generator: Callable  # phase 3 generator-only update (ratio schedules)
     complete: Callable  # inference: (g_vars, images, mask, mean_pixel) -> completed images
     evaluate: Callable  # (state, images, mask, local corners) -> dict for sample grids
+    compiler_options: dict | None = None  # the steps' jit options (models.compiler_options)
 
 
 def _variables(ms: ModelState, params=None) -> dict:
@@ -403,7 +404,7 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
     """Build the jit-compiled steps for a config. `donate=True` reuses the state's buffers."""
     settings = StepSettings.from_config(config)
     donate_args = (0,) if donate else ()
-    options = conv_forms.compiler_options()
+    options = models.compiler_options(float(config.model.width))
 
     def jit_step(fn):
         return jax.jit(functools.partial(fn, nets, settings, perceptual_fn),
@@ -418,6 +419,7 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
                                            input_norm=settings.input_norm),
                          compiler_options=options),
         evaluate=jax.jit(functools.partial(_evaluate, nets, settings), compiler_options=options),
+        compiler_options=options,
     )
 
 

@@ -271,3 +271,16 @@ def test_cpu_training_computes_wide_kernel_gradients_by_winograd():
         int(n) for n in re.search(r"= f32\[([\d,]+)\]", g).group(1).split(",")) >= 64]
     assert not wide, wide
     assert "f32[36," in hlo
+
+
+def test_only_networks_with_winograd_layers_compile_with_the_cpu_options():
+    """The quickstart's 1/8-width networks have no layer wide enough for Winograd's form and
+    keep XLA's default compiler options (and so their exact results); full width gets the CPU
+    options, on the CPU only."""
+    assert models.compiler_options(0.125) is None
+    assert models.compiler_options(1.0) == conv_forms.CPU_COMPILER_OPTIONS
+    assert models.compiler_options(0.25) == conv_forms.CPU_COMPILER_OPTIONS  # 64 channels
+    config = config_lib.base_config()
+    config.model.width = 0.125
+    nets = state_lib.create_networks(config)
+    assert steps_lib.make_steps(config, nets).compiler_options is None

@@ -79,7 +79,7 @@ def test_shapes_compiled_while_loading_give_the_jitted_results(workdir):
     plain = inference.load(workdir)
     assert plain.precompiled == {}
     photo, mask = _photo_batch(2, 32, 40)
-    jitted = inference.compiled_completion()
+    jitted = inference.compiled_completion(ahead.generator)
     before = jitted._cache_size()
     out = np.asarray(ahead.fn(ahead.variables, photo, mask, ahead.mean_pixel))
     assert jitted._cache_size() == before  # the executable compiled ahead ran

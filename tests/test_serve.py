@@ -283,7 +283,7 @@ def test_page_info_health_and_openapi_are_served(server):
     assert status == 200 and b"openapi.json" in docs
 
 
-def test_completion_is_exact_outside_the_hole_and_compiles_once_per_shape(server):
+def test_completion_is_exact_outside_the_hole_and_compiles_once_per_shape(server, workdir):
     image, hole = photo(30, 40), box_hole(30, 40, 8, 10, 12)
     status, headers, data = post_files(server, png(image), png(hole.astype(np.uint8) * 255))
     assert status == 200 and headers["Content-Type"] == "image/png", data[:300]
@@ -291,11 +291,12 @@ def test_completion_is_exact_outside_the_hole_and_compiles_once_per_shape(server
     assert_completed(data, image, hole)
 
     # Another photo of the same size: no new compilation of the network.
-    compiled = inference.compiled_completion()._cache_size()
+    jitted = inference.compiled_completion(inference.load(workdir).generator)
+    compiled = jitted._cache_size()
     image2, hole2 = photo(30, 40, seed=1), box_hole(30, 40, 10, 20, 15)
     status, headers, data = post_files(server, png(image2), png(hole2.astype(np.uint8) * 255))
     assert status == 200 and headers["X-Compiled"] == "0" and headers["X-Network-Size"] == "40x32"
-    assert inference.compiled_completion()._cache_size() == compiled
+    assert jitted._cache_size() == compiled
     assert_completed(data, image2, hole2)
 
 
