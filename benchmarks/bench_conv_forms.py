@@ -18,6 +18,7 @@ Ds' last layers at batch 16 too):
   256 px inference's shapes (batch 1, 64 x 64) and the 128 px training's (batch 4).
 
 Forward + backward is the gradient of sum(y^2) / 2 with respect to the input and the kernel.
+Compiled with `conv_forms.compiler_options()`, as the full-width networks are on a CPU.
 Each row: milliseconds per call (median of --repeats), PyTorch in channels_last.
 """
 
@@ -83,9 +84,12 @@ def main(argv=None) -> None:
         return lambda x, k: call(x, k, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
                                  dimension_numbers=conv_forms.NHWC)
 
+    options = conv_forms.compiler_options()  # as the full-width networks are compiled
+
     def timed(fn, x, k) -> dict:
-        fwd = jax.jit(fn)
-        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) ** 2) / 2, argnums=(0, 1)))
+        fwd = jax.jit(fn, compiler_options=options)
+        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) ** 2) / 2, argnums=(0, 1)),
+                       compiler_options=options)
         t0 = time.perf_counter()
         grad = grad.lower(x, k).compile()
         compile_s = time.perf_counter() - t0
