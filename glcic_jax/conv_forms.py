@@ -19,10 +19,13 @@ and in PyTorch alike, so neither is faster by computing them better; `winograd_c
 fewer products instead: Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast
 Algorithms for Convolutional Neural Networks", CVPR 2016) needs 36 products per 4x4 output tile
 and input channel where the direct form needs 144. Its weight gradient is the same algorithm's
-adjoint, and XLA's CPU weight gradient is slower still than its forward, so on the CPU every
-3x3 stride-1 float32 convolution with > 64 output pixels trains through it; its forward (and the
+adjoint, and XLA's CPU weight gradient is slower still than its forward, so on the CPU the 3x3
+stride-1 float32 convolutions with > 64 output pixels and at least
+`WINOGRAD_MIN_TRAINED_CHANNELS` channels on one side train through it; its forward (and the
 input gradient, the same convolution with the kernel flipped) only where both channel counts are
 at least `WINOGRAD_MIN_CHANNELS`, below which the transforms cost more than the products saved.
+A dilated layer whose sub-images would leave most of each 4x4 tile empty (dilation 16 on a
+32 x 32 input) keeps XLA's convolution.
 
 All of these are our own choices for XLA's CPU backend (not from the paper or another
 implementation of it); `lax.platform_dependent` picks the form when the function is lowered, so
@@ -47,8 +50,8 @@ from jax import lax
 PATCHES_MAX_OUTPUT_PIXELS = 64
 
 # Winograd's forward (and input gradient) where both channel counts are at least this: 256 -> 256
-# runs 1.4-2.6x faster than XLA's convolution, 128 -> 128 about as fast, fewer channels slower
-# (benchmarks/bench_conv_forms.py).
+# runs 2.1-2.7x faster than XLA's convolution at the networks' sizes, 128 -> 128 about as fast,
+# fewer channels slower (benchmarks/bench_conv_forms.py).
 WINOGRAD_MIN_CHANNELS = 256
 # Gradients by Winograd's algorithm where either channel count is at least this; the narrower
 # layers of the quickstart's 1/8-width networks trained more slowly and compiled more slowly so.
@@ -58,7 +61,8 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 # LLVM's -O1 rather than XLA's default -O2 for the code XLA generates on the CPU: the
 # convolutions and matrix products are library calls either way, and the Winograd transforms'
-# elementwise code compiled in half the time and ran as fast (benchmarks/bench_conv_forms.py).
+# elementwise code compiled in half the time and ran as fast (docs/cpu_speed.md). Used for the
+# networks with Winograd layers only (`models.compiler_options`).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
@@ -108,8 +112,9 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
          feature_group_count: int = 1, precision: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` (same signature: flax's `nn.Conv(conv_general_dilated=...)`
-    calls it), computed by `patches_conv` on the CPU when the output is small (see the module
-    docstring). Anything else, and every other platform, is `lax.conv_general_dilated` itself."""
+    calls it), computed on the CPU by `patches_conv` when the output is small and by
+    `winograd_conv3x3` for wide 3x3 stride-1 layers (see the module docstring). Anything else,
+    and every other platform, is `lax.conv_general_dilated` itself."""
 
     def xla(x, k):
         return lax.conv_general_dilated(
