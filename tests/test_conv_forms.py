@@ -284,3 +284,31 @@ def test_only_networks_with_winograd_layers_compile_with_the_cpu_options():
     config.model.width = 0.125
     nets = state_lib.create_networks(config)
     assert steps_lib.make_steps(config, nets).compiler_options is None
+
+
+@pytest.mark.parametrize("kernel, dilation", [((3, 3, 4, 5), (1, 1)), ((5, 5, 3, 2), (1, 1)),
+                                              ((3, 3, 2, 3), (3, 3))])
+def test_valid_convolution_as_a_padded_one_equals_xla_valid_with_gradients(kernel, dilation):
+    rng = np.random.default_rng(6)
+    x, k = _rand(rng, (2, 13, 11, kernel[2])), _rand(rng, kernel, 0.3)
+    y = _lax_conv((1, 1), "VALID", dilation)(x, k)
+    _compare_with_grads(lambda x, k: conv_forms.valid_as_padded(x, k, dilation),
+                        _lax_conv((1, 1), "VALID", dilation), x, k,
+                        terms_out=kernel[0] * kernel[1] * kernel[2],
+                        terms_dx=kernel[0] * kernel[1] * kernel[3],
+                        terms_dk=2 * (y.shape[1] + 2) * (y.shape[2] + 2))
+
+
+def test_wide_valid_convolutions_get_one_pixel_of_padding_on_cpu():
+    """XLA's CPU convolution of a wide layer ran about 3x slower without padding (the
+    reflect-padding configs pad the input themselves); narrow layers and GPUs are unchanged."""
+    rng = np.random.default_rng(7)
+    conv = lambda x, k: conv_forms.conv(x, k, (1, 1), "VALID",  # noqa: E731
+                                        dimension_numbers=conv_forms.NHWC)
+    x, k = _rand(rng, (1, 20, 20, 64)), _rand(rng, (5, 5, 64, 8), 0.05)
+    assert "pad=1_1x1_1" in _cpu_hlo(conv, x, k)
+    gpu = [line for line in _stablehlo_for("cuda", conv, x, k).splitlines()
+           if "stablehlo.convolution" in line]
+    assert len(gpu) == 1 and "-> tensor<1x16x16x8xf32>" in gpu[0], gpu  # VALID itself
+    narrow_x, narrow_k = _rand(rng, (1, 20, 20, 8)), _rand(rng, (5, 5, 8, 8), 0.05)
+    assert "pad=1_1x1_1" not in _cpu_hlo(conv, narrow_x, narrow_k)
