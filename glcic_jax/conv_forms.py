@@ -275,18 +275,20 @@ def _winograd_kernel_adjoint(du: jax.Array, g: np.ndarray) -> jax.Array:
     return (jnp.asarray(np.kron(g, g).T) @ du.reshape(36, -1)).reshape(3, 3, *du.shape[1:])
 
 
-def _tiling(shape: Sequence[int]) -> tuple[int, int, int, int]:
-    """Output size and tile counts of a VALID 3x3 convolution of an [n, h, w, c] input."""
-    ho, wo = shape[1] - 2, shape[2] - 2
-    return ho, wo, -(-ho // 4), -(-wo // 4)
+def _tiling(x: jax.Array) -> tuple[jax.Array, int, int, int, int]:
+    """A VALID 3x3 convolution's [n, h, w, c] input zero-padded below and right to whole tiles,
+    its output size and its tile counts."""
+    ho, wo = x.shape[1] - 2, x.shape[2] - 2
+    th, tw = -(-ho // 4), -(-wo // 4)
+    x = jnp.pad(x, ((0, 0), (0, 4 * th + 2 - x.shape[1]), (0, 4 * tw + 2 - x.shape[2]), (0, 0)))
+    return x, ho, wo, th, tw
 
 
 def winograd_valid(x: jax.Array, k: jax.Array) -> jax.Array:
     """A VALID 3x3 stride-1 NHWC/HWIO convolution by F(4x4, 3x3) with `WINOGRAD_MATRICES`
     (read when traced: the tests bound the rounding error with their absolute values)."""
     bt, g, at = WINOGRAD_MATRICES
-    ho, wo, th, tw = _tiling(x.shape)
-    x = jnp.pad(x, ((0, 0), (0, 4 * th + 2 - x.shape[1]), (0, 4 * tw + 2 - x.shape[2]), (0, 0)))
+    x, ho, wo, th, tw = _tiling(x)
     m = lax.dot_general(_winograd_tiles(x, th, tw, bt), _winograd_kernel(k, g),
                         (((2,), (1,)), ((0,), (0,))))
     return _winograd_untile(m, x.shape[0], th, tw, at)[:, :ho, :wo]
@@ -296,8 +298,7 @@ def winograd_valid_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
     """The kernel gradient of `winograd_valid` for the cotangent `dy`: GT [sum over tiles of
     (BT d B) * (A dy AT)] G, the adjoint of the forward's kernel path."""
     bt, g, at = WINOGRAD_MATRICES
-    ho, wo, th, tw = _tiling(x.shape)
-    x = jnp.pad(x, ((0, 0), (0, 4 * th + 2 - x.shape[1]), (0, 4 * tw + 2 - x.shape[2]), (0, 0)))
+    x, ho, wo, th, tw = _tiling(x)
     dy = jnp.pad(dy, ((0, 0), (0, 4 * th - ho), (0, 4 * tw - wo), (0, 0)))
     du = lax.dot_general(_winograd_tiles(x, th, tw, bt), _winograd_untile_adjoint(dy, th, tw, at),
                          (((1,), (1,)), ((0,), (0,))))

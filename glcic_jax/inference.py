@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glcic_jax import conv_forms, errors, masks, models
+from glcic_jax import errors, masks, models
 
 
 class LoadError(errors.WorkdirError):
@@ -81,14 +81,14 @@ def compiled_completion(generator=None) -> Callable:
     flax modules hash and compare by their fields, so every caller with the same architecture
     shares the compilations for an input shape.
     """
-    return _compiled_completion(models.compiler_options(float(getattr(generator, "width", 1.0)))
-                                is not None)
+    options = models.compiler_options(float(getattr(generator, "width", 1.0)))
+    return _compiled_completion(tuple(sorted(options.items())) if options else ())
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_completion(with_cpu_options: bool) -> Callable:
+def _compiled_completion(options: tuple) -> Callable:
     return jax.jit(complete_images, static_argnums=(0, 5),
-                   compiler_options=conv_forms.compiler_options() if with_cpu_options else None)
+                   compiler_options=dict(options) or None)
 
 
 def completion_fn(generator, input_norm: str = "mean_fill") -> Callable:
