@@ -64,12 +64,36 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 # elementwise code compiled in half the time and ran as fast (docs/cpu_speed.md). Used for the
 # networks with Winograd layers only (`models.compiler_options`).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+# Added for inference, which is compiled once and run a few times (a cold `complete` compiles
+# its network for one photo): XLA's older fusion emitters compile the full-width 512 px completion
+# in 0.6 s instead of 1.2 s, its forward 3-5 % slower, the same outputs bit for bit
+# (docs/cpu_speed.md). Not for training steps, which compiled slower and ran slower with them.
+CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def compiler_options() -> dict | None:
-    """Options for `jax.jit(..., compiler_options=...)`: `CPU_COMPILER_OPTIONS` when the default
+def compiler_options(inference: bool = False) -> dict | None:
+    """Options for `jax.jit(..., compiler_options=...)`: `CPU_COMPILER_OPTIONS` (and for an
+    `inference` jit `CPU_INFERENCE_COMPILER_OPTIONS`, those this XLA accepts) when the default
     backend is the CPU, None (XLA's defaults) on accelerators."""
-    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+    if jax.default_backend() != "cpu":
+        return None
+    options = dict(CPU_COMPILER_OPTIONS)
+    if inference:
+        options.update({k: v for k, v in CPU_INFERENCE_COMPILER_OPTIONS.items()
+                        if _accepted(k, v)})
+    return options
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(name: str, value: Any) -> bool:
+    """Whether this XLA knows the compiler option (a newer one may drop an older emitter's switch;
+    compiling with an unknown option fails). One tiny compilation, once per process."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(
+            np.float32(0)).compile()
+        return True
+    except Exception:  # noqa: BLE001  XLA's INVALID_ARGUMENT: "No such compile option"
+        return False
 
 
 def _is_nhwc(dimension_numbers: Any, ndim: int) -> bool:

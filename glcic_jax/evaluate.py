@@ -251,7 +251,8 @@ class TrainingEval:
             self._complete = jax.jit(
                 functools.partial(inference.complete_images, nets.generator, input_norm=norm),
                 in_shardings=rep, out_shardings=rep,
-                compiler_options=models.compiler_options(float(config.model.width)))
+                compiler_options=models.compiler_options(float(config.model.width),
+                                                          inference=True))
 
     def completions(self, state) -> np.ndarray:
         """uint8 completions of the held-out images by the current state."""

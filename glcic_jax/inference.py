@@ -76,12 +76,13 @@ def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
 
 def compiled_completion(generator=None) -> Callable:
     """`complete_images` jitted with the module and the normalisation as static arguments, with
-    the compiler options for `generator`'s width (`models.compiler_options`; None: full width).
+    the inference compiler options for `generator`'s width (`models.compiler_options`; None:
+    full width).
 
     flax modules hash and compare by their fields, so every caller with the same architecture
     shares the compilations for an input shape.
     """
-    options = models.compiler_options(float(getattr(generator, "width", 1.0)))
+    options = models.compiler_options(float(getattr(generator, "width", 1.0)), inference=True)
     return _compiled_completion(tuple(sorted(options.items())) if options else ())
 
 

@@ -286,6 +286,41 @@ def test_only_networks_with_winograd_layers_compile_with_the_cpu_options():
     assert steps_lib.make_steps(config, nets).compiler_options is None
 
 
+def test_inference_compiles_with_its_own_options_and_the_same_completions(monkeypatch):
+    """Inference jits add `CPU_INFERENCE_COMPILER_OPTIONS` (faster to compile): the completions
+    must stay those of the training options. The completion is saved as 8-bit, so the two must
+    agree far below one grey level; the options change only how XLA generates elementwise code
+    (contraction into fused multiply-adds, approximations such as rsqrt), a few float32 ulps per
+    operation, while a wrong path would differ by tenths."""
+    from glcic_jax import inference
+
+    full = models.compiler_options(1.0, inference=True)
+    assert full == {**conv_forms.CPU_COMPILER_OPTIONS, **conv_forms.CPU_INFERENCE_COMPILER_OPTIONS}
+    assert models.compiler_options(0.125, inference=True) is None
+    config = config_lib.base_config()
+    config.model.width = 0.25
+    generator = state_lib.create_networks(config).generator
+    options = models.compiler_options(0.25, inference=True)
+    assert inference.compiled_completion(generator) is inference._compiled_completion(
+        tuple(sorted(options.items())))
+    rng = np.random.default_rng(8)
+    images = rng.random((2, 32, 32, 3), dtype=np.float32)
+    mask = np.zeros((2, 32, 32, 1), np.float32)
+    mask[:, 8:20, 10:24] = 1
+    mean = np.float32([0.4, 0.45, 0.5])
+    variables = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 4)), train=False)
+    args = (generator, variables, images, mask, mean, "mean_fill")
+    ours = inference.compiled_completion(generator)(*args)
+    ref = jax.jit(inference.complete_images, static_argnums=(0, 5),
+                  compiler_options=models.compiler_options(0.25))(*args)
+    assert float(jnp.abs(ours - ref).max()) <= 1e-4
+    assert float(jnp.abs(ours - images).max()) > 0.05  # the hole was filled: a real comparison
+    # An XLA that no longer knows an inference option compiles without it.
+    monkeypatch.setattr(conv_forms, "CPU_INFERENCE_COMPILER_OPTIONS",
+                        {"xla_cpu_no_such_option_for_this_test": True})
+    assert models.compiler_options(1.0, inference=True) == conv_forms.CPU_COMPILER_OPTIONS
+
+
 @pytest.mark.parametrize("kernel, dilation", [((3, 3, 4, 5), (1, 1)), ((5, 5, 3, 2), (1, 1)),
                                               ((3, 3, 2, 3), (3, 3))])
 def test_valid_convolution_as_a_padded_one_equals_xla_valid_with_gradients(kernel, dilation):
