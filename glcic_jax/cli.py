@@ -32,16 +32,41 @@ A new command (a sketch):
 
 `absl_app=True` (the training command) parses into absl's global FLAGS under `absl.app.run`,
 for absl's log format, `--verbosity` and `--flagfile`; `exit` then lets it leave its own way.
+A short command whose start-up users wait on (`complete`) ends with `cli.exit_now`.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from glcic_jax import errors
 
 HELP_FLAGS = ("-h", "--help", "--helpfull")
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process with `status` as `sys.exit` would, less the interpreter's teardown.
+
+    After a command's work, Python takes 0.15-0.25 s to dismantle jax's modules and objects
+    (on a 2-core CPU; `import jax` alone costs 0.13 s of it), memory the operating system frees
+    at once anyway. The exit handlers still run and the console and log streams are flushed;
+    only the module teardown is skipped. For commands whose own files are closed when they
+    return, never for one with background writers (training's checkpoints and summaries)."""
+    try:
+        if hasattr(atexit, "_run_exitfuncs"):  # CPython: the handlers, as sys.exit runs them
+            atexit._run_exitfuncs()
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing left to save
+                pass
+    finally:
+        os._exit(int(status))
 
 
 class BadFlagError(errors.UserError, ValueError):

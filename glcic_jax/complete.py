@@ -92,7 +92,9 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv))
+    """The console script: every output is written and closed when `run` returns, so the
+    process ends without the interpreter's teardown (`cli.exit_now`)."""
+    cli.exit_now(run(sys.argv))
 
 
 def _run(fv) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from absl import flags
 
@@ -65,3 +68,33 @@ def test_every_command_answers_help_with_its_flags(command, flag, asking, capsys
     out = capsys.readouterr().out
     assert out.startswith(command.doc.splitlines()[0]) and flag in out
     assert "--alsologtostderr" not in out  # absl's own flags stay out of the training command's
+
+
+def test_exit_now_flushes_runs_exit_handlers_and_skips_the_teardown(tmp_path):
+    """`cli.exit_now` (a cold `complete`'s ending): the status, the buffered output of a pipe
+    and the exit handlers as `sys.exit` gives them; the interpreter's teardown of modules (the
+    finalizer below) is what it skips."""
+    marker = tmp_path / "handler_ran"
+    code = f"""
+import atexit, logging, sys
+from glcic_jax import cli
+class Torn:
+    def __del__(self):
+        print("teardown", flush=True)
+torn = Torn()
+atexit.register(lambda: open({str(marker)!r}, "w").close())
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+logging.warning("logged")
+print("written, not yet flushed", end="")
+cli.exit_now(3)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "written, not yet flushed", proc.stdout
+    assert "logged" in proc.stderr
+    assert marker.exists()
+    # The same program ending through sys.exit tears the module down (the finalizer prints).
+    ended = subprocess.run([sys.executable, "-c", code.replace("cli.exit_now(3)", "sys.exit(3)")],
+                           capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 3 and ended.stdout.endswith("teardown\n"), ended.stdout
