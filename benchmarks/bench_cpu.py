@@ -14,7 +14,8 @@ Rows (each ours, then PyTorch's, in the same run; every measurement in its own p
   peak memory is each process's `ru_maxrss`. Ours twice: without a compilation cache, and with
   `JAX_COMPILATION_CACHE_DIR` already filled by a previous run and JAX's 1 s threshold for
   caching lowered to 0 (what a user's second run sees
-  when they set it).
+  when they set it). Also each side's import alone (`import glcic_jax.complete`, `import torch`),
+  a fresh process to its exit.
 * `load`: `inference.load` of the checkpoint (what `complete` and `serve` do before the
   network runs; the target is under 0.3 s) in a fresh process after the imports, wall and CPU
   seconds, against `torch.load` + `load_state_dict` (both libraries imported first); also the
@@ -532,12 +533,18 @@ def main(argv=None) -> int:
         cached_env = _env(JAX_COMPILATION_CACHE_DIR=cache,
                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
         run_child(ours_cmd, args.timeout, cached_env)  # fills the cache
-        runs = {"ours": [], "ours_cached": [], "torch": []}
+        import_cmds = {"ours_import": [sys.executable, "-c", "import glcic_jax.complete"],
+                       "torch_import": [sys.executable, "-c", "import torch"]}
+        runs = {"ours": [], "ours_cached": [], "torch": [], "ours_import": [],
+                "torch_import": []}
         for _ in range(args.cold_runs):  # interleaved
             runs["ours"].append(run_child(ours_cmd, args.timeout, _env()))
             runs["ours_cached"].append(run_child(ours_cmd, args.timeout, cached_env))
+            runs["ours_import"].append(run_child(import_cmds["ours_import"], args.timeout, _env()))
             if has_torch:
                 runs["torch"].append(run_child(torch_cmd, args.timeout, _env()))
+                runs["torch_import"].append(run_child(import_cmds["torch_import"], args.timeout,
+                                                      _env()))
         report["raw"]["cold"] = runs
         import re
 
@@ -557,6 +564,12 @@ def main(argv=None) -> int:
         if good(runs["ours_cached"]):
             _row(report, "  the same, compilation cache filled",
                  _med([r["wall_s"] for r in good(runs["ours_cached"])]), torch_wall, "s")
+        if good(runs["ours_import"]):
+            _row(report, "  of which importing (python -c 'import ...')",
+                 _med([r["wall_s"] for r in good(runs["ours_import"])]),
+                 _med([r["wall_s"] for r in good(runs["torch_import"])])
+                 if good(runs["torch_import"]) else None, "s",
+                 note="glcic_jax.complete against torch, each a fresh process to its exit")
         if good(runs["ours"]):
             _row(report, "  peak memory (ru_maxrss)",
                  _med([r["maxrss_mib"] for r in good(runs["ours"])]), torch_rss, "MiB")
