@@ -163,7 +163,8 @@ class Completer:
         self.mean_pixel = np.asarray(self.mean_pixel, np.float32).reshape(3)
         self.mean_u8 = quantize_uint8(self.mean_pixel)
         self.input_norm = input_norm_of(self.config)
-        jitted = completion_fn(self.generator, self.input_norm)
+        jitted = []  # made on the first call: `load` compiles nothing (its compiler options are
+        # probed with a compilation, the process's first, which costs about 0.1 s on a CPU)
 
         def fn(variables, images, mask, mean_pixel):
             exe = None
@@ -173,7 +174,9 @@ class Completer:
                                             tuple(np.shape(mask))))
             if exe is not None:  # the same computation, compiled while the checkpoint was read
                 return exe(variables, images, mask, np.asarray(mean_pixel, np.float32))
-            return jitted(variables, images, mask, mean_pixel)
+            if not jitted:
+                jitted.append(completion_fn(self.generator, self.input_norm))
+            return jitted[0](variables, images, mask, mean_pixel)
 
         self.fn = fn
 
