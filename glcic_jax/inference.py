@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import errors as flax_errors
 
 from glcic_jax import errors, masks, models
 
@@ -176,7 +177,13 @@ class Completer:
                 return exe(variables, images, mask, np.asarray(mean_pixel, np.float32))
             if not jitted:
                 jitted.append(completion_fn(self.generator, self.input_norm))
-            return jitted[0](variables, images, mask, mean_pixel)
+            try:
+                return jitted[0](variables, images, mask, mean_pixel)
+            except flax_errors.ScopeParamShapeError as e:
+                # The arrays were restored with the shapes the checkpoint stored; a checkpoint
+                # whose config describes another network is refused here, at the first call.
+                raise LoadError(f"the checkpoint's arrays do not fit the network its config "
+                                f"describes: {str(e).splitlines()[0]}") from e
 
         self.fn = fn
 

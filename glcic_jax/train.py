@@ -346,7 +346,7 @@ def restore_or_init(config, nets, mesh: Mesh, ckpt: checkpointing.Checkpointer):
     """
     replicated = NamedSharding(mesh, P())
 
-    def abstract_for(meta):
+    def abstract_for(meta, step):
         abstract = jax.eval_shape(lambda: state_lib.create_state(
             config, nets, jax.random.PRNGKey(int(config.seed)), np.zeros(3, np.float32)))
         return jax.tree_util.tree_map(
