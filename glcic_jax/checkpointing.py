@@ -535,8 +535,8 @@ def stored_structure(step_dir: str, prefix: tuple[str, ...], fields: tuple[str, 
     kilobytes of JSON) rather than traced from the module; None where that file is absent, in
     another layout (another Orbax version) or holds anything but dict keys and array shapes there.
 
-    Orbax's own metadata API opens every array for its dtype (0.25 s for the generator), this
-    file does not record dtypes: every parameter and statistic this project saves is float32.
+    Orbax's own metadata API opens every array for its dtype, slower than tracing; this file
+    does not record dtypes: every parameter and statistic this project saves is float32.
     """
     try:
         with open(os.path.join(step_dir, "state", "_METADATA")) as f:
@@ -596,8 +596,8 @@ def restore_generator(path: str, step: int | None = None,
         generator = models.make_generator(config.model)
         built["config"], built["generator"] = config, generator
         # The variables' structure as the checkpoint stored it; or, where that cannot be read,
-        # from the module at a small input (shapes do not depend on the image size), which
-        # costs about 0.15 s of tracing in a fresh process. Either way flax checks every
+        # from the module at a small input (shapes do not depend on the image size), whose
+        # tracing was most of a load's time in a fresh process. Either way flax checks every
         # parameter's shape against the module when the network is applied.
         g = stored_structure(os.path.join(folder, str(step)), ("g",),
                              ("params", "batch_stats"))

@@ -51,8 +51,8 @@ HELP_FLAGS = ("-h", "--help", "--helpfull")
 def exit_now(status: int) -> NoReturn:
     """End the process with `status` as `sys.exit` would, less the interpreter's teardown.
 
-    After a command's work, Python takes 0.15-0.25 s to dismantle jax's modules and objects
-    (on a 2-core CPU; `import jax` alone costs 0.13 s of it), memory the operating system frees
+    After a command's work, Python spends a noticeable part of a cold command's time on a CPU
+    dismantling jax's modules and objects (docs/cpu_speed.md), memory the operating system frees
     at once anyway. The exit handlers still run and the console and log streams are flushed;
     only the module teardown is skipped. For commands whose own files are closed when they
     return, never for one with background writers (training's checkpoints and summaries)."""

@@ -65,9 +65,9 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 # networks with Winograd layers only (`models.compiler_options`).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # Added for inference, which is compiled once and run a few times (a cold `complete` compiles
-# its network for one photo): XLA's older fusion emitters compile the full-width 512 px completion
-# in 0.6 s instead of 1.2 s, its forward 3-5 % slower, the same outputs bit for bit
-# (docs/cpu_speed.md). Not for training steps, which compiled slower and ran slower with them.
+# its network for one photo): XLA's older fusion emitters compile the full-width completion in
+# about half the time, its forward a few percent slower, the same outputs (docs/cpu_speed.md).
+# Not for training steps, which compiled slower and ran slower with them.
 CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 

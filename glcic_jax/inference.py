@@ -165,7 +165,7 @@ class Completer:
         self.mean_u8 = quantize_uint8(self.mean_pixel)
         self.input_norm = input_norm_of(self.config)
         jitted = []  # made on the first call: `load` compiles nothing (its compiler options are
-        # probed with a compilation, the process's first, which costs about 0.1 s on a CPU)
+        # probed with a compilation, and a process's first compilation is slow to start)
 
         def fn(variables, images, mask, mean_pixel):
             exe = None
