@@ -345,13 +345,17 @@ def _winograd_forward_pays(c_in: int, c_out: int) -> bool:
 
 def _space_to_batch(x: jax.Array, d: int) -> jax.Array:
     """[n, h, w, c] with h, w multiples of d -> [n d d, h / d, w / d, c]: the d x d interleaved
-    sub-images, on which a convolution dilated by d is an undilated one."""
+    sub-images, on which a convolution dilated by d is an undilated one (`x` itself for d = 1)."""
+    if d == 1:
+        return x
     n, h, w, c = x.shape
     x = x.reshape(n, h // d, d, w // d, d, c).transpose(0, 2, 4, 1, 3, 5)
     return x.reshape(n * d * d, h // d, w // d, c)
 
 
 def _batch_to_space(y: jax.Array, d: int) -> jax.Array:
+    if d == 1:
+        return y
     nd, h, w, c = y.shape
     y = y.reshape(nd // (d * d), d, d, h, w, c).transpose(0, 3, 1, 4, 2, 5)
     return y.reshape(nd // (d * d), h * d, w * d, c)
@@ -365,8 +369,7 @@ def _winograd_input(x: jax.Array, padding, d: int) -> jax.Array:
     hq, wq = -(-hp // d) * d, -(-wp // d) * d
     x = jnp.pad(x, ((0, 0), (pt, pb + hq - hp), (pl, pr + wq - wp), (0, 0)))
     # Materialised: XLA's CPU code ran the tiles several times slower with the padding fused.
-    return _space_to_batch(lax.optimization_barrier(x), d) if d > 1 else \
-        lax.optimization_barrier(x)
+    return _space_to_batch(lax.optimization_barrier(x), d)
 
 
 def _conv3x3_forward(x: jax.Array, k: jax.Array, padding, d: int) -> jax.Array:
@@ -381,7 +384,7 @@ def _conv3x3_forward(x: jax.Array, k: jax.Array, padding, d: int) -> jax.Array:
     (pt, pb), (pl, pr) = padding
     ho, wo = x.shape[1] + pt + pb - 2 * d, x.shape[2] + pl + pr - 2 * d
     y = winograd_valid(_winograd_input(x, padding, d), k)
-    return (_batch_to_space(y, d) if d > 1 else y)[:, :ho, :wo]
+    return _batch_to_space(y, d)[:, :ho, :wo]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -406,7 +409,7 @@ def _conv3x3_bwd(padding, d, residuals, dy):
     ho, wo = dy.shape[1:3]
     dys = jnp.pad(dy, ((0, 0), (0, (xs.shape[1] - 2) * d - ho), (0, (xs.shape[2] - 2) * d - wo),
                        (0, 0)))
-    return dx, winograd_valid_kernel_grad(xs, _space_to_batch(dys, d) if d > 1 else dys)
+    return dx, winograd_valid_kernel_grad(xs, _space_to_batch(dys, d))
 
 
 _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
