@@ -115,10 +115,11 @@ def _run(fv) -> None:
 
     completer = Completer(fv.checkpoint or fv.workdir, precompile=_first_batches(fv, photos))
     t_ready = time.time()
-    key = jax.random.PRNGKey(fv.seed)
-    for i, photo in enumerate(photos):
-        if holes[i] is None:
-            holes[i] = completer.random_hole(photo.size, jax.random.fold_in(key, i))
+    if any(h is None for h in holes):  # a key costs two small compilations: only to draw
+        key = jax.random.PRNGKey(fv.seed)
+        for i, photo in enumerate(photos):
+            if holes[i] is None:
+                holes[i] = completer.random_hole(photo.size, jax.random.fold_in(key, i))
     t_complete, compiled = _complete_and_write(fv, completer, jobs, photos, holes)
     device = jax.devices()[0].platform
     ahead = " (compiling the first batch meanwhile)" if completer.precompiled else ""

@@ -219,6 +219,21 @@ def test_random_mask_is_saved_beside_output(files, workdir, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(out))[~hole], rgb[~hole])
 
 
+def test_given_masks_draw_no_random_key(files, workdir, tmp_path, monkeypatch):
+    """With every mask given, `complete` makes no random key: a key costs a cold run two small
+    compilations after the network's, for holes it does not draw."""
+    paths, rgb, _, hole = files
+
+    def no_key(*args, **kwargs):
+        raise AssertionError("a random key was made although every mask was given")
+
+    monkeypatch.setattr(jax.random, "PRNGKey", no_key)
+    out = tmp_path / "given.png"
+    assert _run(f"--workdir={workdir}", f"--image={paths['rgb']}", f"--mask={paths['mask']}",
+                f"--output={out}") == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out))[~hole], rgb[~hole])
+
+
 def test_random_holes_follow_the_checkpoint_mask_settings():
     # A landscape-style checkpoint: one square hole in the centre (mask.square, mask.position).
     cfg = _tiny_config()
