@@ -5,7 +5,8 @@
 Rows (each ours, then PyTorch's, in the same run; every measurement in its own process):
 
 * `forward`: the full-width completion network (GLCIC Table 1) in float32 on one image of 256,
-  512 and 1024 px: ours is the jitted completion `complete` runs (input, network, composite);
+  512 and 1024 px: ours is the jitted completion `complete` runs (input, network, composite),
+  in a process with the XLA flags `complete` sets (`conv_forms.use_inference_xla_flags`);
   PyTorch's the same network (`torch_reference.build`) in eager mode, channels_last,
   `torch.no_grad`, plus the same input and composite. Both load the same weights, and the
   outputs are compared (`max_abs_diff_vs_torch`).
@@ -158,6 +159,9 @@ def _inputs(size: int):
 
 
 def forward_jax(folder: str, size: int, opts: dict) -> dict:
+    from glcic_jax import conv_forms
+
+    conv_forms.use_inference_xla_flags()  # as `complete` and `serve` do, before JAX starts
     import jax
     import numpy as np
 

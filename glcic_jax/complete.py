@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import cli, inference
+from glcic_jax import cli, conv_forms, inference
 from glcic_jax.data.images import IMAGE_EXTENSIONS
 from glcic_jax.image_io import (
     LOSSY_FORMATS,
@@ -93,7 +93,9 @@ def run(argv: Sequence[str]) -> int:
 
 def main() -> None:
     """The console script: every output is written and closed when `run` returns, so the
-    process ends without the interpreter's teardown (`cli.exit_now`)."""
+    process ends without the interpreter's teardown (`cli.exit_now`). XLA's inference flags
+    are set first, before JAX starts (`conv_forms.use_inference_xla_flags`)."""
+    conv_forms.use_inference_xla_flags()
     cli.exit_now(run(sys.argv))
 
 

@@ -70,7 +70,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import cli, complete, errors, image_io
+from glcic_jax import cli, complete, conv_forms, errors, image_io
 from glcic_jax.complete import CompletionError
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
@@ -959,6 +959,9 @@ def _serve(fv) -> int:
 
 
 def main() -> None:
+    """The console script; XLA's inference flags are set first, before JAX starts
+    (`conv_forms.use_inference_xla_flags`)."""
+    conv_forms.use_inference_xla_flags()
     sys.exit(run(sys.argv))
 
 

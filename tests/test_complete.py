@@ -219,6 +219,26 @@ def test_random_mask_is_saved_beside_output(files, workdir, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(out))[~hole], rgb[~hole])
 
 
+def test_the_command_sets_the_inference_xla_flags_before_it_runs(monkeypatch):
+    """`python -m glcic_jax.complete` (`main`) adds XLA's inference flags to the user's own
+    before anything starts JAX; `run`, the in-process entry, leaves the environment alone."""
+    import importlib.metadata
+
+    from glcic_jax import cli, conv_forms
+
+    user = "--xla_cpu_multi_thread_eigen=false"
+    monkeypatch.setenv("XLA_FLAGS", user)
+    seen = {}
+    monkeypatch.setattr(complete, "run", lambda argv: seen.setdefault("flags",
+                                                                     os.environ["XLA_FLAGS"]))
+    monkeypatch.setattr(cli, "exit_now", lambda status: seen.setdefault("status", status))
+    complete.main()
+    assert seen["flags"] == conv_forms.inference_xla_flags(
+        user, importlib.metadata.version("jaxlib"))
+    if seen["flags"] != user:  # a jaxlib checked to know them
+        assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in seen["flags"]
+
+
 def test_given_masks_draw_no_random_key(files, workdir, tmp_path, monkeypatch):
     """With every mask given, `complete` makes no random key: a key costs a cold run two small
     compilations after the network's, for holes it does not draw."""

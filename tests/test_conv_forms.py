@@ -14,6 +14,7 @@ Torch7 layers in tests/test_convert.py.
 
 from __future__ import annotations
 
+import os
 import re
 
 import flax.linen as nn
@@ -319,6 +320,113 @@ def test_inference_compiles_with_its_own_options_and_the_same_completions(monkey
     monkeypatch.setattr(conv_forms, "CPU_INFERENCE_COMPILER_OPTIONS",
                         {"xla_cpu_no_such_option_for_this_test": True})
     assert models.compiler_options(1.0, inference=True) == conv_forms.CPU_COMPILER_OPTIONS
+
+
+def test_inference_xla_flags_are_added_once_where_jaxlib_knows_them_and_keep_the_users():
+    sched = "--xla_cpu_enable_concurrency_optimized_scheduler"
+    ynn = "--xla_cpu_experimental_ynn_fusion_type"
+    both = f"{sched}=false {ynn}="
+    assert conv_forms.inference_xla_flags("", "0.10.2") == both
+    user = "--xla_cpu_multi_thread_eigen=false"
+    assert conv_forms.inference_xla_flags(user, "0.8.1") == f"{user} {both}"
+    assert conv_forms.inference_xla_flags(user, "0.4.35") == f"{user} {sched}=false"
+    assert conv_forms.inference_xla_flags(f"{sched}=true", "0.10.2") == f"{sched}=true {ynn}="
+    assert conv_forms.inference_xla_flags(f"{ynn}=+eltwise", "0.9.0") == (
+        f"{ynn}=+eltwise {sched}=false")
+    # A jaxlib not checked to know them (XLA stops on an unknown flag) is left alone.
+    for version in ("0.4.34", "0.11.0", "1.0.0", "", "unknown"):
+        assert conv_forms.inference_xla_flags(user, version) == user
+
+
+_SCHEDULE_PROBE = """
+import sys
+if sys.argv[1] == "flags":
+    from glcic_jax import conv_forms
+    conv_forms.use_inference_xla_flags()
+import jax, jax.numpy as jnp
+def f(x, ws):  # each layer's w @ w.T depends on the weights alone, as a Winograd kernel transform
+    for w in ws:
+        x = jnp.tanh(x @ (w @ w.T))
+    return x
+a = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+print(jax.jit(f).lower(a, [a] * 8).compile().memory_analysis().temp_size_in_bytes)
+"""
+
+
+def test_inference_xla_flags_compute_weight_only_work_where_it_is_used():
+    """What the inference flags are for: with XLA's default CPU scheduler, work that depends on
+    the weights alone is done at the start and kept alive (here 8 products of 256 KiB each);
+    with the flags each is made just before its layer (one or two alive at a time)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    if conv_forms.inference_xla_flags("", importlib.metadata.version("jaxlib")) == "":
+        pytest.skip("this jaxlib was not checked to know the inference flags")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    temp = {}
+    for arg in ("default", "flags"):
+        out = subprocess.run([sys.executable, "-c", _SCHEDULE_PROBE, arg], env=env, cwd=root,
+                             capture_output=True, text=True, timeout=300, check=True)
+        temp[arg] = int(out.stdout.split()[-1])
+    assert temp["default"] >= 8 * 256 * 256 * 4
+    assert temp["flags"] <= 3 * 256 * 256 * 4
+
+
+_COMPLETION_PROBE = """
+import sys
+import numpy as np
+if sys.argv[1] == "flags":
+    from glcic_jax import conv_forms
+    conv_forms.use_inference_xla_flags()
+import jax, jax.numpy as jnp
+from glcic_jax import config_lib, inference, state
+generator = state.create_networks(config_lib.base_config()).generator  # full width
+abstract = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, 64, 64, 4)), train=False))
+rng = np.random.default_rng(0)
+def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+        return rng.standard_normal(leaf.shape).astype(np.float32) * np.sqrt(
+            2.0 / np.prod(leaf.shape[:-1]))
+    if name.endswith(("['scale']", "['var']")):
+        return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+variables = jax.tree_util.tree_map_with_path(fill, abstract)
+images = rng.random((1, 64, 64, 3), dtype=np.float32)
+mask = np.zeros((1, 64, 64, 1), np.float32)
+mask[:, 16:40, 20:48] = 1
+out = inference.compiled_completion(generator)(
+    generator, variables, images, mask, np.float32([0.4, 0.45, 0.5]), "mean_fill")
+np.save(sys.argv[2], np.stack([np.asarray(out)[0], images[0]]))
+"""
+
+
+def test_inference_xla_flags_give_the_same_completions(tmp_path):
+    """The inference flags change XLA's schedule and which library multiplies (Eigen rather
+    than YNNPACK), not what is computed: the full-width network's completions (Winograd's
+    products included) agree far below one grey level, as for the inference compiler options."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    if conv_forms.inference_xla_flags("", importlib.metadata.version("jaxlib")) == "":
+        pytest.skip("this jaxlib was not checked to know the inference flags")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    outs = {}
+    for arg in ("default", "flags"):
+        path = str(tmp_path / f"{arg}.npy")
+        subprocess.run([sys.executable, "-c", _COMPLETION_PROBE, arg, path], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600, check=True)
+        outs[arg] = np.load(path)
+    (ours, images), (ref, _) = outs["flags"], outs["default"]
+    assert float(np.abs(ours - ref).max()) <= 1e-4
+    assert float(np.abs(ours - images).max()) > 0.05  # the hole was filled: a real comparison
 
 
 @pytest.mark.parametrize("kernel, dilation", [((3, 3, 4, 5), (1, 1)), ((5, 5, 3, 2), (1, 1)),

@@ -221,6 +221,26 @@ def png_header(width: int, height: int) -> bytes:
 # multipart/form-data
 
 
+def test_the_command_sets_the_inference_xla_flags_before_it_runs(monkeypatch):
+    """`python -m glcic_jax.serve` (`main`) adds XLA's inference flags to the user's own before
+    anything starts JAX, as `complete` does."""
+    import importlib.metadata
+
+    from glcic_jax import conv_forms
+
+    user = "--xla_cpu_multi_thread_eigen=false"
+    monkeypatch.setenv("XLA_FLAGS", user)
+    seen = {}
+    monkeypatch.setattr(serve, "run", lambda argv: seen.setdefault("flags",
+                                                                  os.environ["XLA_FLAGS"]) and 0)
+    with pytest.raises(SystemExit):
+        serve.main()
+    assert seen["flags"] == conv_forms.inference_xla_flags(
+        user, importlib.metadata.version("jaxlib"))
+    if seen["flags"] != user:  # a jaxlib checked to know them
+        assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in seen["flags"]
+
+
 def test_parse_multipart_round_trips_binary_files_and_fields():
     tricky = b"\r\n--not-the-boundary\r\n\r\n" + bytes(range(256)) + b"\r\n"  # CRLFs, dashes
     body, ctype = encode_multipart({"image": ("ph\u00f6to.jpg", tricky),
