@@ -79,10 +79,11 @@ CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 # * XLA's depth-first memory scheduler rather than its default, concurrency-optimized one, which
 #   computed every Winograd layer's kernel transform at the start of the network and kept them
 #   all alive (scratch memory at 512 px 170 -> 128 MiB, at 256 px 99 -> 32 MiB);
-# * XLA's own (Eigen) matrix products and convolutions rather than YNNPACK's, which kept about
-#   60 MiB more at 512 px and ran the 1024 px forward 13 % slower.
+# * XLA's own (Eigen) matrix products and convolutions rather than YNNPACK's, with which a
+#   512 px process peaked about 35 MiB higher and the 1024 px forward ran 13 % slower.
 # XLA reads them from XLA_FLAGS only (a jit's compiler options do not change the scheduler), so
-# they are not for training processes, whose steps they made faster or slower by step.
+# they hold for a whole process; training processes do without them (their steps were no faster
+# with them: within the noise, or slower).
 INFERENCE_XLA_FLAGS = {
     "xla_cpu_enable_concurrency_optimized_scheduler": ("false", (0, 4, 35)),
     "xla_cpu_experimental_ynn_fusion_type": ("", (0, 8, 1)),
