@@ -338,11 +338,31 @@ def test_inference_xla_flags_are_added_once_where_jaxlib_knows_them_and_keep_the
         assert conv_forms.inference_xla_flags(user, version) == user
 
 
+def _without_and_with_inference_flags(code: str, *args: str, timeout: int = 300) -> dict:
+    """`code` run twice, each time in a fresh Python process: without XLA_FLAGS (`sys.argv[1]`
+    is 'default') and with `conv_forms.use_inference_xla_flags()` called before JAX starts
+    ('flags'); then `args`. Each run's stdout, by that name. Skips where this jaxlib gets no
+    inference flags."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    if conv_forms.inference_xla_flags("", importlib.metadata.version("jaxlib")) == "":
+        pytest.skip("this jaxlib was not checked to know the inference flags")
+    header = ("import sys\n"
+              "if sys.argv[1] == 'flags':\n"
+              "    from glcic_jax import conv_forms\n"
+              "    conv_forms.use_inference_xla_flags()\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    return {run: subprocess.run([sys.executable, "-c", header + code, run, *args], env=env,
+                                cwd=root, capture_output=True, text=True, timeout=timeout,
+                                check=True).stdout
+            for run in ("default", "flags")}
+
+
 _SCHEDULE_PROBE = """
-import sys
-if sys.argv[1] == "flags":
-    from glcic_jax import conv_forms
-    conv_forms.use_inference_xla_flags()
 import jax, jax.numpy as jnp
 def f(x, ws):  # each layer's w @ w.T depends on the weights alone, as a Winograd kernel transform
     for w in ws:
@@ -357,30 +377,15 @@ def test_inference_xla_flags_compute_weight_only_work_where_it_is_used():
     """What the inference flags are for: with XLA's default CPU scheduler, work that depends on
     the weights alone is done at the start and kept alive (here 8 products of 256 KiB each);
     with the flags each is made just before its layer (one or two alive at a time)."""
-    import importlib.metadata
-    import subprocess
-    import sys
-
-    if conv_forms.inference_xla_flags("", importlib.metadata.version("jaxlib")) == "":
-        pytest.skip("this jaxlib was not checked to know the inference flags")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    temp = {}
-    for arg in ("default", "flags"):
-        out = subprocess.run([sys.executable, "-c", _SCHEDULE_PROBE, arg], env=env, cwd=root,
-                             capture_output=True, text=True, timeout=300, check=True)
-        temp[arg] = int(out.stdout.split()[-1])
+    temp = {run: int(out.split()[-1])
+            for run, out in _without_and_with_inference_flags(_SCHEDULE_PROBE).items()}
     assert temp["default"] >= 8 * 256 * 256 * 4
     assert temp["flags"] <= 3 * 256 * 256 * 4
 
 
 _COMPLETION_PROBE = """
-import sys
+import os
 import numpy as np
-if sys.argv[1] == "flags":
-    from glcic_jax import conv_forms
-    conv_forms.use_inference_xla_flags()
 import jax, jax.numpy as jnp
 from glcic_jax import config_lib, inference, state
 generator = state.create_networks(config_lib.base_config()).generator  # full width
@@ -401,7 +406,8 @@ mask = np.zeros((1, 64, 64, 1), np.float32)
 mask[:, 16:40, 20:48] = 1
 out = inference.compiled_completion(generator)(
     generator, variables, images, mask, np.float32([0.4, 0.45, 0.5]), "mean_fill")
-np.save(sys.argv[2], np.stack([np.asarray(out)[0], images[0]]))
+np.save(os.path.join(sys.argv[2], sys.argv[1] + ".npy"),
+        np.stack([np.asarray(out)[0], images[0]]))
 """
 
 
@@ -409,22 +415,8 @@ def test_inference_xla_flags_give_the_same_completions(tmp_path):
     """The inference flags change XLA's schedule and which library multiplies (Eigen rather
     than YNNPACK), not what is computed: the full-width network's completions (Winograd's
     products included) agree far below one grey level, as for the inference compiler options."""
-    import importlib.metadata
-    import subprocess
-    import sys
-
-    if conv_forms.inference_xla_flags("", importlib.metadata.version("jaxlib")) == "":
-        pytest.skip("this jaxlib was not checked to know the inference flags")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    outs = {}
-    for arg in ("default", "flags"):
-        path = str(tmp_path / f"{arg}.npy")
-        subprocess.run([sys.executable, "-c", _COMPLETION_PROBE, arg, path], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=600, check=True)
-        outs[arg] = np.load(path)
-    (ours, images), (ref, _) = outs["flags"], outs["default"]
+    _without_and_with_inference_flags(_COMPLETION_PROBE, str(tmp_path), timeout=600)
+    (ours, images), (ref, _) = np.load(tmp_path / "flags.npy"), np.load(tmp_path / "default.npy")
     assert float(np.abs(ours - ref).max()) <= 1e-4
     assert float(np.abs(ours - images).max()) > 0.05  # the hole was filled: a real comparison
 
