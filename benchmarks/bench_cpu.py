@@ -9,7 +9,8 @@ Rows (each ours, then PyTorch's, in the same run; every measurement in its own p
   in a process with the XLA flags `complete` sets (`conv_forms.use_inference_xla_flags`);
   PyTorch's the same network (`torch_reference.build`) in eager mode, channels_last,
   `torch.no_grad`, plus the same input and composite. Both load the same weights, and the
-  outputs are compared (`max_abs_diff_vs_torch`).
+  outputs are compared (`max_abs_diff_vs_torch`). `--without-flags` adds ours without those
+  flags, with each process's peak memory (`ru_maxrss`): what the flags change.
 * `cold`: `python -m glcic_jax.complete` on one 512 px photo, wall time from process start to
   exit, against `torch_complete.py` (import torch, load the state dict, forward, save a PNG);
   peak memory is each process's `ru_maxrss`. Ours twice: without a compilation cache, and with
@@ -161,7 +162,8 @@ def _inputs(size: int):
 def forward_jax(folder: str, size: int, opts: dict) -> dict:
     from glcic_jax import conv_forms
 
-    conv_forms.use_inference_xla_flags()  # as `complete` and `serve` do, before JAX starts
+    if opts.get("inference_flags", True):
+        conv_forms.use_inference_xla_flags()  # as `complete` and `serve` do, before JAX starts
     import jax
     import numpy as np
 
@@ -175,8 +177,12 @@ def forward_jax(folder: str, size: int, opts: dict) -> dict:
     first_s = time.perf_counter() - t0
     timing = _harness.time_calls(lambda: c.fn(c.variables, x, m, c.mean_pixel), opts["warmup"],
                                  1, opts["repeats"], jax.block_until_ready)
+    out = {"first_call_s": first_s, "times_s": timing.times,
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    if not opts.get("inference_flags", True):  # beside the default run: not its output file
+        return out
     np.save(os.path.join(folder, f"out_jax_{size}.npy"), np.asarray(timing.last)[0])
-    return {"first_call_s": first_s, "times_s": timing.times}
+    return out
 
 
 def forward_torch(folder: str, size: int, opts: dict) -> dict:
@@ -429,6 +435,8 @@ def parse_args(argv=None):
     p.add_argument("--only", default=",".join(PARTS), help=f"among {','.join(PARTS)}")
     p.add_argument("--sizes", default="256,512,1024", help="forward sizes (px)")
     p.add_argument("--trains", default="quickstart,full128", help="training settings")
+    p.add_argument("--without-flags", action="store_true",
+                   help="also time our forward without conv_forms.INFERENCE_XLA_FLAGS")
     p.add_argument("--fixture", default="", help="folder to keep the fixture in (reused)")
     p.add_argument("--cold-runs", type=int, default=3, help="cold runs of each command")
     p.add_argument("--warmup", type=int, default=1)
@@ -520,6 +528,16 @@ def main(argv=None) -> int:
                  min_glcic_jax=min(ours.get("times_s", [0])) or None,
                  min_pytorch=min(theirs.get("times_s", [0])) or None,
                  max_abs_diff_vs_torch=diff)
+            if args.without_flags:
+                bare = worker("forward_jax", [folder, size], {**opts, "inference_flags": False},
+                              args.timeout)
+                report["raw"][f"forward_{size}"]["glcic_jax_without_flags"] = bare
+                _row(report, "  the same without the inference XLA flags",
+                     _med(bare["times_s"]) if "times_s" in bare else None, None, "s")
+                _row(report, "  peak memory of the process", ours.get("maxrss_mib"),
+                     theirs.get("maxrss_mib"), "MiB")
+                _row(report, "  the same without the inference XLA flags",
+                     bare.get("maxrss_mib"), None, "MiB")
             save()
 
     if "cold" in parts:

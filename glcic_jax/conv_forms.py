@@ -74,13 +74,14 @@ CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 # Process-wide XLA flags for the commands that only run inference (`complete`, `serve`), each
 # with the first jaxlib release checked to know it; an unknown flag in XLA_FLAGS stops the
 # process, so each is set only from that release to the last one checked (both flags were found
-# in the jaxlib binaries of 0.8.1 to 0.10.2, the scheduler's in 0.4.35 too). Measured on the
-# full-width completion (docs/cpu_speed.md), with outputs equal within float rounding:
+# in the jaxlib binaries of 0.8.1 to 0.10.2, the scheduler's in 0.4.35 too):
 # * XLA's depth-first memory scheduler rather than its default, concurrency-optimized one, which
 #   computed every Winograd layer's kernel transform at the start of the network and kept them
-#   all alive (scratch memory at 512 px 170 -> 128 MiB, at 256 px 99 -> 32 MiB);
-# * XLA's own (Eigen) matrix products and convolutions rather than YNNPACK's, with which a
-#   512 px process peaked about 35 MiB higher and the 1024 px forward ran 13 % slower.
+#   all alive;
+# * XLA's own (Eigen) matrix products and convolutions rather than YNNPACK's.
+# With both, the full-width completion's forward processes peaked lower at every size and ran
+# as fast or faster, with outputs equal within float rounding (`benchmarks/bench_cpu.py --only
+# forward --without-flags`; docs/cpu_speed.md).
 # XLA reads them from XLA_FLAGS only (a jit's compiler options do not change the scheduler), so
 # they hold for a whole process; training processes do without them (their steps were no faster
 # with them: within the noise, or slower).
