@@ -2,7 +2,7 @@
 convolution against the CPU form, forward and forward + backward, with PyTorch's layer beside
 them when torch is installed (optional, this benchmark only).
 
-  python benchmarks/bench_conv_forms.py [--out benchmarks/results/conv_forms_cpu.json]
+  python benchmarks/bench_conv_forms.py [--out benchmarks/results/conv_forms_cpu.json] [--only taps]
 
 Layers (NHWC, float32, the shapes the full-width networks train on at 128 px, batch 4, and the
 Ds' last layers at batch 16 too):
@@ -16,6 +16,11 @@ Ds' last layers at batch 16 too):
   against `conv_forms.conv` as the networks call it on the CPU (Winograd's forward for >= 256
   channels, Winograd's gradients for >= 64; PyTorch: `Conv2d(c, f, 3, 1, d, d)`): at the
   256 px inference's shapes (batch 1, 64 x 64) and the 128 px training's (batch 4).
+* `taps`: VALID 3x3 stride-1 layers on an input padded beforehand (what the reflect-padding
+  configs give XLA), `lax`'s convolution against `conv_forms.conv`, which computes the small
+  and the strongly dilated ones by `conv_forms.taps_conv` (PyTorch: `Conv2d(c, f, 3, 1, 0, d)`
+  on the same padded input): the quickstart's 16 x 16 layers (batch 16, 32 channels, every
+  dilation), a 32 x 32 one that stays XLA's, and the paper's dilation-16 layer at 128 px.
 
 Forward + backward is the gradient of sum(y^2) / 2 with respect to the input and the kernel.
 Compiled with `conv_forms.compiler_options()`, as the full-width networks are on a CPU.
@@ -40,12 +45,21 @@ THREE = (("3x3 256, 64 px", 1, 64, 256, 256, 1), ("3x3 256 dil 8, 64 px", 1, 64,
          ("3x3 256 dil 4, 32 px, batch 4", 4, 32, 256, 256, 4),
          ("3x3 128, 64 px, batch 4", 4, 64, 128, 128, 1),
          ("3x3 64 -> 32, 128 px, batch 4", 4, 128, 64, 32, 1))
+# VALID on a padded input: (name, N, H_out, C_in, C_out, dilation)
+TAPS = (("VALID 32, 16 px, batch 16", 16, 16, 32, 32, 1),
+        ("VALID 32 dil 4, 16 px, batch 16", 16, 16, 32, 32, 4),
+        ("VALID 32 dil 16, 16 px, batch 16", 16, 16, 32, 32, 16),
+        ("VALID 32, 32 px, batch 16 (XLA's)", 16, 32, 32, 32, 1),
+        ("VALID 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
+        ("VALID 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16))
+SECTIONS = ("deconv", "small", "3x3", "taps")
 
 
 def parse_args(argv=None):
     p = _harness.parser(__doc__)
     p.add_argument("--out", default="")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--only", default=",".join(SECTIONS), help="among " + ",".join(SECTIONS))
     return p.parse_args(argv)
 
 
@@ -84,6 +98,11 @@ def main(argv=None) -> None:
         return lambda x, k: call(x, k, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
                                  dimension_numbers=conv_forms.NHWC)
 
+    def valid(d, cpu_form):
+        call = conv_forms.conv if cpu_form else lax.conv_general_dilated
+        return lambda x, k: call(x, k, (1, 1), "VALID", rhs_dilation=(d, d),
+                                 dimension_numbers=conv_forms.NHWC)
+
     options = conv_forms.compiler_options()  # as the full-width networks are compiled
 
     def timed(fn, x, k) -> dict:
@@ -113,12 +132,22 @@ def main(argv=None) -> None:
                 "fwd_bwd_ms": _ms(fwd_bwd, lambda out: None, args.repeats)}
 
     rows = []
-    cases = [(name, n, h, c, f, 4, deconv_xla, conv_forms.subpixel_deconv4x4, "subpixel", 1)
-             for name, n, h, c, f in DECONVS]
-    cases += [(name, n, h, c, f, 5, conv_xla, conv_patches, "patches", 1)
-              for name, n, h, c, f in SMALL]
-    cases += [(name, n, h, c, f, 3, three(d, False), three(d, True), "winograd", d)
-              for name, n, h, c, f, d in THREE]
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        raise SystemExit(f"--only takes {','.join(SECTIONS)}, got {args.only}")
+    cases = []
+    if "deconv" in only:
+        cases += [(name, n, h, c, f, 4, deconv_xla, conv_forms.subpixel_deconv4x4, "subpixel", 1)
+                  for name, n, h, c, f in DECONVS]
+    if "small" in only:
+        cases += [(name, n, h, c, f, 5, conv_xla, conv_patches, "patches", 1)
+                  for name, n, h, c, f in SMALL]
+    if "3x3" in only:
+        cases += [(name, n, h, c, f, 3, three(d, False), three(d, True), "winograd", d)
+                  for name, n, h, c, f, d in THREE]
+    if "taps" in only:  # the input is the padded one: h + 2d on each side
+        cases += [(name, n, h + 2 * d, c, f, 3, valid(d, False), valid(d, True), "taps", d)
+                  for name, n, h, c, f, d in TAPS]
     print(f"{'layer':30s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
     for name, n, h, c, f, ksize, xla_fn, cpu_fn, form, d in cases:
         x = rng.standard_normal((n, h, h, c)).astype(np.float32)
@@ -130,7 +159,7 @@ def main(argv=None) -> None:
         if torch is not None:
             layer = (torch.nn.ConvTranspose2d(c, f, 4, 2, 1) if ksize == 4
                      else torch.nn.Conv2d(c, f, 5, 2, 2) if ksize == 5
-                     else torch.nn.Conv2d(c, f, 3, 1, d, d))
+                     else torch.nn.Conv2d(c, f, 3, 1, 0 if form == "taps" else d, d))
             row["pytorch"] = timed_torch(layer, x)
         rows.append(row)
         for col in ("xla", form, "pytorch"):

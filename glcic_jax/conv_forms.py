@@ -14,6 +14,11 @@ On the CPU, `deconv4x4` therefore computes a transposed convolution as four inte
 convolutions (its sub-pixel form), and `conv` computes a convolution of <= 64 output pixels per
 image as one matrix product over the input's patches.
 
+XLA's CPU convolution also computes the input gradient of a VALID stride-1 layer (the
+reflect-padding configs pad the input themselves) over the whole padded input, most of a dilated
+layer's taps reading zeros there; `conv` computes the small and the strongly dilated ones as
+`taps_conv`, one matrix product over each output pixel's taps, forward and backward.
+
 The 3x3 stride-1 convolutions, most of the networks' arithmetic, run near the CPU's peak in XLA
 and in PyTorch alike, so neither is faster by computing them better; `winograd_conv3x3` computes
 fewer products instead: Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast
@@ -50,6 +55,18 @@ from jax import lax
 # matrix product on the CPU: far faster up to 4x4 outputs, a little at 8x8, no gain beyond
 # (benchmarks/bench_conv_forms.py), so 8x8 is the cut.
 PATCHES_MAX_OUTPUT_PIXELS = 64
+
+# A VALID stride-1 convolution (what the reflect-padding configs give XLA, having padded the
+# input themselves) with both channel counts at least TAPS_MIN_CHANNELS is one product over its
+# taps (`taps_conv`) on the CPU where its output has at most TAPS_MAX_OUTPUT_PIXELS pixels per
+# image (the 1/8-width networks' 16 x 16 layers at 64 px, 32 -> 32 channels), or at most
+# TAPS_MAX_DILATED_OUTPUT_PIXELS with a dilation of at least half its smaller side (the paper's
+# dilation-16 layer on 32 x 32, which Winograd's tiles would leave mostly empty). Forward and
+# backward, those ran 1.5-3.8x and 1.6-2.2x faster; 32 x 32 outputs of 32 channels 1.3-1.6x
+# slower (benchmarks/bench_conv_forms.py; docs/cpu_speed.md).
+TAPS_MIN_CHANNELS = 32
+TAPS_MAX_OUTPUT_PIXELS = 256
+TAPS_MAX_DILATED_OUTPUT_PIXELS = 1024
 
 # Winograd's forward (and input gradient) where both channel counts are at least this: 256 -> 256
 # runs 2.1-2.7x faster than XLA's convolution at the networks' sizes, 128 -> 128 about as fast,
@@ -224,6 +241,15 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
         return lax.platform_dependent(
             inputs, kernel,
             cpu=lambda x, k: winograd_conv3x3(x, k, pads, dilation[0]), default=xla)
+    if (strides == (1, 1) and pads == ((0, 0), (0, 0)) and dilation[0] == dilation[1]
+            and inputs.dtype == kernel.dtype == jnp.float32
+            and min(kernel.shape[2:]) >= TAPS_MIN_CHANNELS
+            and (ho * wo <= TAPS_MAX_OUTPUT_PIXELS
+                 or (ho * wo <= TAPS_MAX_DILATED_OUTPUT_PIXELS
+                     and 2 * dilation[0] >= min(ho, wo)))):
+        return lax.platform_dependent(
+            inputs, kernel,
+            cpu=lambda x, k: taps_conv(x, k, pads, dilation[0], precision), default=xla)
     if (strides == (1, 1) and pads == ((0, 0), (0, 0))
             and max(kernel.shape[2:]) >= WINOGRAD_MIN_TRAINED_CHANNELS):
         return lax.platform_dependent(
@@ -239,6 +265,86 @@ def valid_as_padded(x: jax.Array, k: jax.Array, dilation: Sequence[int] = (1, 1)
     y = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), rhs_dilation=tuple(dilation),
                                  dimension_numbers=NHWC)
     return y[:, 1:-1, 1:-1]
+
+
+def _taps_layout(x_shape, kernel_shape, padding, dilation: int):
+    (pt, pb), (pl, pr) = padding
+    kh, kw = kernel_shape[:2]
+    ho = x_shape[1] + pt + pb - dilation * (kh - 1)
+    wo = x_shape[2] + pl + pr - dilation * (kw - 1)
+    return ho, wo, [(a * dilation - pt, b * dilation - pl) for a in range(kh) for b in range(kw)]
+
+
+def _taps_patches(x: jax.Array, ho: int, wo: int, offsets, padding) -> jax.Array:
+    """[n, ho, wo, kh * kw * c]: each output pixel's taps side by side, HWIO's order."""
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    return jnp.concatenate([xp[:, r + pt:r + pt + ho, c + pl:c + pl + wo] for r, c in offsets],
+                           axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _taps_conv(x, k, padding, dilation, precision):
+    ho, wo, offsets = _taps_layout(x.shape, k.shape, padding, dilation)
+    patches = _taps_patches(x, ho, wo, offsets, padding)
+    return jnp.dot(patches, k.reshape(-1, k.shape[-1]), precision=precision)
+
+
+def _taps_conv_fwd(x, k, padding, dilation, precision):
+    ho, wo, offsets = _taps_layout(x.shape, k.shape, padding, dilation)
+    patches = _taps_patches(x, ho, wo, offsets, padding)
+    y = jnp.dot(patches, k.reshape(-1, k.shape[-1]), precision=precision)
+    return y, (patches, k, x.shape[1:3])
+
+
+def _taps_conv_bwd(padding, dilation, precision, residuals, dy):
+    patches, k, (h, w) = residuals
+    kh, kw, c_in, c_out = k.shape
+    n, ho, wo, _ = dy.shape
+    _, _, offsets = _taps_layout((n, h, w), k.shape, padding, dilation)
+    dk = lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                         precision=precision).reshape(k.shape)
+    # Each tap's share of the input gradient, added back where the tap read it (lax.pad crops
+    # what fell in the padding): along each kernel row's columns first, then along the rows,
+    # each stage materialised. Left to fuse into one sum over every tap, and that sum into the
+    # reflect padding's adjoint, XLA's CPU code recomputed it several times over (2-4x slower at
+    # dilation 16).
+    g = jnp.dot(dy, k.reshape(-1, c_out).T, precision=precision).reshape(n, ho, wo, kh * kw, c_in)
+    zero = jnp.zeros((), g.dtype)
+    dx = None
+    for a in range(kh):
+        row = None
+        for b in range(kw):
+            c = offsets[a * kw + b][1]
+            part = lax.pad(g[..., a * kw + b, :], zero,
+                           ((0, 0, 0), (0, 0, 0), (c, w - wo - c, 0), (0, 0, 0)))
+            row = part if row is None else row + part
+        r = offsets[a * kw][0]
+        part = lax.pad(lax.optimization_barrier(row), zero,
+                       ((0, 0, 0), (r, h - ho - r, 0), (0, 0, 0), (0, 0, 0)))
+        dx = part if dx is None else dx + part
+    return lax.optimization_barrier(dx), dk
+
+
+_taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
+
+
+def taps_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
+              dilation: int = 1, precision: Any = None) -> jax.Array:
+    """A stride-1 NHWC/HWIO convolution with zero `padding` and `dilation` as one matrix product
+    over its taps: each output pixel's kh x kw taps side by side along channels (HWIO's order)
+    times the kernel as `[kh * kw * C_in, C_out]`. The same products as the convolution.
+
+    Its gradients are products too: the kernel's, those patches (kept from the forward) times
+    the cotangent; the input's, the cotangent times the transposed kernel, each tap's share
+    added back where it was read. XLA's CPU convolution computes the input gradient of a VALID
+    layer (a reflect-padded input) over the whole padded input, most of a dilated layer's taps
+    reading zeros there; this form computes only the products that count. The patches are
+    kh x kw times the input's size, hence `conv` uses it for small outputs only."""
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if min(p for side in padding for p in side) < 0:
+        raise ValueError(f"taps_conv takes non-negative paddings, got {padding}.")
+    return _taps_conv(x, kernel, padding, int(dilation), precision)
 
 
 def subpixel_deconv4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -109,6 +109,59 @@ def test_conv_uses_patches_on_cpu_for_small_outputs_only():
     assert " convolution(" in _cpu_hlo(same, small, k)
 
 
+@pytest.mark.parametrize("shape, kernel, padding, dilation", [
+    ((2, 10, 10, 6), (3, 3, 6, 5), ((0, 0), (0, 0)), 1),  # VALID, as the reflect configs call it
+    ((2, 12, 9, 4), (3, 3, 4, 5), ((0, 0), (0, 0)), 2),  # dilated, odd sizes
+    ((1, 8, 8, 3), (3, 3, 3, 4), ((8, 8), (8, 8)), 8),  # taps reading only the padding
+    ((2, 9, 7, 4), (5, 5, 4, 3), ((1, 3), (2, 0)), 1),  # asymmetric, 5x5
+])
+def test_taps_conv_equals_xla_conv_with_gradients(shape, kernel, padding, dilation):
+    rng = np.random.default_rng(8)
+    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
+    kh, kw, c_in, c_out = kernel
+    y = _lax_conv((1, 1), padding, (dilation, dilation))(x, k)
+    ho, wo = y.shape[1:3]
+    _compare_with_grads(
+        lambda x, k: conv_forms.taps_conv(x, k, padding, dilation),
+        _lax_conv((1, 1), padding, (dilation, dilation)), x, k,
+        terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+
+
+def test_taps_conv_rejects_negative_padding():
+    with pytest.raises(ValueError, match="non-negative"):
+        conv_forms.taps_conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)), ((-1, 0), (0, 0)))
+
+
+def test_conv_uses_taps_on_cpu_for_small_or_strongly_dilated_valid_layers_only():
+    """XLA's CPU convolution computes a VALID layer's input gradient over the whole padded
+    input: small VALID layers of >= 32 channels (the quickstart's 16 x 16 ones) and those whose
+    dilation reaches across most of the output are products over their taps, forward and back;
+    larger, narrower or zero-padded layers, and other platforms, keep XLA's convolution."""
+    rng = np.random.default_rng(9)
+    c = conv_forms.TAPS_MIN_CHANNELS
+
+    def grad_hlo(x, k, padding, dilation, platform="cpu"):
+        def loss(x, k):
+            y = conv_forms.conv(x, k, (1, 1), padding, rhs_dilation=(dilation, dilation),
+                                dimension_numbers=conv_forms.NHWC)
+            return jnp.sum(y * y)
+        fn = jax.grad(loss, argnums=(0, 1))
+        return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
+
+    k = _rand(rng, (3, 3, c, c), 0.05)
+    small = _rand(rng, (2, 16 + 2 * 4, 16 + 2 * 4, c))  # a 16 x 16 output, dilation 4
+    assert " convolution(" not in grad_hlo(small, k, "VALID", 4)
+    assert "stablehlo.convolution" in grad_hlo(small, k, "VALID", 4, platform="cuda")
+    # The same layer zero-padded (XLA's input gradient is then the input's size): XLA's.
+    assert " convolution(" in grad_hlo(_rand(rng, (2, 16, 16, c)), k, ((4, 4), (4, 4)), 4)
+    # 32 x 32 outputs: XLA's, unless the dilation is at least half of the output's side.
+    assert " convolution(" in grad_hlo(_rand(rng, (1, 34, 34, c)), k, "VALID", 1)
+    assert " convolution(" not in grad_hlo(_rand(rng, (1, 64, 64, c)), k, "VALID", 16)
+    # Fewer channels on either side: XLA's.
+    narrow = _rand(rng, (3, 3, c, c // 2), 0.05)
+    assert " convolution(" in grad_hlo(small, narrow, "VALID", 4)
+
+
 @pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((1, 16, 12, 8), 3)])
 def test_deconv_layer_equals_flax_conv_transpose(shape, features):
     rng = np.random.default_rng(0)
