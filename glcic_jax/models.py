@@ -348,8 +348,7 @@ def compiler_options(width: float, inference: bool = False) -> dict | None:
     """`jax.jit` compiler options for networks of this `model.width`: on the CPU, those of
     `conv_forms.compiler_options` (for an `inference` jit, its inference set) where the widest
     3x3 layers of Table 1 compute by Winograd's form, whose transforms they are for; None (XLA's
-    defaults) for narrower networks, such as the quickstart's, which then compute exactly as they
-    always have."""
+    defaults) for narrower networks, such as the quickstart's."""
     widest = max(f for kind, k, _, _, f in COMPLETION_LAYERS if kind == "conv" and k == 3)
     if scaled(widest, width) >= conv_forms.WINOGRAD_MIN_TRAINED_CHANNELS:
         return conv_forms.compiler_options(inference)
