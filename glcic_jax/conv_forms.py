@@ -62,8 +62,10 @@ PATCHES_MAX_OUTPUT_PIXELS = 64
 # image (the 1/8-width networks' 16 x 16 layers at 64 px, 32 -> 32 channels), or at most
 # TAPS_MAX_DILATED_OUTPUT_PIXELS with a dilation of at least half its smaller side (the paper's
 # dilation-16 layer on 32 x 32, which Winograd's tiles would leave mostly empty). Forward and
-# backward, those ran 1.5-3.8x and 1.6-2.2x faster; 32 x 32 outputs of 32 channels 1.3-1.6x
-# slower (benchmarks/bench_conv_forms.py; docs/cpu_speed.md).
+# backward, those ran 1.9-2.9x and 2.1-2.5x faster than XLA's VALID convolution; 32 x 32 outputs
+# of 32 channels as fast or up to 1.6x slower (benchmarks/bench_conv_forms.py --only taps;
+# docs/cpu_speed.md). Their steps compile a few seconds longer (the patches and the placed
+# gradients are more operations for XLA).
 TAPS_MIN_CHANNELS = 32
 TAPS_MAX_OUTPUT_PIXELS = 256
 TAPS_MAX_DILATED_OUTPUT_PIXELS = 1024
