@@ -93,14 +93,10 @@ def main(argv=None) -> None:
     def conv_patches(x, k):
         return conv_forms.patches_conv(x, k, (2, 2), ((2, 2), (2, 2)), (1, 1))
 
-    def three(d, cpu_form):
+    def three(d, cpu_form, padding=None):  # None: d on every side, as the zero-padded layers
         call = conv_forms.conv if cpu_form else lax.conv_general_dilated
-        return lambda x, k: call(x, k, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
-                                 dimension_numbers=conv_forms.NHWC)
-
-    def valid(d, cpu_form):
-        call = conv_forms.conv if cpu_form else lax.conv_general_dilated
-        return lambda x, k: call(x, k, (1, 1), "VALID", rhs_dilation=(d, d),
+        pads = padding or ((d, d), (d, d))
+        return lambda x, k: call(x, k, (1, 1), pads, rhs_dilation=(d, d),
                                  dimension_numbers=conv_forms.NHWC)
 
     options = conv_forms.compiler_options()  # as the full-width networks are compiled
@@ -146,7 +142,8 @@ def main(argv=None) -> None:
         cases += [(name, n, h, c, f, 3, three(d, False), three(d, True), "winograd", d)
                   for name, n, h, c, f, d in THREE]
     if "taps" in only:  # the input is the padded one: h + 2d on each side
-        cases += [(name, n, h + 2 * d, c, f, 3, valid(d, False), valid(d, True), "taps", d)
+        cases += [(name, n, h + 2 * d, c, f, 3, three(d, False, "VALID"), three(d, True, "VALID"),
+                   "taps", d)
                   for name, n, h, c, f, d in TAPS]
     print(f"{'layer':30s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
     for name, n, h, c, f, ksize, xla_fn, cpu_fn, form, d in cases:

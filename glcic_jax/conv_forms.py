@@ -287,9 +287,7 @@ def _taps_patches(x: jax.Array, ho: int, wo: int, offsets, padding) -> jax.Array
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _taps_conv(x, k, padding, dilation, precision):
-    ho, wo, offsets = _taps_layout(x.shape, k.shape, padding, dilation)
-    patches = _taps_patches(x, ho, wo, offsets, padding)
-    return jnp.dot(patches, k.reshape(-1, k.shape[-1]), precision=precision)
+    return _taps_conv_fwd(x, k, padding, dilation, precision)[0]
 
 
 def _taps_conv_fwd(x, k, padding, dilation, precision):
@@ -342,7 +340,8 @@ def taps_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]
     added back where it was read. XLA's CPU convolution computes the input gradient of a VALID
     layer (a reflect-padded input) over the whole padded input, most of a dilated layer's taps
     reading zeros there; this form computes only the products that count. The patches are
-    kh x kw times the input's size, hence `conv` uses it for small outputs only."""
+    kh x kw times the input's size, hence `conv` uses it for small outputs only. (`patches_conv`
+    gathers the same patches for any stride, but its gradient is autodiff's scatter-add.)"""
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if min(p for side in padding for p in side) < 0:
         raise ValueError(f"taps_conv takes non-negative paddings, got {padding}.")
