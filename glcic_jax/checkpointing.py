@@ -70,6 +70,22 @@ class NoIntactCheckpointError(NoCheckpointError):
 LIBRARY_LOGGERS = ("absl", "asyncio", "glcic_jax.library")
 LIBRARY_LOG = "library.log"
 
+# Whether `library_log` keeps its routing when a failed save ends its block (see
+# `keep_library_log_after_write_errors`).
+_KEEP_AFTER_WRITE_ERROR = False
+
+
+def keep_library_log_after_write_errors(keep: bool = True) -> None:
+    """For a process that ends when a checkpoint write fails (the command line): `library_log`
+    then leaves the libraries' noise routed to its file instead of restoring the console.
+
+    After a failed write, tensorstore's I/O threads go on completing into Orbax's closed event
+    loop for a while (longer on a loaded machine), each printing a traceback; restored, the
+    console would receive them between the failure and the command's one-line error, and
+    interleaved with it. An in-process caller keeps the default: the console comes back."""
+    global _KEEP_AFTER_WRITE_ERROR
+    _KEEP_AFTER_WRITE_ERROR = keep
+
 
 class _QuietFileHandler(logging.FileHandler):
     """A log file that, when it cannot be written (the disk that failed the save is full),
@@ -77,6 +93,21 @@ class _QuietFileHandler(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         pass
+
+    # Flushing and closing write the buffered records too: on the full disk they fail the same
+    # way, and raised from `library_log`'s exit they would replace the run's own error (the
+    # failed save's one line) with a traceback.
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
@@ -116,15 +147,20 @@ def library_log(path: str | None) -> Iterator[None]:
         logger.propagate = False
         if path is None:
             logger.setLevel(logging.CRITICAL)
+    keep = False
     try:
         yield
+    except CheckpointWriteError:
+        keep = _KEEP_AFTER_WRITE_ERROR  # the failed write's threads are still finishing
+        raise
     finally:
-        sys.excepthook, sys.unraisablehook = hooks
-        for logger, propagate, level in saved:
-            logger.removeHandler(handler)
-            logger.propagate = propagate
-            logger.setLevel(level)
-        handler.close()
+        if not keep:
+            sys.excepthook, sys.unraisablehook = hooks
+            for logger, propagate, level in saved:
+                logger.removeHandler(handler)
+                logger.propagate = propagate
+                logger.setLevel(level)
+            handler.close()
 
 
 def make_workdir(workdir: str) -> None:

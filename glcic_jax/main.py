@@ -139,6 +139,9 @@ def _train_or_eval(fv) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
+    # This process ends at a failed checkpoint write: the libraries' noise that follows it stays
+    # in WORKDIR/library.log, away from the one-line error below.
+    checkpointing.keep_library_log_after_write_errors()
     try:
         if fv.mode == "train":
             train.train_and_evaluate(fv.config, fv.workdir)

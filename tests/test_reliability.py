@@ -15,7 +15,10 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
+import logging
 import os
 import random
 import re
@@ -797,6 +800,76 @@ def test_a_fresh_run_on_a_full_disk_fails_in_one_true_line_and_leaves_no_tempora
     assert "training starts afresh (no checkpoint had been written)" in errors_[0], errors_[0]
     assert "resumes" not in errors_[0]
     assert not [name for name in left if ".tmp" in name], left
+
+
+@pytest.mark.parametrize("command_line", [False, True])
+def test_library_noise_after_a_failed_write_stays_in_its_file_for_the_command_line(
+        tmp_path, capsys, monkeypatch, command_line):
+    """After a failed save, tensorstore's I/O threads go on printing tracebacks (through
+    sys.excepthook) and Orbax goes on logging, after the error has left the training loop. The
+    command line, which ends there, keeps them in library.log (on a loaded machine they reached
+    the console between the failure and the one-line error); an in-process caller gets its
+    console back."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(checkpointing, "_KEEP_AFTER_WRITE_ERROR", False)
+    loggers = [logging.getLogger(name) for name in checkpointing.LIBRARY_LOGGERS]
+    before = [(lg, lg.propagate, lg.level, list(lg.handlers)) for lg in loggers]
+    hooks = sys.excepthook, sys.unraisablehook
+    if command_line:
+        checkpointing.keep_library_log_after_write_errors()
+    path = tmp_path / "library.log"
+    try:
+        with pytest.raises(checkpointing.CheckpointWriteError):
+            with checkpointing.library_log(str(path)):
+                raise checkpointing.CheckpointWriteError("No space left on device")
+        try:  # what a library thread does after the failure
+            raise RuntimeError("Event loop is closed")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        logging.getLogger("absl").error("a late library note")
+        for lg in loggers:
+            for handler in lg.handlers:
+                handler.flush()
+        text = path.read_text() if path.exists() else ""
+        err = capsys.readouterr().err
+        if command_line:
+            assert "Event loop is closed" in text and "a late library note" in text, text
+            assert "Event loop is closed" not in err and "a late library note" not in err, err
+        else:
+            assert (sys.excepthook, sys.unraisablehook) == hooks
+            assert "Event loop is closed" not in text and "a late library note" not in text, text
+            assert "Event loop is closed" in err  # the console's hook again
+    finally:
+        for lg, propagate, level, handlers in before:
+            for handler in set(lg.handlers) - set(handlers):
+                lg.removeHandler(handler)
+                handler.close()
+            lg.propagate, lg.level = propagate, level
+
+
+def test_a_library_log_on_the_full_disk_never_replaces_the_runs_error(tmp_path):
+    """The library log shares the disk that failed the save: its last records cannot be
+    flushed when the block ends. That must not turn the run's error into an OSError traceback
+    (it did, on a loaded machine, when records were still buffered)."""
+
+    class FullDisk(io.StringIO):
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        close = flush
+
+    absl_logger = logging.getLogger("absl")
+    with pytest.raises(checkpointing.CheckpointWriteError, match="the save's own error"):
+        with checkpointing.library_log(str(tmp_path / "library.log")):
+            absl_logger.error("a library note")  # opens the file
+            (handler,) = [h for h in absl_logger.handlers
+                          if isinstance(h, checkpointing._QuietFileHandler)]
+            handler.stream.close()
+            handler.stream = FullDisk()
+            absl_logger.error("a buffered record")
+            raise checkpointing.CheckpointWriteError("the save's own error")
+    assert not [h for h in absl_logger.handlers if isinstance(h, checkpointing._QuietFileHandler)]
 
 
 @pytest.mark.slow
