@@ -71,20 +71,26 @@ LIBRARY_LOGGERS = ("absl", "asyncio", "glcic_jax.library")
 LIBRARY_LOG = "library.log"
 
 # Whether `library_log` keeps its routing when a failed save ends its block (see
-# `keep_library_log_after_write_errors`).
+# `library_log_kept_after_write_errors`).
 _KEEP_AFTER_WRITE_ERROR = False
 
 
-def keep_library_log_after_write_errors(keep: bool = True) -> None:
-    """For a process that ends when a checkpoint write fails (the command line): `library_log`
-    then leaves the libraries' noise routed to its file instead of restoring the console.
+@contextlib.contextmanager
+def library_log_kept_after_write_errors() -> Iterator[None]:
+    """For a caller that ends its process when a checkpoint write fails (the command line):
+    within this block, `library_log` leaves the libraries' noise routed to its file when a
+    failed write ends it, instead of restoring the console.
 
     After a failed write, tensorstore's I/O threads go on completing into Orbax's closed event
     loop for a while (longer on a loaded machine), each printing a traceback; restored, the
     console would receive them between the failure and the command's one-line error, and
-    interleaved with it. An in-process caller keeps the default: the console comes back."""
+    interleaved with it. Other callers keep the default: the console comes back."""
     global _KEEP_AFTER_WRITE_ERROR
-    _KEEP_AFTER_WRITE_ERROR = keep
+    saved, _KEEP_AFTER_WRITE_ERROR = _KEEP_AFTER_WRITE_ERROR, True
+    try:
+        yield
+    finally:
+        _KEEP_AFTER_WRITE_ERROR = saved
 
 
 class _QuietFileHandler(logging.FileHandler):

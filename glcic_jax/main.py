@@ -139,16 +139,16 @@ def _train_or_eval(fv) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
-    # This process ends at a failed checkpoint write: the libraries' noise that follows it stays
-    # in WORKDIR/library.log, away from the one-line error below.
-    checkpointing.keep_library_log_after_write_errors()
     try:
-        if fv.mode == "train":
-            train.train_and_evaluate(fv.config, fv.workdir)
-        else:
-            from glcic_jax import evaluate
+        # This process ends at a failed checkpoint write: the libraries' noise that follows it
+        # stays in WORKDIR/library.log, away from the one-line error below.
+        with checkpointing.library_log_kept_after_write_errors():
+            if fv.mode == "train":
+                train.train_and_evaluate(fv.config, fv.workdir)
+            else:
+                from glcic_jax import evaluate
 
-            evaluate.evaluate(fv.config, fv.workdir)
+                evaluate.evaluate(fv.config, fv.workdir)
     except checkpointing.CheckpointWriteError as e:
         # After a failed Orbax write (disk full), tensorstore's I/O threads still complete into
         # Orbax's closed event loop and print a traceback each at interpreter shutdown. The error

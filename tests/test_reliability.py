@@ -816,13 +816,14 @@ def test_library_noise_after_a_failed_write_stays_in_its_file_for_the_command_li
     loggers = [logging.getLogger(name) for name in checkpointing.LIBRARY_LOGGERS]
     before = [(lg, lg.propagate, lg.level, list(lg.handlers)) for lg in loggers]
     hooks = sys.excepthook, sys.unraisablehook
-    if command_line:
-        checkpointing.keep_library_log_after_write_errors()
     path = tmp_path / "library.log"
     try:
         with pytest.raises(checkpointing.CheckpointWriteError):
-            with checkpointing.library_log(str(path)):
-                raise checkpointing.CheckpointWriteError("No space left on device")
+            with (checkpointing.library_log_kept_after_write_errors() if command_line
+                  else contextlib.nullcontext()):
+                with checkpointing.library_log(str(path)):
+                    raise checkpointing.CheckpointWriteError("No space left on device")
+        assert checkpointing._KEEP_AFTER_WRITE_ERROR is False  # the block's setting only
         try:  # what a library thread does after the failure
             raise RuntimeError("Event loop is closed")
         except RuntimeError:
@@ -860,6 +861,7 @@ def test_a_library_log_on_the_full_disk_never_replaces_the_runs_error(tmp_path):
         close = flush
 
     absl_logger = logging.getLogger("absl")
+    assert checkpointing._KEEP_AFTER_WRITE_ERROR is False  # no caller's setting left behind
     with pytest.raises(checkpointing.CheckpointWriteError, match="the save's own error"):
         with checkpointing.library_log(str(tmp_path / "library.log")):
             absl_logger.error("a library note")  # opens the file
