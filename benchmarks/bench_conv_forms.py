@@ -21,6 +21,12 @@ Ds' last layers at batch 16 too):
   and the strongly dilated ones by `conv_forms.taps_conv` (PyTorch: `Conv2d(c, f, 3, 1, 0, d)`
   on the same padded input): the quickstart's 16 x 16 layers (batch 16, 32 channels, every
   dilation), a 32 x 32 one that stays XLA's, and the paper's dilation-16 layer at 128 px.
+* `kgrad`: the layers that keep XLA's convolution forward (strided, strongly dilated, the
+  sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers), XLA's convolution against
+  `conv_forms.taps_kernel_grad_conv` (the same forward and input gradient, the kernel gradient
+  one product per tap; PyTorch: `Conv2d` with the same stride, padding and dilation), at 128 px
+  (batch 4) and 256 px (batch 2), and layers where the networks keep XLA's kernel gradient
+  (`networks_use: false`: the discriminators' wide 5x5 layers, the 1/8-width networks').
 
 Forward + backward is the gradient of sum(y^2) / 2 with respect to the input and the kernel.
 Compiled with `conv_forms.compiler_options()`, as the full-width networks are on a CPU.
@@ -29,6 +35,7 @@ Each row: milliseconds per call (median of --repeats), PyTorch in channels_last.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -52,7 +59,22 @@ TAPS = (("VALID 32, 16 px, batch 16", 16, 16, 32, 32, 1),
         ("VALID 32, 32 px, batch 16 (XLA's)", 16, 32, 32, 32, 1),
         ("VALID 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
         ("VALID 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16))
-SECTIONS = ("deconv", "small", "3x3", "taps")
+# Kernel gradient by taps: (name, N, H, C_in, C_out, kernel size, stride, padding, dilation)
+KGRAD = (("C 5x5 4 -> 64, 128 px, batch 4", 4, 128, 4, 64, 5, 1, ((2, 2), (2, 2)), 1),
+         ("C 3x3/2 64 -> 128, 128 px, batch 4", 4, 128, 64, 128, 3, 2, ((1, 1), (1, 1)), 1),
+         ("C 3x3/2 128 -> 256, 64 px, batch 4", 4, 64, 128, 256, 3, 2, ((1, 1), (1, 1)), 1),
+         ("2x2 256 -> 128, 32 px, batch 4", 4, 32, 256, 128, 2, 1, ((1, 0), (0, 1)), 1),
+         ("2x2 128 -> 64, 64 px, batch 4", 4, 64, 128, 64, 2, 1, ((1, 0), (0, 1)), 1),
+         ("D 5x5/2 3 -> 64, 128 px, batch 4", 4, 128, 3, 64, 5, 2, ((2, 2), (2, 2)), 1),
+         ("C 5x5 4 -> 64, 256 px, batch 2", 2, 256, 4, 64, 5, 1, ((2, 2), (2, 2)), 1),
+         ("C 3x3/2 64 -> 128, 256 px, batch 2", 2, 256, 64, 128, 3, 2, ((1, 1), (1, 1)), 1),
+         ("C 3x3/2 128 -> 256, 128 px, batch 2", 2, 128, 128, 256, 3, 2, ((1, 1), (1, 1)), 1),
+         ("2x2 128 -> 64, 128 px, batch 2", 2, 128, 128, 64, 2, 1, ((1, 0), (0, 1)), 1),
+         ("D 5x5/2 64 -> 128, 64 px, batch 4", 4, 64, 64, 128, 5, 2, ((2, 2), (2, 2)), 1),
+         ("D 5x5/2 128 -> 256, 32 px, batch 4", 4, 32, 128, 256, 5, 2, ((2, 2), (2, 2)), 1),
+         ("1/8: 3x3/2 16 -> 32, 32 px, batch 16", 16, 32, 16, 32, 3, 2, ((1, 1), (1, 1)), 1),
+         ("1/8: 5x5 4 -> 8, 64 px, batch 16", 16, 64, 4, 8, 5, 1, ((2, 2), (2, 2)), 1))
+SECTIONS = ("deconv", "small", "3x3", "taps", "kgrad")
 
 
 def parse_args(argv=None):
@@ -145,24 +167,45 @@ def main(argv=None) -> None:
         cases += [(name, n, h + 2 * d, c, f, 3, three(d, False, "VALID"), three(d, True, "VALID"),
                    "taps", d)
                   for name, n, h, c, f, d in TAPS]
-    print(f"{'layer':30s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
-    for name, n, h, c, f, ksize, xla_fn, cpu_fn, form, d in cases:
+    if "kgrad" in only:
+        for name, n, h, c, f, ksize, stride, pads, d in KGRAD:
+            kw = dict(window_strides=(stride, stride), padding=pads, rhs_dilation=(d, d),
+                      dimension_numbers=conv_forms.NHWC)
+            symmetric = pads[0][0] == pads[0][1] == pads[1][0] == pads[1][1]
+            torch_layer = ((lambda c=c, f=f, ksize=ksize, stride=stride, p=pads[0][0], d=d:
+                            torch.nn.Conv2d(c, f, ksize, stride, p, d)) if symmetric else None)
+            cases.append((name, n, h, c, f, ksize,
+                          functools.partial(lax.conv_general_dilated, **kw),
+                          functools.partial(conv_forms.taps_kernel_grad_conv,
+                                            strides=(stride, stride), padding=pads,
+                                            dilation=(d, d)),
+                          "kgrad", d, torch_layer))
+    print(f"{'layer':36s} {'form':9s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'compile s':>10s}")
+    for case in cases:
+        name, n, h, c, f, ksize, xla_fn, cpu_fn, form, d = case[:10]
         x = rng.standard_normal((n, h, h, c)).astype(np.float32)
         k = (rng.standard_normal((ksize, ksize, c, f)) * 0.05).astype(np.float32)
         row = {"layer": name, "shape": [n, h, h, c], "features": f, "dilation": d,
                "cpu_form": form,
                "xla": timed(xla_fn, jnp.asarray(x), jnp.asarray(k)),
                form: timed(cpu_fn, jnp.asarray(x), jnp.asarray(k))}
+        if form == "kgrad":
+            row["networks_use"] = conv_forms.uses_taps_kernel_grad(
+                jnp.asarray(x), jnp.asarray(k), case[7].keywords["padding"])
         if torch is not None:
-            layer = (torch.nn.ConvTranspose2d(c, f, 4, 2, 1) if ksize == 4
-                     else torch.nn.Conv2d(c, f, 5, 2, 2) if ksize == 5
-                     else torch.nn.Conv2d(c, f, 3, 1, 0 if form == "taps" else d, d))
-            row["pytorch"] = timed_torch(layer, x)
+            if form == "kgrad":
+                layer = case[10]() if case[10] is not None else None
+            else:
+                layer = (torch.nn.ConvTranspose2d(c, f, 4, 2, 1) if ksize == 4
+                         else torch.nn.Conv2d(c, f, 5, 2, 2) if ksize == 5
+                         else torch.nn.Conv2d(c, f, 3, 1, 0 if form == "taps" else d, d))
+            if layer is not None:
+                row["pytorch"] = timed_torch(layer, x)
         rows.append(row)
         for col in ("xla", form, "pytorch"):
             if col in row:
                 r = row[col]
-                print(f"{name:30s} {col:9s} {r['fwd_ms']:9.1f} {r['fwd_bwd_ms']:11.1f} "
+                print(f"{name:36s} {col:9s} {r['fwd_ms']:9.1f} {r['fwd_bwd_ms']:11.1f} "
                       f"{r.get('compile_fwd_bwd_s', float('nan')):10.2f}", flush=True)
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(), jax=jax.__version__,
                                         torch=getattr(torch, "__version__", None),

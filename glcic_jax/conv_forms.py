@@ -19,6 +19,12 @@ reflect-padding configs pad the input themselves) over the whole padded input, m
 layer's taps reading zeros there; `conv` computes the small and the strongly dilated ones as
 `taps_conv`, one matrix product over each output pixel's taps, forward and backward.
 
+XLA's CPU backend computes a kernel gradient as a convolution whose output is the kernel, and
+ran those of the wide layers that keep its convolution forward (stride 2, dilation 16 on
+32 x 32, the sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers) up to 4x slower
+than one matrix product per tap; `taps_kernel_grad_conv` keeps XLA's forward and input
+gradient and computes the kernel gradient so.
+
 The 3x3 stride-1 convolutions, most of the networks' arithmetic, run near the CPU's peak in XLA
 and in PyTorch alike, so neither is faster by computing them better; `winograd_conv3x3` computes
 fewer products instead: Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast
@@ -69,6 +75,19 @@ PATCHES_MAX_OUTPUT_PIXELS = 64
 TAPS_MIN_CHANNELS = 32
 TAPS_MAX_OUTPUT_PIXELS = 256
 TAPS_MAX_DILATED_OUTPUT_PIXELS = 1024
+
+# The kernel gradient of a float32 layer that keeps XLA's convolution forward (the stride-2
+# layers, the sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers) is one product per
+# tap on the CPU where either channel count is at least TAPS_KERNEL_GRAD_MIN_CHANNELS and the
+# kernel has at most TAPS_KERNEL_GRAD_MAX_TAPS taps or at most TAPS_KERNEL_GRAD_MAX_IN_CHANNELS
+# input channels (the first layers' 5x5 kernels over RGB + mask). Forward + backward, those
+# layers ran 1.1-2.1x faster than with XLA's kernel gradient at 128 and 256 px; the
+# discriminators' wide 5x5 layers about as fast (0.95-1.3x between runs), and the 1/8-width
+# networks' phase-1 step 1.18x slower with every layer so (benchmarks/bench_conv_forms.py
+# --only kgrad; docs/cpu_speed.md), hence the cuts.
+TAPS_KERNEL_GRAD_MIN_CHANNELS = 64
+TAPS_KERNEL_GRAD_MAX_TAPS = 9
+TAPS_KERNEL_GRAD_MAX_IN_CHANNELS = 4
 
 # Winograd's forward (and input gradient) where both channel counts are at least this: 256 -> 256
 # runs 2.1-2.7x faster than XLA's convolution at the networks' sizes, 128 -> 128 about as fast,
@@ -204,9 +223,12 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
          feature_group_count: int = 1, precision: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` (same signature: flax's `nn.Conv(conv_general_dilated=...)`
-    calls it), computed on the CPU by `patches_conv` when the output is small and by
-    `winograd_conv3x3` for wide 3x3 stride-1 layers (see the module docstring). Anything else,
-    and every other platform, is `lax.conv_general_dilated` itself."""
+    calls it), computed on the CPU by `patches_conv` when the output is small, by
+    `winograd_conv3x3` for wide 3x3 stride-1 layers, by `taps_conv` for small or strongly
+    dilated VALID ones (`valid_as_padded` for the other wide VALID ones), and with
+    `taps_kernel_grad_conv`'s kernel gradient for the remaining wide layers (see the module
+    docstring). Anything else, and every other platform, is
+    `lax.conv_general_dilated` itself."""
 
     def xla(x, k):
         return lax.conv_general_dilated(
@@ -256,6 +278,10 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
             and max(kernel.shape[2:]) >= WINOGRAD_MIN_TRAINED_CHANNELS):
         return lax.platform_dependent(
             inputs, kernel, cpu=lambda x, k: valid_as_padded(x, k, dilation), default=xla)
+    if uses_taps_kernel_grad(inputs, kernel, pads):
+        return lax.platform_dependent(
+            inputs, kernel, default=xla,
+            cpu=lambda x, k: taps_kernel_grad_conv(x, k, strides, pads, dilation, precision))
     return xla(inputs, kernel)
 
 
@@ -348,6 +374,79 @@ def taps_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]
     return _taps_conv(x, kernel, padding, int(dilation), precision)
 
 
+def uses_taps_kernel_grad(x: jax.Array, k: jax.Array, padding) -> bool:
+    """Whether a layer that keeps XLA's convolution forward gets `taps_kernel_grad` on the CPU
+    (the cuts are at TAPS_KERNEL_GRAD_MIN_CHANNELS)."""
+    kh, kw, c_in, c_out = k.shape
+    return (x.dtype == k.dtype == jnp.float32
+            and min(p for side in padding for p in side) >= 0
+            and max(c_in, c_out) >= TAPS_KERNEL_GRAD_MIN_CHANNELS
+            and (kh * kw <= TAPS_KERNEL_GRAD_MAX_TAPS
+                 or c_in <= TAPS_KERNEL_GRAD_MAX_IN_CHANNELS))
+
+
+def _xla_conv(x, k, strides, padding, dilation, precision):
+    return lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation,
+                                    dimension_numbers=NHWC, precision=precision)
+
+
+def taps_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
+                     strides: Sequence[int], padding: Sequence[tuple[int, int]],
+                     dilation: Sequence[int], precision: Any = None) -> jax.Array:
+    """The kernel gradient of an NHWC/HWIO convolution (zero `padding` >= 0, any stride and
+    dilation) for the output cotangent `dy`: for each tap, the input pixels it read (one strided
+    slice of the padded input) times `dy`, summed over the batch and the output pixels, one
+    matrix product `[C_in, N Ho Wo] x [N Ho Wo, C_out]` per tap. The same products as the
+    convolution's gradient, summed in another order."""
+    kh, kw, c_in, c_out = kernel_shape
+    (sh, sw), (dh, dw) = strides, dilation
+    n, ho, wo, _ = dy.shape
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            r, c = a * dh, b * dw
+            read = lax.slice(xp, (0, r, c, 0),
+                             (n, r + (ho - 1) * sh + 1, c + (wo - 1) * sw + 1, c_in),
+                             (1, sh, sw, 1))
+            taps.append(lax.dot_general(read, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                        precision=precision))
+    return jnp.stack(taps).reshape(kh, kw, c_in, c_out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _taps_kernel_grad_conv(x, k, strides, padding, dilation, precision):
+    return _xla_conv(x, k, strides, padding, dilation, precision)
+
+
+def _taps_kernel_grad_conv_fwd(x, k, strides, padding, dilation, precision):
+    return _xla_conv(x, k, strides, padding, dilation, precision), (x, k)
+
+
+def _taps_kernel_grad_conv_bwd(strides, padding, dilation, precision, residuals, dy):
+    x, k = residuals
+    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, k, strides, padding, dilation, precision), x)
+    return (input_vjp(dy)[0],
+            taps_kernel_grad(x, dy, k.shape, strides, padding, dilation, precision))
+
+
+_taps_kernel_grad_conv.defvjp(_taps_kernel_grad_conv_fwd, _taps_kernel_grad_conv_bwd)
+
+
+def taps_kernel_grad_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                          padding: Sequence[tuple[int, int]], dilation: Sequence[int] = (1, 1),
+                          precision: Any = None) -> jax.Array:
+    """XLA's NHWC/HWIO convolution, forward and input gradient unchanged, whose kernel gradient
+    is `taps_kernel_grad`: XLA's CPU backend computes a kernel gradient as a convolution whose
+    output is the kernel, and ran it at a fraction of its forward's speed for the wide layers
+    that no other form here covers (strided, strongly dilated, 2x2)."""
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if min(p for side in padding for p in side) < 0:
+        raise ValueError(f"taps_kernel_grad_conv takes non-negative paddings, got {padding}.")
+    return _taps_kernel_grad_conv(x, kernel, tuple(int(s) for s in strides), padding,
+                                  tuple(int(d) for d in dilation), precision)
+
+
 def subpixel_deconv4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """`lax.conv_transpose(x, kernel, (2, 2), 'SAME')` for a 4x4 HWIO kernel (flax's
     `nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')` without its bias), as
@@ -357,11 +456,15 @@ def subpixel_deconv4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
     q - 1 + b) with the kernel's taps (a, a + 2) x (b, b + 2): exactly the products
     `lax.conv_transpose` sums, without the zeros it inserts between the input pixels."""
     pads = ((1, 0), (0, 1))
+    sub = kernel[:2, :2]
+    if uses_taps_kernel_grad(x, sub, pads):
+        conv2x2 = functools.partial(taps_kernel_grad_conv, strides=(1, 1))
+    else:
+        conv2x2 = functools.partial(lax.conv_general_dilated, window_strides=(1, 1),
+                                    dimension_numbers=NHWC)
     rows = []
     for a in (0, 1):
-        cols = [lax.conv_general_dilated(x, kernel[a::2, b::2], (1, 1), (pads[a], pads[b]),
-                                         dimension_numbers=NHWC)
-                for b in (0, 1)]
+        cols = [conv2x2(x, kernel[a::2, b::2], padding=(pads[a], pads[b])) for b in (0, 1)]
         rows.append(jnp.stack(cols, axis=3))  # [B, H, W, b, C]
     y = jnp.stack(rows, axis=2)  # [B, H, a, W, b, C]
     n, h, _, w, _, c = y.shape

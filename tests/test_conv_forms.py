@@ -162,6 +162,92 @@ def test_conv_uses_taps_on_cpu_for_small_or_strongly_dilated_valid_layers_only()
     assert " convolution(" in grad_hlo(small, narrow, "VALID", 4)
 
 
+@pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
+    ((2, 9, 11, 5), (3, 3, 5, 7), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # stride 2, odd sizes
+    ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), ((4, 4), (4, 4)), (4, 4)),  # taps reading padding
+    ((1, 7, 6, 4), (2, 2, 4, 3), (1, 1), ((1, 0), (0, 1)), (1, 1)),  # a sub-pixel 2x2 phase
+    ((3, 10, 9, 3), (5, 5, 3, 6), (2, 2), ((2, 2), (2, 2)), (1, 1)),  # the Ds' first layer
+    ((1, 9, 8, 2), (3, 3, 2, 3), (2, 1), ((0, 2), (1, 0)), (1, 2)),  # asymmetric everything
+])
+def test_taps_kernel_grad_conv_equals_xla_conv_with_gradients(shape, kernel, strides, padding,
+                                                              dilation):
+    rng = np.random.default_rng(10)
+    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
+    kh, kw, c_in, c_out = kernel
+    ref = _lax_conv(strides, padding, dilation)
+    ho, wo = ref(x, k).shape[1:3]
+    _compare_with_grads(
+        lambda x, k: conv_forms.taps_kernel_grad_conv(x, k, strides, padding, dilation), ref,
+        x, k, terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+    # Not vacuous: a kernel gradient whose taps are read one pixel off fails the same bound.
+    dy = _rand(rng, (shape[0], ho, wo, c_out))
+    _, vjp_abs = jax.vjp(ref, jnp.abs(x), jnp.abs(k))
+    shifted = conv_forms.taps_kernel_grad(jnp.roll(x, 1, axis=2), dy, kernel, strides, padding,
+                                          dilation)
+    assert np.any(_excess(shifted, jax.vjp(ref, x, k)[1](dy)[1], vjp_abs(jnp.abs(dy))[1],
+                          shape[0] * ho * wo) > 0)
+
+
+def test_taps_kernel_grad_conv_rejects_negative_padding():
+    with pytest.raises(ValueError, match="non-negative"):
+        conv_forms.taps_kernel_grad_conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)), (2, 2),
+                                         ((-1, 0), (0, 0)))
+
+
+_KERNEL_GRAD = re.compile(r"= f32\[(\d+,(\d),\2,\d+|(\d),\3,\d+,\d+)\]")
+
+
+def _xla_kernel_grads(hlo: str, size: int) -> list[str]:
+    """XLA convolutions in `hlo` whose output is a size x size kernel: XLA's kernel gradients."""
+    return [line for line in hlo.splitlines() if " convolution(" in line
+            and (m := _KERNEL_GRAD.search(line)) and int(m.group(2) or m.group(3)) == size]
+
+
+def test_conv_uses_taps_kernel_grad_on_cpu_for_wide_layers_it_does_not_otherwise_cover():
+    """Wide stride-2 layers (and the others that keep XLA's convolution forward) compute their
+    kernel gradient as products on the CPU, forward and input gradient still XLA's; narrower
+    ones, the wide 5x5 layers with more than a few input channels, and other platforms keep
+    XLA's kernel gradient."""
+    rng = np.random.default_rng(11)
+    wide = conv_forms.TAPS_KERNEL_GRAD_MIN_CHANNELS
+
+    def grad_hlo(x, k, strides, padding, platform="cpu"):
+        def loss(x, k):
+            y = conv_forms.conv(x, k, strides, padding, dimension_numbers=conv_forms.NHWC)
+            return jnp.sum(y * y)
+        fn = jax.grad(loss, argnums=(0, 1))
+        return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
+
+    x = _rand(rng, (2, 20, 20, wide))  # a 10 x 10 output: above the patches form's cut
+    k = _rand(rng, (3, 3, wide, wide), 0.05)
+    pads = ((1, 1), (1, 1))
+    hlo = grad_hlo(x, k, (2, 2), pads)
+    assert " convolution(" in hlo  # XLA's forward and input gradient
+    assert not _xla_kernel_grads(hlo, 3), _xla_kernel_grads(hlo, 3)
+    assert _xla_kernel_grads(grad_hlo(x[..., :wide // 2], k[:, :, :wide // 2, :wide // 2],
+                                      (2, 2), pads), 3)
+    gpu = grad_hlo(x, k, (2, 2), pads, platform="cuda")
+    assert "stablehlo.convolution" in gpu and "stablehlo.dot_general" not in gpu
+    # 5x5: the first layers' few input channels yes, a wide discriminator layer no.
+    first = _rand(rng, (5, 5, 4, wide), 0.05)
+    assert not _xla_kernel_grads(grad_hlo(x[..., :4], first, (2, 2), ((2, 2), (2, 2))), 5)
+    d_layer = _rand(rng, (5, 5, wide, wide), 0.05)
+    assert _xla_kernel_grads(grad_hlo(x, d_layer, (2, 2), ((2, 2), (2, 2))), 5)
+
+
+def test_wide_subpixel_deconv_computes_kernel_gradients_by_taps_on_cpu():
+    wide = conv_forms.TAPS_KERNEL_GRAD_MIN_CHANNELS
+    rng = np.random.default_rng(12)
+
+    def grad_hlo(c_in, c_out):
+        x, k = _rand(rng, (1, 6, 6, c_in)), _rand(rng, (4, 4, c_in, c_out), 0.05)
+        return _cpu_hlo(jax.grad(lambda x, k: jnp.sum(conv_forms.deconv4x4(x, k) ** 2),
+                                 argnums=(0, 1)), x, k)
+
+    assert not _xla_kernel_grads(grad_hlo(wide, wide // 2), 2)
+    assert _xla_kernel_grads(grad_hlo(wide // 2, wide // 4), 2)
+
+
 @pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((1, 16, 12, 8), 3)])
 def test_deconv_layer_equals_flax_conv_transpose(shape, features):
     rng = np.random.default_rng(0)
@@ -182,7 +268,10 @@ def test_deconv_layer_equals_flax_conv_transpose(shape, features):
     _check_close(y, y_ref, magnitude, 16 * shape[-1] + 1)
 
 
-@pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((3, 8, 8, 4), 4)])
+@pytest.mark.parametrize("shape, features", [
+    ((2, 7, 9, 5), 6), ((3, 8, 8, 4), 4),
+    ((1, 5, 6, 64), 64),  # wide enough for the taps kernel gradient
+])
 def test_subpixel_deconv_gradients_equal_xla_conv_transpose(shape, features):
     rng = np.random.default_rng(3)
     x, k = _rand(rng, shape), _rand(rng, (4, 4, shape[-1], features), 0.3)
@@ -310,19 +399,18 @@ def test_conv_uses_winograd_on_cpu_for_wide_3x3_layers_only():
     assert "stablehlo.convolution" in gpu and "36x" not in gpu
 
 
-def test_cpu_training_computes_wide_kernel_gradients_by_winograd():
+def test_cpu_training_computes_wide_kernel_gradients_by_winograd_or_taps():
     """XLA's CPU kernel gradient of a 3x3 convolution (a convolution whose output is the
     [C, 3, 3, F] kernel) ran 1.2-8x slower than Winograd's; layers with >= 64 channels train
-    through Winograd's kernel gradient instead (benchmarks/bench_conv_forms.py). Stride-1
-    undilated layers here: a dilated layer whose sub-images are smaller than the tiles keeps
-    XLA's."""
+    through Winograd's kernel gradient instead, and those Winograd's form leaves to XLA (stride
+    2, a dilation wider than the sub-images, the sub-pixel upsampling's 2x2 convolutions) through
+    one product per tap (benchmarks/bench_conv_forms.py). In a whole training step, no wide 3x3
+    or 2x2 kernel gradient is XLA's; narrower ones are."""
     hlo = _training_step_hlo(width=0.25, size=48)  # 16 to 64 channels, 12 x 12 in the middle
-    grads = [line for line in hlo.splitlines() if " convolution(" in line
-             and re.search(r"= f32\[(\d+,3,3,\d+|3,3,\d+,\d+)\]", line)]
+    grads = _xla_kernel_grads(hlo, 3) + _xla_kernel_grads(hlo, 2)
     assert grads, "no XLA kernel gradient at all: the check would be vacuous"
-    # A stride-2 layer's kernel gradient has rhs_dilate, a dilated one's a stride.
-    wide = [g for g in grads if "stride=" not in g and "rhs_dilate" not in g and max(
-        int(n) for n in re.search(r"= f32\[([\d,]+)\]", g).group(1).split(",")) >= 64]
+    wide = [g for g in grads if max(int(n) for n in re.search(
+        r"= f32\[([\d,]+)\]", g).group(1).split(",")) >= conv_forms.TAPS_KERNEL_GRAD_MIN_CHANNELS]
     assert not wide, wide
     assert "f32[36," in hlo
 
