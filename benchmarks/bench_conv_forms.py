@@ -21,6 +21,9 @@ Ds' last layers at batch 16 too):
   and the strongly dilated ones by `conv_forms.taps_conv` (PyTorch: `Conv2d(c, f, 3, 1, 0, d)`
   on the same padded input): the quickstart's 16 x 16 layers (batch 16, 32 channels, every
   dilation), a 32 x 32 one that stays XLA's, and the paper's dilation-16 layer at 128 px.
+* `quadrants`: 3x3 layers dilated by half their input's side with zero padding (the paper's
+  dilation-16 layer at 128 px), `lax`'s convolution against `conv_forms.conv`, which computes
+  them by `conv_forms.quadrants_conv3x3` (PyTorch: `Conv2d(c, f, 3, 1, d, d)`).
 * `kgrad`: the layers that keep XLA's convolution forward (strided, strongly dilated, the
   sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers), XLA's convolution against
   `conv_forms.taps_kernel_grad_conv` (the same forward and input gradient, the kernel gradient
@@ -59,6 +62,10 @@ TAPS = (("VALID 32, 16 px, batch 16", 16, 16, 32, 32, 1),
         ("VALID 32, 32 px, batch 16 (XLA's)", 16, 32, 32, 32, 1),
         ("VALID 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
         ("VALID 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16))
+# Dilated by half the side, zero-padded: (name, N, H, C_in, C_out, dilation)
+QUADRANTS = (("3x3 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
+             ("3x3 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16),
+             ("3x3 32 dil 8, 16 px, batch 16", 16, 16, 32, 32, 8))
 # Kernel gradient by taps: (name, N, H, C_in, C_out, kernel size, stride, padding, dilation)
 KGRAD = (("C 5x5 4 -> 64, 128 px, batch 4", 4, 128, 4, 64, 5, 1, ((2, 2), (2, 2)), 1),
          ("C 3x3/2 64 -> 128, 128 px, batch 4", 4, 128, 64, 128, 3, 2, ((1, 1), (1, 1)), 1),
@@ -74,7 +81,7 @@ KGRAD = (("C 5x5 4 -> 64, 128 px, batch 4", 4, 128, 4, 64, 5, 1, ((2, 2), (2, 2)
          ("D 5x5/2 128 -> 256, 32 px, batch 4", 4, 32, 128, 256, 5, 2, ((2, 2), (2, 2)), 1),
          ("1/8: 3x3/2 16 -> 32, 32 px, batch 16", 16, 32, 16, 32, 3, 2, ((1, 1), (1, 1)), 1),
          ("1/8: 5x5 4 -> 8, 64 px, batch 16", 16, 64, 4, 8, 5, 1, ((2, 2), (2, 2)), 1))
-SECTIONS = ("deconv", "small", "3x3", "taps", "kgrad")
+SECTIONS = ("deconv", "small", "3x3", "taps", "quadrants", "kgrad")
 
 
 def parse_args(argv=None):
@@ -167,6 +174,9 @@ def main(argv=None) -> None:
         cases += [(name, n, h + 2 * d, c, f, 3, three(d, False, "VALID"), three(d, True, "VALID"),
                    "taps", d)
                   for name, n, h, c, f, d in TAPS]
+    if "quadrants" in only:
+        cases += [(name, n, h, c, f, 3, three(d, False), three(d, True), "quadrants", d)
+                  for name, n, h, c, f, d in QUADRANTS]
     if "kgrad" in only:
         for name, n, h, c, f, ksize, stride, pads, d in KGRAD:
             kw = dict(window_strides=(stride, stride), padding=pads, rhs_dilation=(d, d),

@@ -19,6 +19,11 @@ reflect-padding configs pad the input themselves) over the whole padded input, m
 layer's taps reading zeros there; `conv` computes the small and the strongly dilated ones as
 `taps_conv`, one matrix product over each output pixel's taps, forward and backward.
 
+A 3x3 layer dilated by half its input's side (the paper's dilation-16 layer on the 32 x 32
+middle of a 128 px image) reads the padding with five of its nine taps; XLA's CPU convolution
+computes all nine, PyTorch's (oneDNN) skips them. `quadrants_conv3x3` computes the four that
+count as one matrix product, forward and backward.
+
 XLA's CPU backend computes a kernel gradient as a convolution whose output is the kernel, and
 ran those of the wide layers that keep its convolution forward (stride 2, dilation 16 on
 32 x 32, the sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers) up to 4x slower
@@ -223,7 +228,8 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
          feature_group_count: int = 1, precision: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` (same signature: flax's `nn.Conv(conv_general_dilated=...)`
-    calls it), computed on the CPU by `patches_conv` when the output is small, by
+    calls it), computed on the CPU by `quadrants_conv3x3` for a 3x3 layer dilated by half its
+    input's side, by `patches_conv` when the output is small, by
     `winograd_conv3x3` for wide 3x3 stride-1 layers, by `taps_conv` for small or strongly
     dilated VALID ones (`valid_as_padded` for the other wide VALID ones), and with
     `taps_kernel_grad_conv`'s kernel gradient for the remaining wide layers (see the module
@@ -252,6 +258,8 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
     kh, kw = kernel.shape[:2]
     ho = (inputs.shape[1] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // strides[0] + 1
     wo = (inputs.shape[2] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    if _is_quadrants_conv(inputs, kernel, strides, pads, dilation):
+        return lax.platform_dependent(inputs, kernel, cpu=quadrants_conv3x3, default=xla)
     if ho * wo <= PATCHES_MAX_OUTPUT_PIXELS:
         return lax.platform_dependent(
             inputs, kernel,
@@ -283,6 +291,33 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
             inputs, kernel, default=xla,
             cpu=lambda x, k: taps_kernel_grad_conv(x, k, strides, pads, dilation, precision))
     return xla(inputs, kernel)
+
+
+def _is_quadrants_conv(x: jax.Array, k: jax.Array, strides, padding, dilation) -> bool:
+    d = dilation[0]
+    return (tuple(k.shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and dilation[1] == d
+            and tuple(x.shape[1:3]) == (2 * d, 2 * d) and padding == ((d, d), (d, d))
+            and x.dtype == k.dtype == jnp.float32)
+
+
+def quadrants_conv3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+    """A 3x3 NHWC/HWIO convolution dilated by d with zero padding d on a 2d x 2d input (the
+    paper's dilation-16 layer on the 32 x 32 middle of a 128 px image), as one matrix product.
+
+    Its taps fall on whole d x d quadrants of the input: output quadrant (Y, X) reads input
+    quadrant (Y', X') through tap (Y' - Y + 1, X' - X + 1), and its other five taps read only the
+    padding. With the four input quadrants side by side along channels, `[N d d, 4 C_in]`, and
+    the kernel's taps arranged as `[4 C_in, 4 C_out]`, one product gives the four output
+    quadrants: the 4 of 9 taps that count, where XLA's CPU convolution computes all 9 (and its
+    gradients are products too, by autodiff). The same products as the convolution."""
+    n, h, w, c = x.shape
+    d, f = h // 2, k.shape[-1]
+    quads = x.reshape(n, 2, d, 2, d, c).transpose(0, 2, 4, 1, 3, 5).reshape(n * d * d, 4 * c)
+    blocks = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    taps = jnp.stack([jnp.stack([k[ri - ro + 1, ci - co + 1] for ro, co in blocks], axis=1)
+                      for ri, ci in blocks])  # [in quadrant, C_in, out quadrant, C_out]
+    y = jnp.dot(quads, taps.reshape(4 * c, 4 * f))
+    return y.reshape(n, d, d, 2, 2, f).transpose(0, 3, 1, 4, 2, 5).reshape(n, h, w, f)
 
 
 def valid_as_padded(x: jax.Array, k: jax.Array, dilation: Sequence[int] = (1, 1)) -> jax.Array:

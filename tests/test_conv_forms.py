@@ -162,6 +162,43 @@ def test_conv_uses_taps_on_cpu_for_small_or_strongly_dilated_valid_layers_only()
     assert " convolution(" in grad_hlo(small, narrow, "VALID", 4)
 
 
+@pytest.mark.parametrize("shape, features", [((2, 8, 8, 3), 5), ((3, 2, 2, 4), 2),
+                                            ((1, 32, 32, 6), 4)])
+def test_quadrants_conv_equals_xla_dilated_conv_with_gradients(shape, features):
+    rng = np.random.default_rng(13)
+    x, k = _rand(rng, shape), _rand(rng, (3, 3, shape[-1], features), 0.3)
+    d = shape[1] // 2
+    ref = _lax_conv((1, 1), ((d, d), (d, d)), (d, d))
+    # 4 taps of C_in per output (the other 5 read zeros), 4 of C_out per input pixel; the
+    # kernel gradient sums a quadrant of each image per tap.
+    _compare_with_grads(conv_forms.quadrants_conv3x3, ref, x, k, terms_out=4 * shape[-1],
+                        terms_dx=4 * features, terms_dk=4 * shape[0] * d * d)
+    # Not vacuous: quadrants swapped (a real indexing bug) fail the same bound.
+    y_ref, mag = ref(x, k), ref(jnp.abs(x), jnp.abs(k))
+    swapped = conv_forms.quadrants_conv3x3(jnp.roll(x, d, axis=1), k)
+    assert np.any(_excess(swapped, y_ref, mag, 4 * shape[-1]) > 0)
+
+
+def test_conv_uses_quadrants_on_cpu_for_3x3_layers_dilated_by_half_the_side_only():
+    rng = np.random.default_rng(14)
+    k = _rand(rng, (3, 3, 8, 8), 0.1)
+
+    def grad_hlo(x, d, padding, platform="cpu"):
+        def loss(x, k):
+            y = conv_forms.conv(x, k, (1, 1), padding, rhs_dilation=(d, d),
+                                dimension_numbers=conv_forms.NHWC)
+            return jnp.sum(y * y)
+        fn = jax.grad(loss, argnums=(0, 1))
+        return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
+
+    x = _rand(rng, (2, 32, 32, 8))
+    assert " convolution(" not in grad_hlo(x, 16, ((16, 16), (16, 16)))
+    assert "stablehlo.convolution" in grad_hlo(x, 16, ((16, 16), (16, 16)), platform="cuda")
+    # Another dilation or padding on the same input: XLA's.
+    assert " convolution(" in grad_hlo(x, 8, ((8, 8), (8, 8)))
+    assert " convolution(" in grad_hlo(x, 16, ((16, 16), (16, 15)))
+
+
 @pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
     ((2, 9, 11, 5), (3, 3, 5, 7), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # stride 2, odd sizes
     ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), ((4, 4), (4, 4)), (4, 4)),  # taps reading padding
