@@ -14,6 +14,7 @@ Torch7 layers in tests/test_convert.py.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -329,7 +330,9 @@ def test_deconv_is_subpixel_on_cpu_and_conv_transpose_elsewhere():
     assert gpu.count("stablehlo.convolution") == 1 and "lhs_dilate = [2, 2]" in gpu
 
 
+@functools.lru_cache(maxsize=None)
 def _training_step_hlo(width: float, size: int) -> str:
+    """The compiled joint step's HLO (one compilation per setup for the tests that read it)."""
     config = config_lib.base_config()
     config.model.width = width
     config.data.image_size, config.mask.local_size = size, size // 2
@@ -348,19 +351,19 @@ def test_cpu_training_step_avoids_xlas_slow_convolutions():
     gradient XLA's CPU backend runs an order of magnitude slower than PyTorch), and has no
     convolution in the discriminators' layers with outputs of <= 8x8 pixels (slower still than
     the equivalent products): benchmarks/bench_conv_forms.py."""
-    hlo = _training_step_hlo(width=0.125, size=64)
+    hlo = _training_step_hlo(width=0.25, size=48)
     convs = [line for line in hlo.splitlines() if " convolution(" in line]
     assert convs, "no convolutions at all: the check would be vacuous"
     assert any("ConvTranspose_" in c for c in convs), "the upsampling layers were not found"
     dilated = [c for c in convs if "lhs_dilate" in c and "ConvTranspose_" in c]
     assert not dilated, dilated
-    # The discriminators' 5x5 stride-2 layers halve their input: global 64 -> 32, 16, ...;
-    # local 32 -> 16, 8, .... Layers with outputs of <= 8x8 must be products, forward and back.
+    # The discriminators' 5x5 stride-2 layers halve their input: global 48 -> 24, 12, 6, ...;
+    # local 24 -> 12, 6, .... Layers with outputs of <= 8x8 must be products, forward and back.
     tiny = []
     for line in convs:
         match = re.search(r"/(global|local)/PaddedConv_(\d+)/", line)
         if match:
-            size_in = 64 if match.group(1) == "global" else 32
+            size_in = 48 if match.group(1) == "global" else 24
             if size_in >> (int(match.group(2)) + 1) <= 8:
                 tiny.append(line)
     assert any("/local/PaddedConv_0/" in c for c in convs), "D's layers were not found"
