@@ -86,10 +86,10 @@ TAPS_MAX_DILATED_OUTPUT_PIXELS = 1024
 # tap on the CPU where either channel count is at least TAPS_KERNEL_GRAD_MIN_CHANNELS and the
 # kernel has at most TAPS_KERNEL_GRAD_MAX_TAPS taps or at most TAPS_KERNEL_GRAD_MAX_IN_CHANNELS
 # input channels (the first layers' 5x5 kernels over RGB + mask). Forward + backward, those
-# layers ran 1.1-2.1x faster than with XLA's kernel gradient at 128 and 256 px; the
-# discriminators' wide 5x5 layers about as fast (0.95-1.3x between runs), and the 1/8-width
-# networks' phase-1 step 1.18x slower with every layer so (benchmarks/bench_conv_forms.py
-# --only kgrad; docs/cpu_speed.md), hence the cuts.
+# layers ran 1.1-2.7x faster than with XLA's kernel gradient at 128 and 256 px (one 2x2 layer at
+# 64 px 0.9-1.1x); the discriminators' wide 5x5 layers about as fast (0.97-1.26x) and compiled
+# 3x slower, and the 1/8-width networks' phase-1 step ran 1.18x slower with every layer so
+# (benchmarks/bench_conv_forms.py --only kgrad; docs/cpu_speed.md), hence the cuts.
 TAPS_KERNEL_GRAD_MIN_CHANNELS = 64
 TAPS_KERNEL_GRAD_MAX_TAPS = 9
 TAPS_KERNEL_GRAD_MAX_IN_CHANNELS = 4
