@@ -20,14 +20,14 @@ layer's taps reading zeros there; `conv` computes the small and the strongly dil
 `taps_conv`, one matrix product over each output pixel's taps, forward and backward.
 
 A 3x3 layer dilated by half its input's side (the paper's dilation-16 layer on the 32 x 32
-middle of a 128 px image) reads the padding with five of its nine taps; XLA's CPU convolution
-computes all nine, PyTorch's (oneDNN) skips them. `quadrants_conv3x3` computes the four that
-count as one matrix product, forward and backward.
+middle of a 128 px image) reads only the padding with five of its nine taps; XLA's CPU
+convolution computes all nine (PyTorch's ran that layer 3-4x faster). `quadrants_conv3x3`
+computes the four that count as one matrix product, forward and backward.
 
 XLA's CPU backend computes a kernel gradient as a convolution whose output is the kernel, and
-ran those of the wide layers that keep its convolution forward (stride 2, dilation 16 on
-32 x 32, the sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers) up to 4x slower
-than one matrix product per tap; `taps_kernel_grad_conv` keeps XLA's forward and input
+ran those of the wide layers that keep its convolution forward (stride 2, the sub-pixel
+upsampling's 2x2 convolutions, the first 5x5 layers) up to 4x slower than one matrix product
+per tap; `taps_kernel_grad_conv` keeps XLA's forward and input
 gradient and computes the kernel gradient so.
 
 The 3x3 stride-1 convolutions, most of the networks' arithmetic, run near the CPU's peak in XLA
@@ -229,12 +229,11 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
          feature_group_count: int = 1, precision: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` (same signature: flax's `nn.Conv(conv_general_dilated=...)`
     calls it), computed on the CPU by `quadrants_conv3x3` for a 3x3 layer dilated by half its
-    input's side, by `patches_conv` when the output is small, by
-    `winograd_conv3x3` for wide 3x3 stride-1 layers, by `taps_conv` for small or strongly
-    dilated VALID ones (`valid_as_padded` for the other wide VALID ones), and with
-    `taps_kernel_grad_conv`'s kernel gradient for the remaining wide layers (see the module
-    docstring). Anything else, and every other platform, is
-    `lax.conv_general_dilated` itself."""
+    input's side, by `patches_conv` when the output is small, by `winograd_conv3x3` for wide 3x3
+    stride-1 layers, by `taps_conv` for small or strongly dilated VALID ones (`valid_as_padded`
+    for the other wide VALID ones), and with `taps_kernel_grad_conv`'s kernel gradient for the
+    remaining wide layers (see the module docstring). Anything else, and every other platform,
+    is `lax.conv_general_dilated` itself."""
 
     def xla(x, k):
         return lax.conv_general_dilated(
@@ -411,7 +410,7 @@ def taps_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]
 
 def uses_taps_kernel_grad(x: jax.Array, k: jax.Array, padding) -> bool:
     """Whether a layer that keeps XLA's convolution forward gets `taps_kernel_grad` on the CPU
-    (the cuts are at TAPS_KERNEL_GRAD_MIN_CHANNELS)."""
+    (the cuts: TAPS_KERNEL_GRAD_MIN_CHANNELS and the two beside it)."""
     kh, kw, c_in, c_out = k.shape
     return (x.dtype == k.dtype == jnp.float32
             and min(p for side in padding for p in side) >= 0
@@ -474,7 +473,7 @@ def taps_kernel_grad_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int
     """XLA's NHWC/HWIO convolution, forward and input gradient unchanged, whose kernel gradient
     is `taps_kernel_grad`: XLA's CPU backend computes a kernel gradient as a convolution whose
     output is the kernel, and ran it at a fraction of its forward's speed for the wide layers
-    that no other form here covers (strided, strongly dilated, 2x2)."""
+    that no other form here covers (strided, 2x2, the first 5x5 layers)."""
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if min(p for side in padding for p in side) < 0:
         raise ValueError(f"taps_kernel_grad_conv takes non-negative paddings, got {padding}.")
