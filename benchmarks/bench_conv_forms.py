@@ -24,8 +24,8 @@ Ds' last layers at batch 16 too):
 * `quadrants`: 3x3 layers dilated by half their input's side with zero padding (the paper's
   dilation-16 layer at 128 px), `lax`'s convolution against `conv_forms.conv`, which computes
   them by `conv_forms.quadrants_conv3x3` (PyTorch: `Conv2d(c, f, 3, 1, d, d)`).
-* `kgrad`: the layers that keep XLA's convolution forward (strided, strongly dilated, the
-  sub-pixel upsampling's 2x2 convolutions, the first 5x5 layers), XLA's convolution against
+* `kgrad`: the layers that keep XLA's convolution forward (strided, the sub-pixel
+  upsampling's 2x2 convolutions, the first 5x5 layers), XLA's convolution against
   `conv_forms.taps_kernel_grad_conv` (the same forward and input gradient, the kernel gradient
   one product per tap; PyTorch: `Conv2d` with the same stride, padding and dilation), at 128 px
   (batch 4) and 256 px (batch 2), and layers where the networks keep XLA's kernel gradient
