@@ -74,6 +74,17 @@ def _stablehlo_for(platform: str, fn, *args) -> str:
     return jax.export.export(jax.jit(fn), platforms=[platform])(*args).mlir_module()
 
 
+def _conv_grad_hlo(x, k, strides, padding, dilation=1, platform="cpu") -> str:
+    """What the gradient of sum(conv_forms.conv(x, k)^2) compiles to on the CPU, or lowers to
+    for `platform`."""
+    def loss(x, k):
+        y = conv_forms.conv(x, k, strides, padding, rhs_dilation=(dilation, dilation),
+                            dimension_numbers=conv_forms.NHWC)
+        return jnp.sum(y * y)
+    fn = jax.grad(loss, argnums=(0, 1))
+    return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
+
+
 @pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
     ((3, 8, 8, 6), (5, 5, 6, 7), (2, 2), ((2, 2), (2, 2)), (1, 1)),  # the Ds' last layers
     ((2, 4, 4, 5), (5, 5, 5, 3), (2, 2), ((2, 2), (2, 2)), (1, 1)),
@@ -141,26 +152,19 @@ def test_conv_uses_taps_on_cpu_for_small_or_strongly_dilated_valid_layers_only()
     rng = np.random.default_rng(9)
     c = conv_forms.TAPS_MIN_CHANNELS
 
-    def grad_hlo(x, k, padding, dilation, platform="cpu"):
-        def loss(x, k):
-            y = conv_forms.conv(x, k, (1, 1), padding, rhs_dilation=(dilation, dilation),
-                                dimension_numbers=conv_forms.NHWC)
-            return jnp.sum(y * y)
-        fn = jax.grad(loss, argnums=(0, 1))
-        return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
-
     k = _rand(rng, (3, 3, c, c), 0.05)
     small = _rand(rng, (2, 16 + 2 * 4, 16 + 2 * 4, c))  # a 16 x 16 output, dilation 4
-    assert " convolution(" not in grad_hlo(small, k, "VALID", 4)
-    assert "stablehlo.convolution" in grad_hlo(small, k, "VALID", 4, platform="cuda")
+    assert " convolution(" not in _conv_grad_hlo(small, k, (1, 1), "VALID", 4)
+    assert "stablehlo.convolution" in _conv_grad_hlo(small, k, (1, 1), "VALID", 4, platform="cuda")
     # The same layer zero-padded (XLA's input gradient is then the input's size): XLA's.
-    assert " convolution(" in grad_hlo(_rand(rng, (2, 16, 16, c)), k, ((4, 4), (4, 4)), 4)
+    zero_padded = _rand(rng, (2, 16, 16, c))
+    assert " convolution(" in _conv_grad_hlo(zero_padded, k, (1, 1), ((4, 4), (4, 4)), 4)
     # 32 x 32 outputs: XLA's, unless the dilation is at least half of the output's side.
-    assert " convolution(" in grad_hlo(_rand(rng, (1, 34, 34, c)), k, "VALID", 1)
-    assert " convolution(" not in grad_hlo(_rand(rng, (1, 64, 64, c)), k, "VALID", 16)
+    assert " convolution(" in _conv_grad_hlo(_rand(rng, (1, 34, 34, c)), k, (1, 1), "VALID", 1)
+    assert " convolution(" not in _conv_grad_hlo(_rand(rng, (1, 64, 64, c)), k, (1, 1), "VALID", 16)
     # Fewer channels on either side: XLA's.
     narrow = _rand(rng, (3, 3, c, c // 2), 0.05)
-    assert " convolution(" in grad_hlo(small, narrow, "VALID", 4)
+    assert " convolution(" in _conv_grad_hlo(small, narrow, (1, 1), "VALID", 4)
 
 
 @pytest.mark.parametrize("shape, features", [((2, 8, 8, 3), 5), ((3, 2, 2, 4), 2),
@@ -184,20 +188,13 @@ def test_conv_uses_quadrants_on_cpu_for_3x3_layers_dilated_by_half_the_side_only
     rng = np.random.default_rng(14)
     k = _rand(rng, (3, 3, 8, 8), 0.1)
 
-    def grad_hlo(x, d, padding, platform="cpu"):
-        def loss(x, k):
-            y = conv_forms.conv(x, k, (1, 1), padding, rhs_dilation=(d, d),
-                                dimension_numbers=conv_forms.NHWC)
-            return jnp.sum(y * y)
-        fn = jax.grad(loss, argnums=(0, 1))
-        return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
-
     x = _rand(rng, (2, 32, 32, 8))
-    assert " convolution(" not in grad_hlo(x, 16, ((16, 16), (16, 16)))
-    assert "stablehlo.convolution" in grad_hlo(x, 16, ((16, 16), (16, 16)), platform="cuda")
+    assert " convolution(" not in _conv_grad_hlo(x, k, (1, 1), ((16, 16), (16, 16)), 16)
+    assert "stablehlo.convolution" in _conv_grad_hlo(x, k, (1, 1), ((16, 16), (16, 16)), 16,
+                                                     platform="cuda")
     # Another dilation or padding on the same input: XLA's.
-    assert " convolution(" in grad_hlo(x, 8, ((8, 8), (8, 8)))
-    assert " convolution(" in grad_hlo(x, 16, ((16, 16), (16, 15)))
+    assert " convolution(" in _conv_grad_hlo(x, k, (1, 1), ((8, 8), (8, 8)), 8)
+    assert " convolution(" in _conv_grad_hlo(x, k, (1, 1), ((16, 16), (16, 15)), 16)
 
 
 @pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
@@ -249,28 +246,21 @@ def test_conv_uses_taps_kernel_grad_on_cpu_for_wide_layers_it_does_not_otherwise
     rng = np.random.default_rng(11)
     wide = conv_forms.TAPS_KERNEL_GRAD_MIN_CHANNELS
 
-    def grad_hlo(x, k, strides, padding, platform="cpu"):
-        def loss(x, k):
-            y = conv_forms.conv(x, k, strides, padding, dimension_numbers=conv_forms.NHWC)
-            return jnp.sum(y * y)
-        fn = jax.grad(loss, argnums=(0, 1))
-        return _cpu_hlo(fn, x, k) if platform == "cpu" else _stablehlo_for(platform, fn, x, k)
-
     x = _rand(rng, (2, 20, 20, wide))  # a 10 x 10 output: above the patches form's cut
     k = _rand(rng, (3, 3, wide, wide), 0.05)
     pads = ((1, 1), (1, 1))
-    hlo = grad_hlo(x, k, (2, 2), pads)
+    hlo = _conv_grad_hlo(x, k, (2, 2), pads)
     assert " convolution(" in hlo  # XLA's forward and input gradient
     assert not _xla_kernel_grads(hlo, 3), _xla_kernel_grads(hlo, 3)
-    assert _xla_kernel_grads(grad_hlo(x[..., :wide // 2], k[:, :, :wide // 2, :wide // 2],
-                                      (2, 2), pads), 3)
-    gpu = grad_hlo(x, k, (2, 2), pads, platform="cuda")
+    assert _xla_kernel_grads(_conv_grad_hlo(x[..., :wide // 2], k[:, :, :wide // 2, :wide // 2],
+                                            (2, 2), pads), 3)
+    gpu = _conv_grad_hlo(x, k, (2, 2), pads, platform="cuda")
     assert "stablehlo.convolution" in gpu and "stablehlo.dot_general" not in gpu
     # 5x5: the first layers' few input channels yes, a wide discriminator layer no.
     first = _rand(rng, (5, 5, 4, wide), 0.05)
-    assert not _xla_kernel_grads(grad_hlo(x[..., :4], first, (2, 2), ((2, 2), (2, 2))), 5)
+    assert not _xla_kernel_grads(_conv_grad_hlo(x[..., :4], first, (2, 2), ((2, 2), (2, 2))), 5)
     d_layer = _rand(rng, (5, 5, wide, wide), 0.05)
-    assert _xla_kernel_grads(grad_hlo(x, d_layer, (2, 2), ((2, 2), (2, 2))), 5)
+    assert _xla_kernel_grads(_conv_grad_hlo(x, d_layer, (2, 2), ((2, 2), (2, 2))), 5)
 
 
 def test_wide_subpixel_deconv_computes_kernel_gradients_by_taps_on_cpu():
