@@ -538,16 +538,28 @@ WINOGRAD_MATRICES = (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT)
 
 
 def _combine(mat: np.ndarray, xs: Sequence[jax.Array]) -> list[jax.Array]:
-    """`[sum_j mat[i, j] * xs[j] for each row i]`, skipping zero coefficients."""
+    """`[sum_j mat[i, j] * xs[j] for each row i]`, skipping zero coefficients.
+
+    In `lax`'s operations rather than `jnp`'s operators: the same computation, traced several
+    times faster (hundreds of them per network, traced on every cold start)."""
     out = []
     for row in mat:
         acc = None
         for c, x in zip(row, xs):
             if c != 0:
-                term = x if c == 1 else -x if c == -1 else x * np.float32(c)
-                acc = term if acc is None else acc + term
+                term = (x if c == 1 else lax.neg(x) if c == -1
+                        else lax.mul(x, np.asarray(c, x.dtype)))
+                acc = term if acc is None else lax.add(acc, term)
         out.append(acc)
     return out
+
+
+def _strided(x: jax.Array, axis: int, start: int, count: int, stride: int) -> jax.Array:
+    """`count` elements of `x` along `axis` from `start`, every `stride`th, as one `lax.slice`
+    (`x[..., start::stride, ...]` cut to `count`)."""
+    lo, hi, st = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    lo[axis], hi[axis], st[axis] = start, min(start + count * stride, x.shape[axis]), stride
+    return lax.slice(x, lo, hi, st)
 
 
 def _winograd_tiles(x: jax.Array, th: int, tw: int, bt: np.ndarray) -> jax.Array:
@@ -555,9 +567,9 @@ def _winograd_tiles(x: jax.Array, th: int, tw: int, bt: np.ndarray) -> jax.Array
     [36, n th tw, c]. Rows then columns, with the rows' result materialised: fused in one pass,
     XLA's CPU code ran several times slower."""
     n, c = x.shape[0], x.shape[-1]
-    rows = jnp.stack(_combine(bt, [x[:, i:i + 4 * th:4] for i in range(6)]))
+    rows = jnp.stack(_combine(bt, [_strided(x, 1, i, th, 4) for i in range(6)]))
     rows = lax.optimization_barrier(rows)  # [6, n, th, W, c]
-    v = jnp.stack(_combine(bt, [rows[:, :, :, j:j + 4 * tw:4] for j in range(6)]), axis=1)
+    v = jnp.stack(_combine(bt, [_strided(rows, 3, j, tw, 4) for j in range(6)]), axis=1)
     return v.reshape(36, n * th * tw, c)
 
 
