@@ -57,6 +57,49 @@ GLOBAL_D_FEATURES = (64, 128, 256, 512, 512, 512)  # GLCIC Table 2b
 LOCAL_D_FEATURES = (64, 128, 256, 512, 512)  # GLCIC Table 2a
 
 
+def _zeros(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+class _StoredParams:
+    """Mixin for flax layers: a parameter that is already stored (every `apply`) is checked
+    against its declared shape with a zeros initializer in place of its own.
+
+    flax checks a stored parameter by evaluating its initializer abstractly (`jax.eval_shape`,
+    which traces e.g. a truncated normal's random bits): about a fifth of tracing the full-width
+    completion network, which a cold `complete` pays before it can compile. The zeros
+    initializer is never called for values (the stored parameter is returned), and a stored
+    array of the wrong shape still fails with flax's `ScopeParamShapeError`. Initialisation
+    (`init`) uses the layer's own initializer, as before.
+    """
+
+    def param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
+        shape = init_args[0] if init_args else None
+        if (self.scope is not None and not init_kwargs and len(init_args) <= 2
+                and isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)
+                and self.has_variable("params", name)):
+            init_fn = _zeros
+        return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
+
+
+# The same layers as flax's (and the same names in the parameter tree), with `_StoredParams`.
+class Conv(_StoredParams, nn.Conv):
+    pass
+
+
+class Dense(_StoredParams, nn.Dense):
+    pass
+
+
+class BatchNorm(_StoredParams, nn.BatchNorm):
+    pass
+
+
+class LayerNorm(_StoredParams, nn.LayerNorm):
+    pass
+
+
 def scaled(features: int, width: float) -> int:
     """A layer's channel count times the `model.width` multiplier (at least 1).
 
@@ -90,7 +133,7 @@ class PaddedConv(nn.Module):
             conv_pad = "VALID"
         else:
             conv_pad = ((pad, pad), (pad, pad))
-        return nn.Conv(
+        return Conv(
             self.features,
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
@@ -102,7 +145,7 @@ class PaddedConv(nn.Module):
         )(x)
 
 
-class ConvTranspose4x4(nn.Module):
+class ConvTranspose4x4(_StoredParams, nn.Module):
     """flax's `nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`: the same
     parameters (names, shapes, initialisers), the same output up to float rounding, computed by
     `conv_forms.deconv4x4` (its sub-pixel form on CPUs, where XLA's own is slow to train)."""
@@ -123,7 +166,7 @@ class ConvTranspose4x4(nn.Module):
 
 def _norm(kind: str, train: bool, dtype: Dtype) -> nn.Module | None:
     if kind == "batch":
-        return nn.BatchNorm(
+        return BatchNorm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON,
@@ -132,7 +175,7 @@ def _norm(kind: str, train: bool, dtype: Dtype) -> nn.Module | None:
         )
     if kind == "layer":
         # Per-sample normalisation over H, W, C: allowed in a WGAN-GP critic, unlike BatchNorm.
-        return nn.LayerNorm(
+        return LayerNorm(
             epsilon=BN_EPSILON,
             reduction_axes=(-3, -2, -1),
             dtype=dtype,
@@ -300,7 +343,7 @@ class _ConvStack(nn.Module):
                 x = norm(x)
             x = _activation(self.activation, x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(scaled(1024, self.width), dtype=self.dtype, param_dtype=jnp.float32)(x)
+        x = Dense(scaled(1024, self.width), dtype=self.dtype, param_dtype=jnp.float32)(x)
         return _activation(self.activation, x)
 
 
@@ -340,7 +383,7 @@ class ContextDiscriminator(nn.Module):
                                                 activation=self.activation, width=self.width,
                                                 name="global")(global_image, train))
         x = jnp.concatenate(feats, axis=-1)
-        logit = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        logit = Dense(1, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return logit.astype(jnp.float32)  # [B, 1]
 
 

@@ -475,3 +475,44 @@ def test_width_is_a_shape_key_and_old_checkpoints_mean_width_one(tiny_config):
     tiny_config.model.width = 0.5
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.width"):
         checkpointing.check_compatible(stored, tiny_config)
+
+
+def test_stored_parameters_are_checked_without_running_their_initializers():
+    """Applying a network must not trace its layers' initializers (flax's own shape check
+    evaluates each one abstractly: a fifth of tracing the full-width network on every cold
+    `complete`), yet `init` must still use them, and a stored parameter of the wrong shape must
+    still fail with flax's error."""
+    import flax.errors
+
+    calls = []
+
+    def kernel_init(key, shape, dtype=jnp.float32):
+        calls.append(shape)
+        return jax.random.normal(key, shape, dtype)
+
+    layers = [models.Conv(8, (3, 3), kernel_init=kernel_init),
+              models.Dense(8, kernel_init=kernel_init)]
+    for layer, x in zip(layers, [jnp.ones((1, 6, 6, 4)), jnp.ones((2, 4))]):
+        calls.clear()
+        variables = layer.init(KEY, x)
+        assert calls == [variables["params"]["kernel"].shape]
+        calls.clear()
+        y = layer.apply(variables, x)
+        jax.jit(layer.apply)(variables, x)
+        assert calls == []
+        ref = variables["params"]
+        np.testing.assert_allclose(  # the stored kernel is the one applied
+            y, layer.apply({"params": {**ref, "kernel": ref["kernel"] * 2}}, x) / 2
+            + ref["bias"] / 2, rtol=1e-6, atol=1e-6)
+        wrong = {"params": {**ref, "kernel": jnp.zeros(ref["kernel"].shape[:-1] + (9,))}}
+        with pytest.raises(flax.errors.ScopeParamShapeError):
+            layer.apply(wrong, x)
+
+    # Every layer of the networks with parameters takes this path (same names as flax's).
+    bn = models.BatchNorm(use_running_average=True)
+    v = bn.init(KEY, jnp.ones((1, 2, 2, 3)))
+    with pytest.raises(flax.errors.ScopeParamShapeError):
+        bn.apply({**v, "params": {**v["params"], "scale": jnp.ones((4,))}}, jnp.ones((1, 2, 2, 3)))
+    tree = abstract_init(models.CompletionNetwork(width=0.125), jnp.zeros((1, 16, 16, 4)))
+    assert set(tree["params"]["PaddedConv_0"]) == {"Conv_0"}
+    assert {"BatchNorm_0", "ConvTranspose_0"} <= set(tree["params"])
