@@ -336,10 +336,12 @@ def load(path: str, step: int | None = None,
       path: a workdir, its `checkpoints/` folder, or one `checkpoints/<step>` folder.
       step: a step to restore instead of the latest (or the one `path` names).
       precompile: `config -> [(batch, height, width), ...]`, the network input shapes (uint8
-        images, multiples of 4) the caller will complete first. They are compiled in a thread
-        while the checkpoint's arrays are read (on a CPU both are a noticeable part of a cold
-        `complete`), and `Completer.fn` then runs them without compiling. Any other shape
-        compiles on its first call, as without this.
+        images, multiples of 4) the caller will complete first. As soon as the checkpoint's
+        config is read they are traced and lowered here, then compiled in a thread while the
+        checkpoint's arrays are read (on a CPU both are a noticeable part of a cold `complete`;
+        tracing beside the read, both Python, they contended for the interpreter's lock), and
+        `Completer.fn` then runs them without compiling. Any other shape compiles on its first
+        call, as without this.
 
     Raises:
       LoadError: no finished checkpoint there, or one that cannot be restored; one-line message.
@@ -362,15 +364,21 @@ def load(path: str, step: int | None = None,
                      structure=jax.tree_util.tree_map(lambda a: (a.shape, a.dtype),
                                                       abstract_variables))
 
+        f32 = np.dtype(np.float32)
+        lowered = {}
+        for b, h, w in shapes:
+            try:
+                lowered[(b, h, w)] = compiled_completion(generator).lower(
+                    generator, abstract_variables, jax.ShapeDtypeStruct((b, h, w, 3), np.uint8),
+                    jax.ShapeDtypeStruct((b, h, w, 1), f32), jax.ShapeDtypeStruct((3,), f32),
+                    norm)
+            except Exception:  # noqa: BLE001  an optimisation only: the jit compiles it later
+                logging.debug("lowering ahead for %s failed", (b, h, w), exc_info=True)
+
         def work():
-            f32 = np.dtype(np.float32)
-            for b, h, w in shapes:
+            for (b, h, w), low in lowered.items():
                 try:
-                    ahead[((b, h, w, 3), "uint8", (b, h, w, 1))] = compiled_completion(
-                        generator).lower(
-                        generator, abstract_variables, jax.ShapeDtypeStruct((b, h, w, 3), np.uint8),
-                        jax.ShapeDtypeStruct((b, h, w, 1), f32), jax.ShapeDtypeStruct((3,), f32),
-                        norm).compile()
+                    ahead[((b, h, w, 3), "uint8", (b, h, w, 1))] = low.compile()
                 except Exception:  # noqa: BLE001  an optimisation only: the jit compiles it later
                     logging.debug("compiling ahead for %s failed", (b, h, w), exc_info=True)
 

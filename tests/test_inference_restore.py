@@ -91,6 +91,50 @@ def test_shapes_compiled_while_loading_give_the_jitted_results(workdir):
         np.asarray(plain.fn(plain.variables, other, other_mask, plain.mean_pixel)))
 
 
+def test_the_network_is_lowered_before_the_arrays_are_read_and_compiled_while_they_are(
+        workdir, monkeypatch):
+    """Tracing and lowering are Python work: run beside the checkpoint's read they contended
+    with it for the interpreter's lock (a cold `complete` on 2 cores waited longer for both).
+    So `load` lowers on the calling thread as soon as the config is known, before the arrays
+    are read, and only XLA's compilation (which releases the lock) runs beside the read."""
+    import threading
+
+    events = []
+    real_restore = checkpointing._restore_newest_intact
+    real_compiled = inference.compiled_completion
+
+    def restore(path, step, abstract_for, **kw):
+        def abstract(meta, step):
+            out = abstract_for(meta, step)
+            events.append(("arrays read next", threading.current_thread().name))
+            return out
+        return real_restore(path, step, abstract, **kw)
+
+    class Jitted:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def lower(self, *args):
+            events.append(("lower", threading.current_thread().name))
+            lowered = self.fn.lower(*args)
+            compile_ = lowered.compile
+
+            class Lowered:
+                def compile(self):
+                    events.append(("compile", threading.current_thread().name))
+                    return compile_()
+            return Lowered()
+
+    monkeypatch.setattr(checkpointing, "_restore_newest_intact", restore)
+    monkeypatch.setattr(inference, "compiled_completion", lambda g: Jitted(real_compiled(g)))
+    loaded = inference.load(workdir, precompile=lambda config: [(1, 32, 40)])
+    main = threading.current_thread().name
+    assert sorted(events) == sorted([("lower", main), ("arrays read next", main),
+                                     ("compile", "glcic-compile-ahead")]), events
+    assert events.index(("lower", main)) < events.index(("arrays read next", main)), events
+    assert set(loaded.precompiled) == {((1, 32, 40, 3), "uint8", (1, 32, 40, 1))}
+
+
 def test_a_failing_shape_callback_still_loads(workdir):
     def broken(config):
         raise KeyError("no such setting")
