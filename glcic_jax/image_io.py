@@ -255,7 +255,7 @@ def output_format(path: str) -> str:
     exactly (GIF, PDF, ...) or that PIL cannot write. Lossy ones (JPEG, WebP) get a note."""
     ext = os.path.splitext(path)[1].lower()
     # PIL's common formats (PNG, JPEG, BMP, GIF, PPM) first: every other plugin is imported
-    # only for another extension (importing them all took 0.1 s of a cold `complete`).
+    # only for another extension (importing them all took about 0.1 s of a cold `complete`).
     Image.preinit()
     fmt = Image.EXTENSION.get(ext) or Image.registered_extensions().get(ext)
     if fmt is None or fmt not in Image.SAVE:
