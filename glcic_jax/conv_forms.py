@@ -114,6 +114,11 @@ CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # about half the time, its forward a few percent slower, the same outputs (docs/cpu_speed.md).
 # Not for training steps, which compiled slower and ran slower with them.
 CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# The first jaxlib release whose binaries were checked to know each of those options (found in
+# 0.8.1 and 0.10.2): from it to `INFERENCE_XLA_FLAGS_CHECKED_BELOW` an option is used without
+# the probe compilation of `_accepted` (0.05-0.08 s of a cold `complete`); other releases, and
+# options not listed, are probed.
+CPU_INFERENCE_COMPILER_OPTIONS_KNOWN_FROM = {"xla_cpu_use_fusion_emitters": (0, 8, 1)}
 # Process-wide XLA flags for the commands that only run inference (`complete`, `serve`), each
 # with the first jaxlib release checked to know it; an unknown flag in XLA_FLAGS stops the
 # process, so each is set only from that release to the last one checked (both flags were found
@@ -135,13 +140,27 @@ INFERENCE_XLA_FLAGS = {
 INFERENCE_XLA_FLAGS_CHECKED_BELOW = (0, 11, 0)  # releases from this on are left alone
 
 
+def _release(version: str | None) -> tuple[int, int, int] | None:
+    """'0.10.2' (or '0.10.2.dev...') -> (0, 10, 2); None if it does not start so."""
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    return tuple(int(p) for p in m.groups()) if m else None
+
+
+def _jaxlib_release() -> tuple[int, int, int] | None:
+    from importlib import metadata
+
+    try:
+        return _release(metadata.version("jaxlib"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def inference_xla_flags(xla_flags: str, jaxlib_version: str) -> str:
     """`xla_flags` (an XLA_FLAGS value) with those of `INFERENCE_XLA_FLAGS` this jaxlib release
     knows added, except any it already sets (the user's choice stands)."""
-    m = re.match(r"(\d+)\.(\d+)\.(\d+)", jaxlib_version or "")
-    if not m:
+    version = _release(jaxlib_version)
+    if version is None:
         return xla_flags
-    version = tuple(int(p) for p in m.groups())
     added = [f"--{name}={value}" for name, (value, first) in INFERENCE_XLA_FLAGS.items()
              if first <= version < INFERENCE_XLA_FLAGS_CHECKED_BELOW
              and f"--{name}" not in xla_flags]
@@ -179,7 +198,13 @@ def compiler_options(inference: bool = False) -> dict | None:
 @functools.lru_cache(maxsize=None)
 def _accepted(name: str, value: Any) -> bool:
     """Whether this XLA knows the compiler option (a newer one may drop an older emitter's switch;
-    compiling with an unknown option fails). One tiny compilation, once per process."""
+    compiling with an unknown option fails): known for the jaxlib releases checked
+    (`CPU_INFERENCE_COMPILER_OPTIONS_KNOWN_FROM`), otherwise one tiny compilation, once per
+    process."""
+    first, release = CPU_INFERENCE_COMPILER_OPTIONS_KNOWN_FROM.get(name), _jaxlib_release()
+    if first is not None and release is not None and (
+            first <= release < INFERENCE_XLA_FLAGS_CHECKED_BELOW):
+        return True
     try:
         jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(
             np.float32(0)).compile()

@@ -493,6 +493,38 @@ def test_inference_compiles_with_its_own_options_and_the_same_completions(monkey
     assert models.compiler_options(1.0, inference=True) == conv_forms.CPU_COMPILER_OPTIONS
 
 
+def test_inference_options_of_checked_jaxlib_releases_are_used_without_a_probe(monkeypatch):
+    """Probing an inference compiler option costs a compilation on every cold `complete`: for
+    the jaxlib releases checked to know it none is made; any other release, or an option not
+    listed, is still probed (and dropped if XLA refuses it)."""
+    name = "xla_cpu_use_fusion_emitters"
+    probes = []
+    real_jit = jax.jit
+
+    def counting_jit(*args, **kwargs):
+        probes.append(kwargs.get("compiler_options"))
+        return real_jit(*args, **kwargs)
+
+    monkeypatch.setattr(conv_forms.jax, "jit", counting_jit)
+    conv_forms._accepted.cache_clear()
+    try:
+        for release, probed in [((0, 8, 1), False), ((0, 10, 2), False), ((0, 8, 0), True),
+                                (conv_forms.INFERENCE_XLA_FLAGS_CHECKED_BELOW, True), (None, True)]:
+            monkeypatch.setattr(conv_forms, "_jaxlib_release", lambda r=release: r)
+            conv_forms._accepted.cache_clear()
+            probes.clear()
+            conv_forms._accepted(name, False)
+            assert bool(probes) == probed, (release, probes)
+        monkeypatch.setattr(conv_forms, "_jaxlib_release", lambda: (0, 10, 2))
+        conv_forms._accepted.cache_clear()
+        assert not conv_forms._accepted("xla_cpu_no_such_option_for_this_test", True)
+        assert probes  # an unlisted option was probed, and refused
+    finally:
+        conv_forms._accepted.cache_clear()
+    assert conv_forms._release("0.10.2.dev20261201") == (0, 10, 2)
+    assert conv_forms._release("nightly") is None
+
+
 def test_inference_xla_flags_are_added_once_where_jaxlib_knows_them_and_keep_the_users():
     sched = "--xla_cpu_enable_concurrency_optimized_scheduler"
     ynn = "--xla_cpu_experimental_ynn_fusion_type"
