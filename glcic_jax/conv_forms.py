@@ -146,13 +146,18 @@ def _release(version: str | None) -> tuple[int, int, int] | None:
     return tuple(int(p) for p in m.groups()) if m else None
 
 
-def _jaxlib_release() -> tuple[int, int, int] | None:
+def _jaxlib_version() -> str | None:
+    """The installed jaxlib's version string (None without a jaxlib distribution)."""
     from importlib import metadata
 
     try:
-        return _release(metadata.version("jaxlib"))
+        return metadata.version("jaxlib")
     except metadata.PackageNotFoundError:
         return None
+
+
+def _jaxlib_release() -> tuple[int, int, int] | None:
+    return _release(_jaxlib_version())
 
 
 def inference_xla_flags(xla_flags: str, jaxlib_version: str) -> str:
@@ -171,11 +176,8 @@ def use_inference_xla_flags() -> None:
     """Set `INFERENCE_XLA_FLAGS` in this process's XLA_FLAGS (`inference_xla_flags`). For a
     process that only completes images: call it before JAX starts its backend (XLA reads
     XLA_FLAGS once, when the first device is made); afterwards it changes nothing in XLA."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
+    version = _jaxlib_version()
+    if version is None:
         return
     flags = inference_xla_flags(os.environ.get("XLA_FLAGS", ""), version)
     if flags:
