@@ -29,6 +29,13 @@ Rows (each ours, then PyTorch's, in the same run; every measurement in its own p
 * `train`: the phase-1 step (`steps.completion`) and the joint step (`steps.joint`) at the
   quickstart's settings (64 px, width 1/8, reflect padding, Adam, batch 16) and at 128 px full
   width (Adadelta, batch 4), against `torch_reference.Bench` on the CPU with the same settings.
+  Each side also records its minor page faults per step (`minflt_per_step`, `ru_minflt` over
+  the timed calls and the warm-up): memory the step touches for the first time, e.g. XLA's
+  temporary buffer when malloc maps it afresh for every call.
+
+`--jax-env KEY=VALUE` (repeatable) sets an environment variable in our forward, load and train
+workers only, to measure what a process setting changes (e.g. glibc's `MALLOC_ARENA_MAX=1`); the
+JSON's `args` keep it.
 
 The fixture is the full-width network from a synthetic Torch7 file (`tests/torch7_writer.py`,
 the official file's structure) converted by `glcic_jax.convert` (`configs/places2.py`), and the
@@ -42,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -266,9 +274,11 @@ def train_jax(name: str, step: str, opts: dict) -> dict:
         box["state"], metrics = compiled(box["state"], images)
         return metrics
 
+    faults = _Faults()
     timing = _harness.time_calls(one, opts["warmup"], opts["iters"], opts["repeats"],
                                  jax.block_until_ready)
-    return {"compile_s": compile_s, "times_s": timing.times, "batch": int(config.batch_size)}
+    return {"compile_s": compile_s, "times_s": timing.times, "batch": int(config.batch_size),
+            "minflt_per_step": faults.per_call(opts)}
 
 
 def train_torch(name: str, step: str, opts: dict) -> dict:
@@ -282,9 +292,22 @@ def train_torch(name: str, step: str, opts: dict) -> dict:
         width=float(c.model.width), padding=str(c.model.padding),
         optimizer=str(c.optimizer.name))
     fn = bench.completion_step if step == "completion" else bench.joint_step
+    faults = _Faults()
     timing = _harness.time_calls(fn, opts["warmup"], opts["iters"], opts["repeats"])
     return {"times_s": timing.times, "batch": int(c.batch_size), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "minflt_per_step": faults.per_call(opts)}
+
+
+class _Faults:
+    """This process's minor page faults from now, per call of a `time_calls(...)` that
+    follows (its warm-up and timed calls)."""
+
+    def __init__(self):
+        self.start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    def per_call(self, opts: dict) -> float:
+        calls = opts["warmup"] + opts["iters"] * opts["repeats"]
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.start) / calls
 
 
 def train_config(name: str):
@@ -341,9 +364,11 @@ def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
 
 
 def worker(kind: str, args: list, opts: dict, timeout: float) -> dict:
-    """One worker job in a fresh process; its JSON result (or an error)."""
+    """One worker job in a fresh process; its JSON result (or an error). Ours (`*_jax`) get
+    `opts["jax_env"]` in their environment."""
+    extra = opts.get("jax_env", {}) if kind.endswith("_jax") else {}
     res = run_child([sys.executable, __file__, "--worker", json.dumps([kind, args, opts])],
-                    timeout, _env())
+                    timeout, _env(**extra))
     for line in reversed(res["output"].splitlines()):
         if line.startswith("RESULT "):
             out = json.loads(line[7:])
@@ -358,6 +383,17 @@ def _env(**extra) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
+
+
+def _key_values(items: list[str]) -> dict:
+    """['KEY=VALUE', ...] -> {KEY: VALUE}; exits with a message for an item without '='."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bench_cpu: --jax-env takes KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
 
 
 def _med(times) -> float:
@@ -443,6 +479,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=2, help="training steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
+    p.add_argument("--jax-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for our workers only (repeatable)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -463,7 +501,8 @@ def main(argv=None) -> int:
         print("bench_cpu: torch is not importable here: the PyTorch rows are skipped "
               "(pip install torch to compare).")
     parts = _harness.csv_list(args.only)
-    opts = {"warmup": args.warmup, "iters": args.iters, "repeats": args.repeats}
+    opts = {"warmup": args.warmup, "iters": args.iters, "repeats": args.repeats,
+            "jax_env": _key_values(args.jax_env)}
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(),
                                         xla_flags=os.environ.get("XLA_FLAGS", ""),
                                         loadavg_before=list(os.getloadavg()),

@@ -84,3 +84,25 @@ def test_the_harness_parser_shows_the_docstring_as_help():
     p.add_argument("--n", type=int, default=1)
     assert p.parse_args(["--n", "3"]).n == 3
     assert p.description == "Times a thing." and "python benchmarks/x.py --n 3" in p.format_help()
+
+
+def test_bench_cpu_sets_jax_env_in_our_workers_only(monkeypatch):
+    import bench_cpu
+
+    args = bench_cpu.parse_args(["--jax-env", "MALLOC_ARENA_MAX=1", "--jax-env", "A=b=c"])
+    env = bench_cpu._key_values(args.jax_env)
+    assert env == {"MALLOC_ARENA_MAX": "1", "A": "b=c"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench_cpu._key_values(["MALLOC_ARENA_MAX"])
+    seen = {}
+
+    def child(cmd, timeout, env=None):
+        seen[json.loads(cmd[-1])[0]] = env
+        return {"rc": 0, "maxrss_mib": 1.0, "output": "RESULT {}"}
+
+    monkeypatch.setattr(bench_cpu, "run_child", child)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    for kind in ("train_jax", "train_torch"):
+        bench_cpu.worker(kind, [], {"jax_env": env}, 1.0)
+    assert seen["train_jax"]["MALLOC_ARENA_MAX"] == "1" and seen["train_jax"]["A"] == "b=c"
+    assert "MALLOC_ARENA_MAX" not in seen["train_torch"]
