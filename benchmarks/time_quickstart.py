@@ -6,7 +6,8 @@ Each run trains `configs/quickstart.py` in a fresh temporary workdir with an emp
 cache (JAX_COMPILATION_CACHE_DIR pointed at a new folder, so every run compiles, as a first run
 on a fresh machine does), then runs `--mode=eval` on it. It prints, per run, the training and
 eval wall times, the CPU time they used (wall time above CPU time means the cores were shared)
-and the eval table's `model` row; then min / median / max over the runs. Nothing is downloaded
+and the eval table's `model` row; then min / median / max over the runs. The JSON keeps the commit
+and `GLIBC_TUNABLES` (which the runs inherit). Nothing is downloaded
 (the quickstart trains on scikit-image's sample photos). The README's quickstart figures come from
 this command.
 """
@@ -90,7 +91,10 @@ def main() -> None:
             print(f"model {name}: min {min(values):.2f}, max {max(values):.2f} dB")
     payload = {"runs": runs, "summary": summary, "cpus": os.cpu_count(),
                **_harness.cpu_info(), "python": platform.python_version(),
-               "load_avg_before": load_before, "command": " ".join(sys.argv)}
+               "load_avg_before": load_before, "command": " ".join(sys.argv),
+               "commit": _harness.git_commit(),
+               # glibc's malloc settings change the steps' speed (docs/cpu_speed.md)
+               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=2)

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from glcic_jax import cli
+from glcic_jax import cli, cpu_memory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -179,6 +179,9 @@ def main(argv) -> None:
 
 
 def run() -> None:
+    """The program (`python -m glcic_jax.main`, `glcic-train`): first restarted with huge pages
+    for XLA's per-step memory where that helps (`cpu_memory`), then the command."""
+    cpu_memory.relaunch_with_huge_pages()
     COMMAND.run(sys.argv, _train_or_eval)
 
 

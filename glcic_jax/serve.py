@@ -70,7 +70,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from glcic_jax import cli, complete, conv_forms, errors, image_io
+from glcic_jax import cli, complete, conv_forms, cpu_memory, errors, image_io
 from glcic_jax.complete import CompletionError
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
@@ -959,8 +959,10 @@ def _serve(fv) -> int:
 
 
 def main() -> None:
-    """The console script; XLA's inference flags are set first, before JAX starts
+    """The console script: restarted with huge pages for XLA's per-request memory where that
+    helps (`cpu_memory`), then XLA's inference flags set before JAX starts
     (`conv_forms.use_inference_xla_flags`)."""
+    cpu_memory.relaunch_with_huge_pages()
     conv_forms.use_inference_xla_flags()
     sys.exit(run(sys.argv))
 

@@ -38,7 +38,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from glcic_jax import config_lib, state, steps  # noqa: E402
+from glcic_jax import config_lib, cpu_memory, state, steps  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _never_restart_the_test_process(monkeypatch):
+    """A command's entry point called in-process (`serve.main()`) must not restart pytest with
+    huge pages (`cpu_memory.relaunch_with_huge_pages`); the commands' subprocesses still do."""
+    monkeypatch.setattr(cpu_memory, "relaunch_with_huge_pages", lambda: None)
 
 
 def make_tiny_config():
