@@ -29,9 +29,12 @@ Rows (each ours, then PyTorch's, in the same run; every measurement in its own p
 * `train`: the phase-1 step (`steps.completion`) and the joint step (`steps.joint`) at the
   quickstart's settings (64 px, width 1/8, reflect padding, Adam, batch 16) and at 128 px full
   width (Adadelta, batch 4), against `torch_reference.Bench` on the CPU with the same settings.
-  Each side also records its minor page faults per step (`minflt_per_step`, `ru_minflt` over
-  the timed calls and the warm-up): memory the step touches for the first time, e.g. XLA's
-  temporary buffer when malloc maps it afresh for every call.
+  Ours runs in a process restarted as the training command restarts itself, with glibc's
+  huge-page tunable where it changes something (`cpu_memory.relaunch_with_huge_pages`;
+  `--jax-env GLIBC_TUNABLES=glibc.malloc.hugetlb=0` times it without). Each side also records
+  its minor page faults per step (`minflt_per_step`, `ru_minflt` over the timed calls and the
+  warm-up): memory the step touches for the first time, e.g. XLA's temporary buffer when malloc
+  maps it afresh for every call.
 
 `--jax-env KEY=VALUE` (repeatable) sets an environment variable in our forward, load and train
 workers only, to measure what a process setting changes (e.g. glibc's `MALLOC_ARENA_MAX=1`); the
@@ -252,6 +255,9 @@ def load_torch(folder: str, opts: dict) -> dict:
 
 
 def train_jax(name: str, step: str, opts: dict) -> dict:
+    from glcic_jax import cpu_memory
+
+    cpu_memory.relaunch_with_huge_pages()  # as the training command starts
     import jax
     import numpy as np
 
