@@ -7,7 +7,7 @@ page faults per quickstart step, against PyTorch's 4,500-4,800; the step's memor
 ran 2-3 times slower than alone, probably from that (docs/cpu_speed.md). With glibc's tunable
 `glibc.malloc.hugetlb=1`, malloc asks the kernel for transparent huge pages for such blocks
 (`madvise(MADV_HUGEPAGE)`): some 750-1,000 faults per step, and the quickstart's steps took about
-a sixth less time on a 2-core AMD EPYC. PyTorch's CPU allocator has the same switch
+a fifth less time on a 2-core AMD EPYC. PyTorch's CPU allocator has the same switch
 (`THP_MEM_ALLOC_ENABLE`). Keeping the memory between calls instead (glibc's other tunables, or
 JAX computing on the calling thread) was tried and not kept (docs/cpu_speed.md).
 
