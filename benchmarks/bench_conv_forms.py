@@ -20,7 +20,8 @@ Ds' last layers at batch 16 too):
   configs give XLA), `lax`'s convolution against `conv_forms.conv`, which computes the small
   and the strongly dilated ones by `conv_forms.taps_conv` (PyTorch: `Conv2d(c, f, 3, 1, 0, d)`
   on the same padded input): the quickstart's 16 x 16 layers (batch 16, 32 channels, every
-  dilation), a 32 x 32 one that stays XLA's, and the paper's dilation-16 layer at 128 px.
+  dilation), the 32 and 64 px ones that stay XLA's (the 1/8-width networks' narrow layers),
+  and the paper's dilation-16 layer at 128 px.
 * `quadrants`: 3x3 layers dilated by half their input's side with zero padding (the paper's
   dilation-16 layer at 128 px), `lax`'s convolution against `conv_forms.conv`, which computes
   them by `conv_forms.quadrants_conv3x3` (PyTorch: `Conv2d(c, f, 3, 1, d, d)`).
@@ -60,6 +61,9 @@ TAPS = (("VALID 32, 16 px, batch 16", 16, 16, 32, 32, 1),
         ("VALID 32 dil 4, 16 px, batch 16", 16, 16, 32, 32, 4),
         ("VALID 32 dil 16, 16 px, batch 16", 16, 16, 32, 32, 16),
         ("VALID 32, 32 px, batch 16 (XLA's)", 16, 32, 32, 32, 1),
+        ("1/8: VALID 16, 32 px, batch 16 (XLA's)", 16, 32, 16, 16, 1),
+        ("1/8: VALID 8 -> 4, 64 px, batch 16 (XLA's)", 16, 64, 8, 4, 1),
+        ("1/8: VALID 4 -> 3, 64 px, batch 16 (XLA's)", 16, 64, 4, 3, 1),
         ("VALID 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
         ("VALID 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16))
 # Dilated by half the side, zero-padded: (name, N, H, C_in, C_out, dilation)
@@ -80,6 +84,8 @@ KGRAD = (("C 5x5 4 -> 64, 128 px, batch 4", 4, 128, 4, 64, 5, 1, ((2, 2), (2, 2)
          ("D 5x5/2 64 -> 128, 64 px, batch 4", 4, 64, 64, 128, 5, 2, ((2, 2), (2, 2)), 1),
          ("D 5x5/2 128 -> 256, 32 px, batch 4", 4, 32, 128, 256, 5, 2, ((2, 2), (2, 2)), 1),
          ("1/8: 3x3/2 16 -> 32, 32 px, batch 16", 16, 32, 16, 32, 3, 2, ((1, 1), (1, 1)), 1),
+         ("1/8: 3x3/2 8 -> 16, 64 px, batch 16", 16, 64, 8, 16, 3, 2, ((1, 1), (1, 1)), 1),
+         ("1/8: 2x2 16 -> 8, 64 px, batch 16", 16, 64, 16, 8, 2, 1, ((1, 0), (0, 1)), 1),
          ("1/8: 5x5 4 -> 8, 64 px, batch 16", 16, 64, 4, 8, 5, 1, ((2, 2), (2, 2)), 1))
 SECTIONS = ("deconv", "small", "3x3", "taps", "quadrants", "kgrad")
 
