@@ -69,8 +69,7 @@ def relaunch_with_huge_pages() -> None:
     then runs as it is). Call it first thing in a command's entry point: whatever ran before it
     runs again in the restarted process."""
     env = huge_pages_environment(os.environ, glibc_release(), thp_mode())
-    argv = list(getattr(sys, "orig_argv", None) or [])
-    if env is None or not argv or not sys.executable:
+    if env is None or not sys.orig_argv or not sys.executable:  # orig_argv: empty if embedded
         return
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -78,6 +77,6 @@ def relaunch_with_huge_pages() -> None:
         except (OSError, ValueError):
             pass
     try:
-        os.execve(sys.executable, argv, env)
+        os.execve(sys.executable, sys.orig_argv, env)
     except OSError:
         return
