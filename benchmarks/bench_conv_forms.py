@@ -20,8 +20,12 @@ Ds' last layers at batch 16 too):
   configs give XLA), `lax`'s convolution against `conv_forms.conv`, which computes the small
   and the strongly dilated ones by `conv_forms.taps_conv` (PyTorch: `Conv2d(c, f, 3, 1, 0, d)`
   on the same padded input): the quickstart's 16 x 16 layers (batch 16, 32 channels, every
-  dilation), the 32 and 64 px ones that stay XLA's (the 1/8-width networks' narrow layers),
-  and the paper's dilation-16 layer at 128 px.
+  dilation), a 32 px one that stays XLA's, and the paper's dilation-16 layer at 128 px.
+* `narrow`: stride-1 layers of a few channels on an input padded beforehand (the 1/8-width
+  networks' 64 px layers, batch 16: the first 5x5 4 -> 8, the 3x3 8 -> 4 and 4 -> 3; and the
+  32 px 16 -> 16 one, which keeps XLA's convolution), `lax`'s convolution against
+  `conv_forms.conv`, which computes the narrow ones by `conv_forms.narrow_conv` (PyTorch:
+  `Conv2d(c, f, k, 1, 0)` on the same padded input).
 * `quadrants`: 3x3 layers dilated by half their input's side with zero padding (the paper's
   dilation-16 layer at 128 px), `lax`'s convolution against `conv_forms.conv`, which computes
   them by `conv_forms.quadrants_conv3x3` (PyTorch: `Conv2d(c, f, 3, 1, d, d)`).
@@ -61,11 +65,13 @@ TAPS = (("VALID 32, 16 px, batch 16", 16, 16, 32, 32, 1),
         ("VALID 32 dil 4, 16 px, batch 16", 16, 16, 32, 32, 4),
         ("VALID 32 dil 16, 16 px, batch 16", 16, 16, 32, 32, 16),
         ("VALID 32, 32 px, batch 16 (XLA's)", 16, 32, 32, 32, 1),
-        ("1/8: VALID 16, 32 px, batch 16 (XLA's)", 16, 32, 16, 16, 1),
-        ("1/8: VALID 8 -> 4, 64 px, batch 16 (XLA's)", 16, 64, 8, 4, 1),
-        ("1/8: VALID 4 -> 3, 64 px, batch 16 (XLA's)", 16, 64, 4, 3, 1),
         ("VALID 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
         ("VALID 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16))
+# VALID stride-1 on a padded input: (name, N, H_out, C_in, C_out, kernel size)
+NARROW = (("1/8: VALID 5x5 4 -> 8, 64 px, batch 16", 16, 64, 4, 8, 5),
+          ("1/8: VALID 8 -> 4, 64 px, batch 16", 16, 64, 8, 4, 3),
+          ("1/8: VALID 4 -> 3, 64 px, batch 16", 16, 64, 4, 3, 3),
+          ("1/8: VALID 16, 32 px, batch 16 (XLA's)", 16, 32, 16, 16, 3))
 # Dilated by half the side, zero-padded: (name, N, H, C_in, C_out, dilation)
 QUADRANTS = (("3x3 256 dil 16, 32 px, batch 4", 4, 32, 256, 256, 16),
              ("3x3 256 dil 16, 32 px, batch 1", 1, 32, 256, 256, 16),
@@ -85,9 +91,8 @@ KGRAD = (("C 5x5 4 -> 64, 128 px, batch 4", 4, 128, 4, 64, 5, 1, ((2, 2), (2, 2)
          ("D 5x5/2 128 -> 256, 32 px, batch 4", 4, 32, 128, 256, 5, 2, ((2, 2), (2, 2)), 1),
          ("1/8: 3x3/2 16 -> 32, 32 px, batch 16", 16, 32, 16, 32, 3, 2, ((1, 1), (1, 1)), 1),
          ("1/8: 3x3/2 8 -> 16, 64 px, batch 16", 16, 64, 8, 16, 3, 2, ((1, 1), (1, 1)), 1),
-         ("1/8: 2x2 16 -> 8, 64 px, batch 16", 16, 64, 16, 8, 2, 1, ((1, 0), (0, 1)), 1),
-         ("1/8: 5x5 4 -> 8, 64 px, batch 16", 16, 64, 4, 8, 5, 1, ((2, 2), (2, 2)), 1))
-SECTIONS = ("deconv", "small", "3x3", "taps", "quadrants", "kgrad")
+         ("1/8: 2x2 16 -> 8, 64 px, batch 16", 16, 64, 16, 8, 2, 1, ((1, 0), (0, 1)), 1))
+SECTIONS = ("deconv", "small", "3x3", "taps", "narrow", "quadrants", "kgrad")
 
 
 def parse_args(argv=None):
@@ -180,6 +185,14 @@ def main(argv=None) -> None:
         cases += [(name, n, h + 2 * d, c, f, 3, three(d, False, "VALID"), three(d, True, "VALID"),
                    "taps", d)
                   for name, n, h, c, f, d in TAPS]
+    if "narrow" in only:  # the input is the padded one: ksize - 1 more on each axis
+        valid = functools.partial(lax.conv_general_dilated, window_strides=(1, 1),
+                                  padding="VALID", dimension_numbers=conv_forms.NHWC)
+        cpu = functools.partial(conv_forms.conv, window_strides=(1, 1), padding="VALID",
+                                dimension_numbers=conv_forms.NHWC)
+        cases += [(name, n, h + ksize - 1, c, f, ksize, valid, cpu, "narrow", 1,
+                   lambda c=c, f=f, ksize=ksize: torch.nn.Conv2d(c, f, ksize, 1, 0))
+                  for name, n, h, c, f, ksize in NARROW]
     if "quadrants" in only:
         cases += [(name, n, h, c, f, 3, three(d, False), three(d, True), "quadrants", d)
                   for name, n, h, c, f, d in QUADRANTS]
@@ -208,8 +221,11 @@ def main(argv=None) -> None:
         if form == "kgrad":
             row["networks_use"] = conv_forms.uses_taps_kernel_grad(
                 jnp.asarray(x), jnp.asarray(k), case[7].keywords["padding"])
+        if form == "narrow":
+            row["networks_use"] = conv_forms.uses_narrow_conv(
+                jnp.asarray(x), jnp.asarray(k), (1, 1), ((0, 0), (0, 0)), (1, 1))
         if torch is not None:
-            if form == "kgrad":
+            if form in ("kgrad", "narrow"):
                 layer = case[10]() if case[10] is not None else None
             else:
                 layer = (torch.nn.ConvTranspose2d(c, f, 4, 2, 1) if ksize == 4

@@ -24,6 +24,11 @@ middle of a 128 px image) reads only the padding with five of its nine taps; XLA
 convolution computes all nine (PyTorch's ran that layer 3-4x faster). `quadrants_conv3x3`
 computes the four that count as one matrix product, forward and backward.
 
+The layers of a few channels (3-8: the 1/8-width networks' 64 px layers) leave XLA's CPU
+convolution, a matrix product over patches, almost nothing to put in a vector register; it ran
+them 3-5x slower than PyTorch. `narrow_conv` computes them as broadcast multiply-adds, one
+elementwise loop over the output, and their input gradients so too.
+
 XLA's CPU backend computes a kernel gradient as a convolution whose output is the kernel, and
 ran those of the wide layers that keep its convolution forward (stride 2, the sub-pixel
 upsampling's 2x2 convolutions, the first 5x5 layers) up to 4x slower than one matrix product
@@ -93,6 +98,16 @@ TAPS_MAX_DILATED_OUTPUT_PIXELS = 1024
 TAPS_KERNEL_GRAD_MIN_CHANNELS = 64
 TAPS_KERNEL_GRAD_MAX_TAPS = 9
 TAPS_KERNEL_GRAD_MAX_IN_CHANNELS = 4
+
+# A stride-1 float32 convolution with at most NARROW_MAX_CHANNELS channels on both sides and at
+# most NARROW_MAX_TERMS products per output (kh * kw * C_in: the 1/8-width networks' 64 px
+# layers, 5x5 4 -> 8, 3x3 8 -> 4 and 4 -> 3) is a sum of broadcast multiply-adds on the CPU
+# (`narrow_conv`), its input gradient too where kh * kw * C_out is at most NARROW_MAX_TERMS.
+# Forward + backward, those layers ran 1.4-2.8x faster than XLA's convolution; 16-channel layers
+# at 32 px ran 3x slower, and the 5x5 layer's input gradient (200 products) slower too
+# (benchmarks/bench_conv_forms.py --only narrow; docs/cpu_speed.md).
+NARROW_MAX_CHANNELS = 8
+NARROW_MAX_TERMS = 100
 
 # Winograd's forward (and input gradient) where both channel counts are at least this: 256 -> 256
 # runs 2.1-2.7x faster than XLA's convolution at the networks' sizes, 128 -> 128 about as fast,
@@ -256,7 +271,8 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
          feature_group_count: int = 1, precision: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` (same signature: flax's `nn.Conv(conv_general_dilated=...)`
     calls it), computed on the CPU by `quadrants_conv3x3` for a 3x3 layer dilated by half its
-    input's side, by `patches_conv` when the output is small, by `winograd_conv3x3` for wide 3x3
+    input's side, by `patches_conv` when the output is small, by `narrow_conv` for stride-1
+    layers of a few channels, by `winograd_conv3x3` for wide 3x3
     stride-1 layers, by `taps_conv` for small or strongly dilated VALID ones (`valid_as_padded`
     for the other wide VALID ones), and with `taps_kernel_grad_conv`'s kernel gradient for the
     remaining wide layers (see the module docstring). Anything else, and every other platform,
@@ -291,6 +307,10 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
             inputs, kernel,
             cpu=lambda x, k: patches_conv(x, k, strides, pads, dilation, precision),
             default=xla)
+    if uses_narrow_conv(inputs, kernel, strides, pads, dilation):
+        return lax.platform_dependent(
+            inputs, kernel, default=xla,
+            cpu=lambda x, k: narrow_conv(x, k, pads, dilation[0], precision))
     if (kernel.shape[:2] == (3, 3) and strides == (1, 1) and dilation[0] == dilation[1]
             and inputs.dtype == kernel.dtype == jnp.float32
             and max(kernel.shape[2:]) >= WINOGRAD_MIN_TRAINED_CHANNELS
@@ -317,6 +337,96 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
             inputs, kernel, default=xla,
             cpu=lambda x, k: taps_kernel_grad_conv(x, k, strides, pads, dilation, precision))
     return xla(inputs, kernel)
+
+
+def _materialised(x: jax.Array) -> jax.Array:
+    """`x` itself (every finite value unchanged: times one, plus zeros), as a product with the
+    identity matrix along its last axis, which XLA computes once and stores.
+
+    XLA's CPU fusion counts multiply-adds as free to recompute: left alone, it fused a narrow
+    layer's whole sum of products into each of the layer's consumers (the normalisation's two
+    statistics, its output, the ReLU's gradient) and the training step ran twice as slow. An
+    `optimization_barrier` does not stop that (XLA's CPU compiler removes barriers before it
+    fuses); a matrix product is never fused into an elementwise loop."""
+    return jnp.dot(x, jnp.eye(x.shape[-1], dtype=x.dtype))
+
+
+def _broadcast_fma(x: jax.Array, k: jax.Array, dilation: int) -> jax.Array:
+    """A VALID stride-1 NHWC/HWIO convolution as kh * kw * C_in broadcast multiply-adds: each
+    tap's slice of one input channel times that tap's and channel's row of the kernel, added up
+    in HWIO's order, one elementwise loop over the output (`_materialised` keeps it one)."""
+    kh, kw, c_in, _ = k.shape
+    ho = x.shape[1] - dilation * (kh - 1)
+    wo = x.shape[2] - dilation * (kw - 1)
+    y = None
+    for a in range(kh):
+        for b in range(kw):
+            read = x[:, a * dilation:a * dilation + ho, b * dilation:b * dilation + wo]
+            for c in range(c_in):
+                term = read[..., c:c + 1] * k[a, b, c]
+                y = term if y is None else y + term
+    return _materialised(y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _narrow_valid_conv(x, k, dilation, precision):
+    return _broadcast_fma(x, k, dilation)
+
+
+def _narrow_valid_conv_fwd(x, k, dilation, precision):
+    return _broadcast_fma(x, k, dilation), (x, k)
+
+
+def _narrow_valid_conv_bwd(dilation, precision, residuals, dy):
+    x, k = residuals
+    kh, kw, _, c_out = k.shape
+    d = (dilation, dilation)
+    if kh * kw * c_out <= NARROW_MAX_TERMS:
+        # The input gradient is the "full" correlation of the cotangent with the kernel turned
+        # by 180 degrees and its channels swapped: the same form on the padded cotangent.
+        ph, pw = dilation * (kh - 1), dilation * (kw - 1)
+        padded = jnp.pad(dy, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        dx = _broadcast_fma(padded, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), dilation)
+    else:
+        _, input_vjp = jax.vjp(lambda x: _xla_conv(x, k, (1, 1), "VALID", d, precision), x)
+        dx = input_vjp(dy)[0]
+    # XLA's own kernel gradient: a reduction over the whole batch into a few hundred numbers,
+    # which it ran faster than any form here (products per tap, broadcast reductions).
+    _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, (1, 1), "VALID", d, precision), k)
+    return dx, kernel_vjp(dy)[0]
+
+
+_narrow_valid_conv.defvjp(_narrow_valid_conv_fwd, _narrow_valid_conv_bwd)
+
+
+def narrow_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
+                dilation: int = 1, precision: Any = None) -> jax.Array:
+    """A stride-1 NHWC/HWIO convolution with zero `padding` and `dilation` for layers of a few
+    channels, as broadcast multiply-adds (`_broadcast_fma`): the same products as the
+    convolution, summed in HWIO's order.
+
+    XLA's CPU convolution (Eigen's, a matrix product over patches) has almost nothing to put in
+    a vector register when a layer has 3-8 channels, and ran the 1/8-width networks' 64 px
+    layers 3-5x slower than PyTorch; one fused elementwise loop over the output runs them at
+    the memory's pace. The input gradient is the same form on the cotangent where it has as few
+    products (`NARROW_MAX_TERMS`), else XLA's; the kernel gradient is XLA's (`precision` is
+    theirs: the products here are float32's own)."""
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if min(p for side in padding for p in side) < 0:
+        raise ValueError(f"narrow_conv takes non-negative paddings, got {padding}.")
+    if any(p for side in padding for p in side):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    return _narrow_valid_conv(x, kernel, int(dilation), precision)
+
+
+def uses_narrow_conv(x: jax.Array, k: jax.Array, strides, padding, dilation) -> bool:
+    """Whether `conv` computes a layer by `narrow_conv` on the CPU (NARROW_MAX_CHANNELS and
+    NARROW_MAX_TERMS)."""
+    kh, kw, c_in, c_out = k.shape
+    return (tuple(strides) == (1, 1) and dilation[0] == dilation[1]
+            and x.dtype == k.dtype == jnp.float32
+            and max(c_in, c_out) <= NARROW_MAX_CHANNELS and kh * kw * c_in <= NARROW_MAX_TERMS
+            and min(p for side in padding for p in side) >= 0)
 
 
 def _is_quadrants_conv(x: jax.Array, k: jax.Array, strides, padding, dilation) -> bool:

@@ -167,6 +167,83 @@ def test_conv_uses_taps_on_cpu_for_small_or_strongly_dilated_valid_layers_only()
     assert " convolution(" in _conv_grad_hlo(small, narrow, (1, 1), "VALID", 4)
 
 
+# ----------------------------------------------------------------------------------------------
+# Narrow layers: broadcast multiply-adds
+
+
+@pytest.mark.parametrize("shape, kernel, padding, dilation", [
+    ((2, 12, 11, 8), (3, 3, 8, 4), ((0, 0), (0, 0)), 1),  # VALID, as the reflect configs call it
+    ((2, 10, 10, 4), (3, 3, 4, 3), ((1, 1), (1, 1)), 1),  # zero-padded
+    ((1, 13, 9, 3), (3, 3, 3, 5), ((0, 2), (1, 0)), 2),  # dilated, asymmetric padding
+    ((2, 12, 12, 4), (5, 5, 4, 8), ((0, 0), (0, 0)), 1),  # input gradient XLA's (200 products)
+])
+def test_narrow_conv_equals_xla_conv_with_gradients(shape, kernel, padding, dilation):
+    rng = np.random.default_rng(11)
+    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
+    kh, kw, c_in, c_out = kernel
+    y = _lax_conv((1, 1), padding, (dilation, dilation))(x, k)
+    ho, wo = y.shape[1:3]
+    _compare_with_grads(
+        lambda x, k: conv_forms.narrow_conv(x, k, padding, dilation),
+        _lax_conv((1, 1), padding, (dilation, dilation)), x, k,
+        terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+
+
+def test_narrow_conv_rejects_negative_padding():
+    with pytest.raises(ValueError, match="non-negative"):
+        conv_forms.narrow_conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)), ((0, 0), (0, -1)))
+
+
+def test_conv_uses_narrow_form_on_cpu_for_stride_1_layers_of_a_few_channels_only():
+    """Stride-1 layers of <= 8 channels with <= 100 products per output (the 1/8-width
+    networks' 64 px layers) are broadcast multiply-adds on the CPU, their input gradients too
+    where those have <= 100 products (the kernel gradient stays XLA's convolution); wider,
+    strided or bigger layers, and other platforms, keep XLA's convolution."""
+    rng = np.random.default_rng(12)
+
+    def conv(strides, padding):
+        return lambda x, k: conv_forms.conv(x, k, strides, padding,
+                                            dimension_numbers=conv_forms.NHWC)
+
+    x8, k8 = _rand(rng, (2, 18, 18, 8)), _rand(rng, (3, 3, 8, 4), 0.1)
+    assert " convolution(" not in _cpu_hlo(conv((1, 1), "VALID"), x8, k8)
+    assert _conv_grad_hlo(x8, k8, (1, 1), "VALID").count(" convolution(") == 1  # the kernel's
+    assert "stablehlo.convolution" in _stablehlo_for("cuda", conv((1, 1), "VALID"), x8, k8)
+    first = _rand(rng, (5, 5, 4, 8), 0.1)  # 100 products forward, 200 for the input gradient
+    x4 = _rand(rng, (2, 16, 16, 4))
+    assert " convolution(" not in _cpu_hlo(conv((1, 1), ((2, 2), (2, 2))), x4, first)
+    assert _conv_grad_hlo(x4, first, (1, 1), ((2, 2), (2, 2))).count(" convolution(") == 2
+    for x, k, strides in ((_rand(rng, (2, 18, 18, 16)), _rand(rng, (3, 3, 16, 16)), (1, 1)),
+                          (x8, _rand(rng, (3, 3, 8, 16)), (1, 1)),  # 16 channels out
+                          (x8, _rand(rng, (5, 5, 8, 8)), (1, 1)),  # 200 products
+                          (_rand(rng, (2, 34, 34, 8)), _rand(rng, (3, 3, 8, 8)), (2, 2))):
+        assert " convolution(" in _cpu_hlo(conv(strides, "VALID"), x, k), (k.shape, strides)
+
+
+def test_narrow_layer_is_computed_once_for_all_its_consumers():
+    """A layer's output feeds several computations (the normalisation's statistics, its output,
+    the activation's gradient); XLA's CPU fusion would recompute a sum of multiply-adds in each
+    of them (the training step ran twice as slow). The compiled work must not grow with the
+    number of consumers."""
+    rng = np.random.default_rng(13)
+    x, k = _rand(rng, (2, 18, 18, 8)), _rand(rng, (3, 3, 8, 4), 0.1)
+
+    def layer(x, k):
+        return conv_forms.conv(x, k, (1, 1), "VALID", dimension_numbers=conv_forms.NHWC)
+
+    def three_consumers(x, k):
+        y = layer(x, k)
+        return jnp.mean(y, axis=(0, 1, 2)), jnp.mean(y * y, axis=(0, 1, 2)), jax.nn.relu(y) * 2
+
+    def flops(fn):
+        cost = jax.jit(fn).lower(x, k).compile().cost_analysis()
+        return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+    products = 2 * 16 * 16 * 4 * 3 * 3 * 8  # one pass: a multiply and an add per product
+    assert flops(layer) >= products  # the count sees the layer's work
+    assert flops(three_consumers) < 1.5 * flops(layer)
+
+
 @pytest.mark.parametrize("shape, features", [((2, 8, 8, 3), 5), ((3, 2, 2, 4), 2),
                                             ((1, 32, 32, 6), 4)])
 def test_quadrants_conv_equals_xla_dilated_conv_with_gradients(shape, features):
