@@ -254,10 +254,10 @@ def load_torch(folder: str, opts: dict) -> dict:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
-def train_jax(name: str, step: str, opts: dict) -> dict:
-    from glcic_jax import cpu_memory
-
-    cpu_memory.relaunch_with_huge_pages()  # as the training command starts
+def jax_train_step(name: str, step: str):
+    """Our compiled `step` ('completion' or 'joint') at the `name` settings, on a fixed batch:
+    (a function running one step, JAX's wait, compile seconds, batch size). The caller restarts
+    the process with huge pages first, as the training command does."""
     import jax
     import numpy as np
 
@@ -280,14 +280,12 @@ def train_jax(name: str, step: str, opts: dict) -> dict:
         box["state"], metrics = compiled(box["state"], images)
         return metrics
 
-    faults = _Faults()
-    timing = _harness.time_calls(one, opts["warmup"], opts["iters"], opts["repeats"],
-                                 jax.block_until_ready)
-    return {"compile_s": compile_s, "times_s": timing.times, "batch": int(config.batch_size),
-            "minflt_per_step": faults.per_call(opts)}
+    return one, jax.block_until_ready, compile_s, int(config.batch_size)
 
 
-def train_torch(name: str, step: str, opts: dict) -> dict:
+def torch_train_step(name: str, step: str):
+    """`torch_reference.Bench`'s `step` at the `name` settings on the CPU: (a function running
+    one step, the torch module)."""
     import torch
     import torch_reference
 
@@ -297,11 +295,27 @@ def train_torch(name: str, step: str, opts: dict) -> dict:
         int(c.mask.hole_min), int(c.mask.hole_max), torch.device("cpu"),
         width=float(c.model.width), padding=str(c.model.padding),
         optimizer=str(c.optimizer.name))
-    fn = bench.completion_step if step == "completion" else bench.joint_step
+    return (bench.completion_step if step == "completion" else bench.joint_step), torch
+
+
+def train_jax(name: str, step: str, opts: dict) -> dict:
+    from glcic_jax import cpu_memory
+
+    cpu_memory.relaunch_with_huge_pages()  # as the training command starts
+    one, wait, compile_s, batch = jax_train_step(name, step)
+    faults = _Faults()
+    timing = _harness.time_calls(one, opts["warmup"], opts["iters"], opts["repeats"], wait)
+    return {"compile_s": compile_s, "times_s": timing.times, "batch": batch,
+            "minflt_per_step": faults.per_call(opts)}
+
+
+def train_torch(name: str, step: str, opts: dict) -> dict:
+    fn, torch = torch_train_step(name, step)
     faults = _Faults()
     timing = _harness.time_calls(fn, opts["warmup"], opts["iters"], opts["repeats"])
-    return {"times_s": timing.times, "batch": int(c.batch_size), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "minflt_per_step": faults.per_call(opts)}
+    return {"times_s": timing.times, "batch": int(train_config(name).batch_size),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "minflt_per_step": faults.per_call(opts)}
 
 
 class _Faults:

@@ -106,3 +106,56 @@ def test_bench_cpu_sets_jax_env_in_our_workers_only(monkeypatch):
         bench_cpu.worker(kind, [], {"jax_env": env}, 1.0)
     assert seen["train_jax"]["MALLOC_ARENA_MAX"] == "1" and seen["train_jax"]["A"] == "b=c"
     assert "MALLOC_ARENA_MAX" not in seen["train_torch"]
+
+
+def test_bench_cpu_steps_variants_name_numeric_conv_forms_settings():
+    import bench_cpu_steps
+
+    assert bench_cpu_steps.parse_variant("off:NARROW_MAX_CHANNELS=0,NARROW_MAX_TERMS=50") == (
+        "off", {"NARROW_MAX_CHANNELS": 0, "NARROW_MAX_TERMS": 50})
+    for bad in ("NARROW_MAX_CHANNELS=0", "x:", "x:NOPE=1", "x:NHWC=1", "x:narrow_max_channels=1",
+                "x:NARROW_MAX_CHANNELS", "x:NARROW_MAX_CHANNELS=a"):
+        with pytest.raises(SystemExit, match="--variant"):
+            bench_cpu_steps.parse_variant(bad)
+
+
+def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monkeypatch, tmp_path):
+    """Every side runs one round per turn, in a rotating order; ratios are PyTorch / ours of the
+    medians and the median of the rounds' ratios (fake sides: no step is compiled)."""
+    import types
+
+    import bench_cpu_steps
+
+    order, per_step = [], {"ours": [0.10, 0.20, 0.10], "faster": [0.05, 0.10, 0.05],
+                           "pytorch": [0.08, 0.08, 0.08]}
+
+    class FakeSide:
+        def __init__(self, name, spec, timeout):
+            self.name, self.info, self.times = name, {"compile_s": 1.0}, []
+            assert spec["side"] == ("pytorch" if name == "pytorch" else "ours")
+            assert spec["settings" if name != "pytorch" else "step"] == (
+                {"NARROW_MAX_CHANNELS": 0} if name == "faster" else
+                {} if name == "ours" else "completion")
+
+        def run_round(self):
+            order.append(self.name)
+            self.times.append(per_step[self.name][len(self.times)])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench_cpu_steps, "Side", FakeSide)
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    out = tmp_path / "steps.json"
+    bench_cpu_steps.main(["--steps", "completion", "--rounds", "3", "--variant",
+                          "faster:NARROW_MAX_CHANNELS=0", "--out", str(out)])
+    assert order == ["ours", "faster", "pytorch", "faster", "pytorch", "ours",
+                     "pytorch", "ours", "faster"]
+    sides = json.loads(out.read_text())["steps"]["completion"]["sides"]
+    assert sides["ours"]["median_s"] == pytest.approx(0.10)
+    assert sides["ours"]["pytorch_over_ours"] == pytest.approx(0.8)
+    assert sides["ours"]["pytorch_over_ours_per_round"] == pytest.approx(0.8)
+    assert sides["faster"]["pytorch_over_ours"] == pytest.approx(1.6)
+    assert "pytorch_over_ours" not in sides["pytorch"]
+    with pytest.raises(SystemExit, match="own name"):
+        bench_cpu_steps.main(["--variant", "ours:NARROW_MAX_CHANNELS=0"])

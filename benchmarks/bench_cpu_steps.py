@@ -1,0 +1,210 @@
+"""The training steps on a CPU, ours and PyTorch's timed in turns: each side runs in its own
+long-lived process, and the driver asks each in turn for a round of steps, so that a machine
+whose speed drifts from minute to minute (shared 2-core VMs moved by 15-20 % from one run of
+`bench_cpu.py` to the next) slows every side alike.
+
+  python benchmarks/bench_cpu_steps.py [--trains quickstart] [--steps completion,joint]
+      [--rounds 15] [--iters 4] [--variant NAME:SETTING=VALUE[,SETTING=VALUE]] [--out FILE]
+
+Ours runs restarted with huge pages, as the training command is
+(`cpu_memory.relaunch_with_huge_pages`); PyTorch's step is `torch_reference.Bench`'s, as in
+`bench_cpu.py --only train`, in a process of its own with default settings. `--variant` adds
+ours with settings of `glcic_jax.conv_forms` changed while its step is traced (e.g.
+`without_narrow:NARROW_MAX_CHANNELS=0`, the step without the narrow layers' form): what one
+form gives a whole step, measured in the same turns. Each round runs `--iters` steps on every
+side, the sides in a rotating order; only one side computes at a time (the others wait on
+their input). Reported per side: seconds per step, the median and quartiles over the rounds;
+per variant of ours: PyTorch / ours of the medians, and the median of the round-by-round
+ratios. torch is optional and only for this benchmark; without it only ours is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import _harness
+
+STEPS = ("completion", "joint")
+
+
+def parse_args(argv=None):
+    p = _harness.parser(__doc__)
+    p.add_argument("--trains", default="quickstart", help="quickstart or full128 (bench_cpu)")
+    p.add_argument("--steps", default=",".join(STEPS), help="among " + ",".join(STEPS))
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds per side")
+    p.add_argument("--iters", type=int, default=4, help="steps per side and round")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE,...",
+                   help="ours again with conv_forms settings changed (repeatable)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per side's answer")
+    p.add_argument("--out", default="")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # one side, for the driver
+    return p.parse_args(argv)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'NAME:SETTING=VALUE,SETTING=VALUE' -> (NAME, {SETTING: VALUE}), each SETTING an
+    upper-case number of `glcic_jax.conv_forms`, its VALUE of the same type."""
+    from glcic_jax import conv_forms
+
+    name, sep, body = text.partition(":")
+    if not sep or not name or not body:
+        raise SystemExit(f"--variant takes NAME:SETTING=VALUE[,SETTING=VALUE], got {text!r}")
+    settings = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        current = getattr(conv_forms, key, None)
+        if not eq or not key.isupper() or type(current) not in (int, float):
+            raise SystemExit(f"--variant {text!r}: {key!r} is not a numeric setting of "
+                             "glcic_jax.conv_forms (e.g. NARROW_MAX_CHANNELS)")
+        try:
+            settings[key] = type(current)(value)
+        except ValueError:
+            raise SystemExit(f"--variant {text!r}: {value!r} is not a {type(current).__name__}")
+    return name, settings
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker: one side, answering the driver's requests on stdin / stdout
+
+
+def worker(spec: dict) -> None:
+    import bench_cpu
+
+    if spec["side"] == "pytorch":
+        fn, _ = bench_cpu.torch_train_step(spec["trains"], spec["step"])
+        wait, info = (lambda out: None), {}
+    else:
+        from glcic_jax import cpu_memory
+
+        cpu_memory.relaunch_with_huge_pages()  # as the training command starts
+        from glcic_jax import conv_forms
+
+        for key, value in spec["settings"].items():
+            setattr(conv_forms, key, value)  # read while the step is traced and lowered
+        fn, wait, compile_s, _ = bench_cpu.jax_train_step(spec["trains"], spec["step"])
+        info = {"compile_s": compile_s}
+    out = None
+    for _ in range(spec["warmup"]):
+        out = fn()
+    wait(out)
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "RUN":
+            break
+        t0 = time.perf_counter()
+        for _ in range(spec["iters"]):
+            out = fn()
+        wait(out)
+        print(f"TIME {(time.perf_counter() - t0) / spec['iters']!r}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+
+
+class Side:
+    def __init__(self, name: str, spec: dict, timeout: float):
+        self.name, self.timeout = name, timeout
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(_harness.HERE / "bench_cpu_steps.py"), "--worker",
+             json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            text=True, cwd=_harness.ROOT)
+        self.info = json.loads(self._answer("READY"))
+        self.times: list[float] = []
+
+    def _answer(self, tag: str) -> str:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith(tag + " "):
+            self.proc.kill()
+            self.log.seek(0)
+            tail = self.log.read()[-3000:]
+            raise SystemExit(f"{self.name}: no {tag} answer (got {line!r}); its output:\n{tail}")
+        return line[len(tag) + 1:]
+
+    def run_round(self) -> None:
+        self.proc.stdin.write("RUN\n")
+        self.proc.stdin.flush()
+        self.times.append(float(self._answer("TIME")))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _quartiles(values: list[float]) -> dict:
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return {"median_s": statistics.median(values), "q1_s": q1, "q3_s": q3}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    steps = _harness.csv_list(args.steps)
+    if set(steps) - set(STEPS) or args.rounds < 1 or args.iters < 1:
+        raise SystemExit(f"--steps takes {','.join(STEPS)}; --rounds and --iters at least 1")
+    variants = [("ours", {})] + [parse_variant(v) for v in args.variant]
+    if len({name for name, _ in variants} | {"pytorch"}) != len(variants) + 1:
+        raise SystemExit("each --variant needs its own name (not 'ours' or 'pytorch')")
+    try:
+        import torch  # noqa: F401
+        with_torch = True
+    except ImportError:
+        with_torch = False
+        print("torch is not installed: only ours is timed (pip install torch).")
+    report = {"meta": _harness.run_meta(commit=_harness.git_commit(), args=vars(args)),
+              "steps": {}}
+    print(f"{'step':11s} {'side':16s} {'median s':>9s} {'q1-q3 s':>15s} {'PyTorch/ours':>13s} "
+          f"{'per round':>10s}")
+    for step in steps:
+        base = {"trains": args.trains, "step": step, "iters": args.iters, "warmup": args.warmup}
+        sides = []
+        try:
+            for name, settings in variants:
+                sides.append(Side(name, dict(base, side="ours", settings=settings), args.timeout))
+            if with_torch:
+                sides.append(Side("pytorch", dict(base, side="pytorch"), args.timeout))
+            for r in range(args.rounds):
+                for i in range(len(sides)):
+                    sides[(r + i) % len(sides)].run_round()
+        finally:
+            for side in sides:
+                side.close()
+        rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times))
+                for side in sides}
+        for side in sides:
+            row = rows[side.name]
+            if with_torch and side.name != "pytorch":
+                torch_s = rows["pytorch"]
+                row["pytorch_over_ours"] = torch_s["median_s"] / row["median_s"]
+                row["pytorch_over_ours_per_round"] = statistics.median(
+                    t / o for t, o in zip(torch_s["round_s"], side.times))
+            ratio = (f"{row['pytorch_over_ours']:12.2f}x {row['pytorch_over_ours_per_round']:9.2f}x"
+                     if "pytorch_over_ours" in row else "")
+            print(f"{step:11s} {side.name:16s} {row['median_s']:9.3f} "
+                  f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {ratio}", flush=True)
+        report["steps"][step] = {"variants": {name: settings for name, settings in variants},
+                                 "sides": rows}
+    if args.out:
+        _harness.write_json(args.out, report)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
