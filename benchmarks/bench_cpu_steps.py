@@ -12,16 +12,20 @@ Ours runs restarted with huge pages, as the training command is
 ours with settings of `glcic_jax.conv_forms` changed while its step is traced (e.g.
 `without_narrow:NARROW_MAX_CHANNELS=0`, the step without the narrow layers' form): what one
 form gives a whole step, measured in the same turns. Each round runs `--iters` steps on every
-side, the sides in a rotating order; only one side computes at a time (the others wait on
-their input). Reported per side: seconds per step, the median and quartiles over the rounds;
-per variant of ours: PyTorch / ours of the medians, and the median of the round-by-round
-ratios. torch is optional and only for this benchmark; without it only ours is timed.
+side, the sides in a shuffled order (seeded); only one side computes at a time (the others wait
+on their input), with a `--settle` pause between turns so that no side's threads are still
+spinning when the next starts (thread pools wait busily for a moment after their work, which
+on two cores would take one from the next side). Reported per side: seconds per step, the
+median and quartiles over the rounds; per variant of ours: PyTorch / ours of the medians, and
+the median of the round-by-round ratios. torch is optional and only for this benchmark;
+without it only ours is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -40,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=15, help="timed rounds per side")
     p.add_argument("--iters", type=int, default=4, help="steps per side and round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    p.add_argument("--settle", type=float, default=0.3, help="seconds between turns")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE,...",
                    help="ours again with conv_forms settings changed (repeatable)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per side's answer")
@@ -180,9 +185,11 @@ def main(argv=None) -> None:
                 sides.append(Side(name, dict(base, side="ours", settings=settings), args.timeout))
             if with_torch:
                 sides.append(Side("pytorch", dict(base, side="pytorch"), args.timeout))
-            for r in range(args.rounds):
-                for i in range(len(sides)):
-                    sides[(r + i) % len(sides)].run_round()
+            rng = random.Random(0)
+            for _ in range(args.rounds):
+                for side in rng.sample(sides, len(sides)):
+                    time.sleep(args.settle)
+                    side.run_round()
         finally:
             for side in sides:
                 side.close()
