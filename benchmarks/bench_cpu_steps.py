@@ -10,7 +10,8 @@ Ours runs restarted with huge pages, as the training command is
 (`cpu_memory.relaunch_with_huge_pages`); PyTorch's step is `torch_reference.Bench`'s, as in
 `bench_cpu.py --only train`, in a process of its own with default settings. `--variant` adds
 ours with settings of `glcic_jax.conv_forms` changed while its step is traced (e.g.
-`without_narrow:NARROW_MAX_CHANNELS=0`, the step without the narrow layers' form): what one
+`without_narrow:NARROW_MAX_CHANNELS=0`, the step without the narrow layers' form), compiled in
+the same process as ours (separate processes differed by more than a form's gain): what one
 form gives a whole step, measured in the same turns. Each round runs `--iters` steps on every
 side, the sides in a shuffled order (seeded); only one side computes at a time (the others wait
 on their input), with a `--settle` pause between turns so that no side's threads are still
@@ -80,29 +81,42 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def worker(spec: dict) -> None:
+    """One process: PyTorch's step, or ours in every variant (each compiled with its settings,
+    which are read while the step is traced and lowered; then put back)."""
     import bench_cpu
 
+    steps = {}
     if spec["side"] == "pytorch":
         fn, _ = bench_cpu.torch_train_step(spec["trains"], spec["step"])
-        wait, info = (lambda out: None), {}
+        steps["pytorch"] = (fn, lambda out: None, {})
     else:
         from glcic_jax import cpu_memory
 
         cpu_memory.relaunch_with_huge_pages()  # as the training command starts
         from glcic_jax import conv_forms
 
-        for key, value in spec["settings"].items():
-            setattr(conv_forms, key, value)  # read while the step is traced and lowered
-        fn, wait, compile_s, _ = bench_cpu.jax_train_step(spec["trains"], spec["step"])
-        info = {"compile_s": compile_s}
-    out = None
-    for _ in range(spec["warmup"]):
-        out = fn()
-    wait(out)
-    print("READY " + json.dumps(info), flush=True)
+        for name, settings in spec["variants"].items():
+            defaults = {key: getattr(conv_forms, key) for key in settings}
+            try:
+                for key, value in settings.items():
+                    setattr(conv_forms, key, value)
+                fn, wait, compile_s, _ = bench_cpu.jax_train_step(spec["trains"], spec["step"])
+            finally:
+                for key, value in defaults.items():
+                    setattr(conv_forms, key, value)
+            steps[name] = (fn, wait, {"compile_s": compile_s})
+    for fn, wait, _ in steps.values():
+        out = None
+        for _ in range(spec["warmup"]):
+            out = fn()
+        wait(out)
+    print("READY " + json.dumps({name: info for name, (_, _, info) in steps.items()}),
+          flush=True)
     for line in sys.stdin:
-        if line.strip() != "RUN":
+        command, _, name = line.strip().partition(" ")
+        if command != "RUN" or name not in steps:
             break
+        fn, wait, _ = steps[name]
         t0 = time.perf_counter()
         for _ in range(spec["iters"]):
             out = fn()
@@ -114,18 +128,19 @@ def worker(spec: dict) -> None:
 # Driver
 
 
-class Side:
-    def __init__(self, name: str, spec: dict, timeout: float):
-        self.name, self.timeout = name, timeout
+class Worker:
+    """A `worker` process, answering one line per request."""
+
+    def __init__(self, spec: dict, timeout: float):
+        self.timeout = timeout
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, str(_harness.HERE / "bench_cpu_steps.py"), "--worker",
              json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             text=True, cwd=_harness.ROOT)
-        self.info = json.loads(self._answer("READY"))
-        self.times: list[float] = []
+        self.info = json.loads(self.answer("READY", spec["side"]))
 
-    def _answer(self, tag: str) -> str:
+    def answer(self, tag: str, who: str) -> str:
         import select
 
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
@@ -134,13 +149,8 @@ class Side:
             self.proc.kill()
             self.log.seek(0)
             tail = self.log.read()[-3000:]
-            raise SystemExit(f"{self.name}: no {tag} answer (got {line!r}); its output:\n{tail}")
+            raise SystemExit(f"{who}: no {tag} answer (got {line!r}); its output:\n{tail}")
         return line[len(tag) + 1:]
-
-    def run_round(self) -> None:
-        self.proc.stdin.write("RUN\n")
-        self.proc.stdin.flush()
-        self.times.append(float(self._answer("TIME")))
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -149,6 +159,20 @@ class Side:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class Side:
+    """One thing timed: PyTorch's step, or one variant of ours, in its worker."""
+
+    def __init__(self, name: str, worker: Worker):
+        self.name, self.worker = name, worker
+        self.info = worker.info[name]
+        self.times: list[float] = []
+
+    def run_round(self) -> None:
+        self.worker.proc.stdin.write(f"RUN {self.name}\n")
+        self.worker.proc.stdin.flush()
+        self.times.append(float(self.worker.answer("TIME", self.name)))
 
 
 def _quartiles(values: list[float]) -> dict:
@@ -179,20 +203,21 @@ def main(argv=None) -> None:
           f"{'per round':>10s}")
     for step in steps:
         base = {"trains": args.trains, "step": step, "iters": args.iters, "warmup": args.warmup}
-        sides = []
+        workers = []
         try:
-            for name, settings in variants:
-                sides.append(Side(name, dict(base, side="ours", settings=settings), args.timeout))
+            workers.append(Worker(dict(base, side="ours", variants=dict(variants)), args.timeout))
+            sides = [Side(name, workers[0]) for name, _ in variants]
             if with_torch:
-                sides.append(Side("pytorch", dict(base, side="pytorch"), args.timeout))
+                workers.append(Worker(dict(base, side="pytorch"), args.timeout))
+                sides.append(Side("pytorch", workers[-1]))
             rng = random.Random(0)
             for _ in range(args.rounds):
                 for side in rng.sample(sides, len(sides)):
                     time.sleep(args.settle)
                     side.run_round()
         finally:
-            for side in sides:
-                side.close()
+            for worker_ in workers:
+                worker_.close()
         rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times))
                 for side in sides}
         for side in sides:

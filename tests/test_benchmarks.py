@@ -120,35 +120,39 @@ def test_bench_cpu_steps_variants_name_numeric_conv_forms_settings():
 
 
 def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monkeypatch, tmp_path):
-    """Every side runs one round per turn, in a shuffled order; ratios are PyTorch / ours of the
-    medians and the median of the rounds' ratios (fake sides: no step is compiled)."""
+    """Ours (every variant in one process) and PyTorch (its own) run one round per turn, in a
+    shuffled order; ratios are PyTorch / ours of the medians and the median of the rounds'
+    ratios (fake workers: no step is compiled)."""
     import types
 
     import bench_cpu_steps
 
     order, per_step = [], {"ours": [0.10, 0.20, 0.10], "faster": [0.05, 0.10, 0.05],
                            "pytorch": [0.08, 0.08, 0.08]}
+    specs = []
 
-    class FakeSide:
-        def __init__(self, name, spec, timeout):
-            self.name, self.info, self.times = name, {"compile_s": 1.0}, []
-            assert spec["side"] == ("pytorch" if name == "pytorch" else "ours")
-            assert spec["settings" if name != "pytorch" else "step"] == (
-                {"NARROW_MAX_CHANNELS": 0} if name == "faster" else
-                {} if name == "ours" else "completion")
+    class FakeWorker:
+        def __init__(self, spec, timeout):
+            specs.append(spec)
+            names = list(spec.get("variants", {"pytorch": None}))
+            self.info = {name: {"compile_s": 1.0} for name in names}
+            self.proc = types.SimpleNamespace(stdin=types.SimpleNamespace(
+                write=lambda line: order.append(line.split()[1]), flush=lambda: None))
 
-        def run_round(self):
-            order.append(self.name)
-            self.times.append(per_step[self.name][len(self.times)])
+        def answer(self, tag, who):
+            assert tag == "TIME" and who == order[-1]
+            return repr(per_step[who][order.count(who) - 1])
 
         def close(self):
             pass
 
-    monkeypatch.setattr(bench_cpu_steps, "Side", FakeSide)
+    monkeypatch.setattr(bench_cpu_steps, "Worker", FakeWorker)
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     out = tmp_path / "steps.json"
     bench_cpu_steps.main(["--steps", "completion", "--rounds", "3", "--settle", "0", "--variant",
                           "faster:NARROW_MAX_CHANNELS=0", "--out", str(out)])
+    assert [spec["side"] for spec in specs] == ["ours", "pytorch"]
+    assert specs[0]["variants"] == {"ours": {}, "faster": {"NARROW_MAX_CHANNELS": 0}}
     rounds = [order[i:i + 3] for i in range(0, 9, 3)]
     assert all(sorted(r) == ["faster", "ours", "pytorch"] for r in rounds), order
     sides = json.loads(out.read_text())["steps"]["completion"]["sides"]
