@@ -26,8 +26,9 @@ computes the four that count as one matrix product, forward and backward.
 
 The layers of a few channels (3-8: the 1/8-width networks' 64 px layers) leave XLA's CPU
 convolution, a matrix product over patches, almost nothing to put in a vector register; it ran
-them 3-5x slower than PyTorch. `narrow_conv` computes them as broadcast multiply-adds, one
-elementwise loop over the output, and their input gradients so too.
+them 4-5x slower than PyTorch forward, 2.5-3x with their gradients. `narrow_conv` computes
+them as broadcast multiply-adds, one elementwise loop over the output, and their input
+gradients so too.
 
 XLA's CPU backend computes a kernel gradient as a convolution whose output is the kernel, and
 ran those of the wide layers that keep its convolution forward (stride 2, the sub-pixel
@@ -103,9 +104,10 @@ TAPS_KERNEL_GRAD_MAX_IN_CHANNELS = 4
 # most NARROW_MAX_TERMS products per output (kh * kw * C_in: the 1/8-width networks' 64 px
 # layers, 5x5 4 -> 8, 3x3 8 -> 4 and 4 -> 3) is a sum of broadcast multiply-adds on the CPU
 # (`narrow_conv`), its input gradient too where kh * kw * C_out is at most NARROW_MAX_TERMS.
-# Forward + backward, those layers ran 1.4-2.8x faster than XLA's convolution; 16-channel layers
-# at 32 px ran 3x slower, and the 5x5 layer's input gradient (200 products) slower too
-# (benchmarks/bench_conv_forms.py --only narrow; docs/cpu_speed.md).
+# Those layers ran 1.6-2.4x faster forward than XLA's convolution, the 3x3 ones 1.9-2.1x forward
+# + backward (benchmarks/bench_conv_forms.py --only narrow); with the 32 px 16-channel layers
+# too the quickstart's phase-1 step ran 1.6x slower, and the 5x5 layer's input gradient (200
+# products) ran slower than XLA's (docs/cpu_speed.md).
 NARROW_MAX_CHANNELS = 8
 NARROW_MAX_TERMS = 100
 
@@ -407,10 +409,10 @@ def narrow_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, in
 
     XLA's CPU convolution (Eigen's, a matrix product over patches) has almost nothing to put in
     a vector register when a layer has 3-8 channels, and ran the 1/8-width networks' 64 px
-    layers 3-5x slower than PyTorch; one fused elementwise loop over the output runs them at
-    the memory's pace. The input gradient is the same form on the cotangent where it has as few
-    products (`NARROW_MAX_TERMS`), else XLA's; the kernel gradient is XLA's (`precision` is
-    theirs: the products here are float32's own)."""
+    layers 2.5-5x slower than PyTorch; one fused elementwise loop over the output ran their
+    forwards 1.6-2.4x faster than XLA's convolution. The input gradient is the same form on the
+    cotangent where it has as few products (`NARROW_MAX_TERMS`), else XLA's; the kernel gradient
+    is XLA's (`precision` is theirs: the products here are float32's own)."""
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if min(p for side in padding for p in side) < 0:
         raise ValueError(f"narrow_conv takes non-negative paddings, got {padding}.")
