@@ -504,10 +504,12 @@ def _taps_conv_bwd(padding, dilation, precision, residuals, dy):
     dk = lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
                          precision=precision).reshape(k.shape)
     # Each tap's share of the input gradient, added back where the tap read it (lax.pad crops
-    # what fell in the padding): along each kernel row's columns first, then along the rows,
-    # each stage materialised. Left to fuse into one sum over every tap, and that sum into the
-    # reflect padding's adjoint, XLA's CPU code recomputed it several times over (2-4x slower at
-    # dilation 16).
+    # what fell in the padding): along each kernel row's columns first, then along the rows.
+    # Left to fuse into one sum over every tap, and that sum into the reflect padding's adjoint,
+    # XLA's CPU code recomputed it several times over (2-4x slower at dilation 16). The barriers
+    # ask for each stage to be stored; XLA's CPU compiler drops them, so there the staging is
+    # what counts (storing the stages through `_materialised` instead was no faster:
+    # docs/cpu_speed.md).
     g = jnp.dot(dy, k.reshape(-1, c_out).T, precision=precision).reshape(n, ho, wo, kh * kw, c_in)
     zero = jnp.zeros((), g.dtype)
     dx = None
