@@ -157,9 +157,13 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     assert all(sorted(r) == ["faster", "ours", "pytorch"] for r in rounds), order
     sides = json.loads(out.read_text())["steps"]["completion"]["sides"]
     assert sides["ours"]["median_s"] == pytest.approx(0.10)
+    assert sides["ours"]["fastest_s"] == pytest.approx(0.10)
+    assert sides["faster"]["fastest_s"] == pytest.approx(0.05)
     assert sides["ours"]["pytorch_over_ours"] == pytest.approx(0.8)
     assert sides["ours"]["pytorch_over_ours_per_round"] == pytest.approx(0.8)
     assert sides["faster"]["pytorch_over_ours"] == pytest.approx(1.6)
     assert "pytorch_over_ours" not in sides["pytorch"]
     with pytest.raises(SystemExit, match="own name"):
         bench_cpu_steps.main(["--variant", "ours:NARROW_MAX_CHANNELS=0"])
+    with pytest.raises(SystemExit):  # argparse: not one of the settings bench_cpu knows
+        bench_cpu_steps.main(["--trains", "celeba"])
