@@ -341,6 +341,15 @@ def conv(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
     return xla(inputs, kernel)
 
 
+def _nonnegative_padding(form: str, padding) -> tuple[tuple[int, int], ...]:
+    """`padding` as ((lo, hi), ...) of ints; a ValueError naming `form` if any is negative (the
+    forms that pad their input themselves compute no cropping)."""
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if min(p for side in padding for p in side) < 0:
+        raise ValueError(f"{form} takes non-negative paddings, got {padding}.")
+    return padding
+
+
 def _materialised(x: jax.Array) -> jax.Array:
     """`x` itself (every finite value unchanged: times one, plus zeros), as a product with the
     identity matrix along its last axis, which XLA computes once and stores.
@@ -413,9 +422,7 @@ def narrow_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, in
     forwards 1.6-2.4x faster than XLA's convolution. The input gradient is the same form on the
     cotangent where it has as few products (`NARROW_MAX_TERMS`), else XLA's; the kernel gradient
     is XLA's (`precision` is theirs: the products here are float32's own)."""
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if min(p for side in padding for p in side) < 0:
-        raise ValueError(f"narrow_conv takes non-negative paddings, got {padding}.")
+    padding = _nonnegative_padding("narrow_conv", padding)
     if any(p for side in padding for p in side):
         x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     return _narrow_valid_conv(x, kernel, int(dilation), precision)
@@ -543,9 +550,7 @@ def taps_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]
     reading zeros there; this form computes only the products that count. The patches are
     kh x kw times the input's size, hence `conv` uses it for small outputs only. (`patches_conv`
     gathers the same patches for any stride, but its gradient is autodiff's scatter-add.)"""
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if min(p for side in padding for p in side) < 0:
-        raise ValueError(f"taps_conv takes non-negative paddings, got {padding}.")
+    padding = _nonnegative_padding("taps_conv", padding)
     return _taps_conv(x, kernel, padding, int(dilation), precision)
 
 
@@ -615,9 +620,7 @@ def taps_kernel_grad_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int
     is `taps_kernel_grad`: XLA's CPU backend computes a kernel gradient as a convolution whose
     output is the kernel, and ran it at a fraction of its forward's speed for the wide layers
     that no other form here covers (strided, 2x2, the first 5x5 layers)."""
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if min(p for side in padding for p in side) < 0:
-        raise ValueError(f"taps_kernel_grad_conv takes non-negative paddings, got {padding}.")
+    padding = _nonnegative_padding("taps_kernel_grad_conv", padding)
     return _taps_kernel_grad_conv(x, kernel, tuple(int(s) for s in strides), padding,
                                   tuple(int(d) for d in dilation), precision)
 
