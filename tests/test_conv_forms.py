@@ -121,6 +121,20 @@ def test_conv_uses_patches_on_cpu_for_small_outputs_only():
     assert " convolution(" in _cpu_hlo(same, small, k)
 
 
+def _compare_stride1_form(form, shape, kernel, padding, dilation, seed):
+    """`form(x, k, padding, dilation)` (a stride-1 form with zero padding) against XLA's
+    convolution, outputs and both gradients, each sum's term count as its bound's."""
+    rng = np.random.default_rng(seed)
+    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
+    kh, kw, c_in, c_out = kernel
+    y = _lax_conv((1, 1), padding, (dilation, dilation))(x, k)
+    ho, wo = y.shape[1:3]
+    _compare_with_grads(
+        lambda x, k: form(x, k, padding, dilation),
+        _lax_conv((1, 1), padding, (dilation, dilation)), x, k,
+        terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+
+
 @pytest.mark.parametrize("shape, kernel, padding, dilation", [
     ((2, 10, 10, 6), (3, 3, 6, 5), ((0, 0), (0, 0)), 1),  # VALID, as the reflect configs call it
     ((2, 12, 9, 4), (3, 3, 4, 5), ((0, 0), (0, 0)), 2),  # dilated, odd sizes
@@ -128,15 +142,7 @@ def test_conv_uses_patches_on_cpu_for_small_outputs_only():
     ((2, 9, 7, 4), (5, 5, 4, 3), ((1, 3), (2, 0)), 1),  # asymmetric, 5x5
 ])
 def test_taps_conv_equals_xla_conv_with_gradients(shape, kernel, padding, dilation):
-    rng = np.random.default_rng(8)
-    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
-    kh, kw, c_in, c_out = kernel
-    y = _lax_conv((1, 1), padding, (dilation, dilation))(x, k)
-    ho, wo = y.shape[1:3]
-    _compare_with_grads(
-        lambda x, k: conv_forms.taps_conv(x, k, padding, dilation),
-        _lax_conv((1, 1), padding, (dilation, dilation)), x, k,
-        terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+    _compare_stride1_form(conv_forms.taps_conv, shape, kernel, padding, dilation, seed=8)
 
 
 def test_taps_conv_rejects_negative_padding():
@@ -178,15 +184,7 @@ def test_conv_uses_taps_on_cpu_for_small_or_strongly_dilated_valid_layers_only()
     ((2, 12, 12, 4), (5, 5, 4, 8), ((0, 0), (0, 0)), 1),  # input gradient XLA's (200 products)
 ])
 def test_narrow_conv_equals_xla_conv_with_gradients(shape, kernel, padding, dilation):
-    rng = np.random.default_rng(11)
-    x, k = _rand(rng, shape), _rand(rng, kernel, 0.3)
-    kh, kw, c_in, c_out = kernel
-    y = _lax_conv((1, 1), padding, (dilation, dilation))(x, k)
-    ho, wo = y.shape[1:3]
-    _compare_with_grads(
-        lambda x, k: conv_forms.narrow_conv(x, k, padding, dilation),
-        _lax_conv((1, 1), padding, (dilation, dilation)), x, k,
-        terms_out=kh * kw * c_in, terms_dx=kh * kw * c_out, terms_dk=shape[0] * ho * wo)
+    _compare_stride1_form(conv_forms.narrow_conv, shape, kernel, padding, dilation, seed=11)
 
 
 def test_narrow_conv_rejects_negative_padding():
