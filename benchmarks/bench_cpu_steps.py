@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import select
 import statistics
 import subprocess
 import sys
@@ -107,10 +108,7 @@ def worker(spec: dict) -> None:
                     setattr(conv_forms, key, value)
             steps[name] = (fn, wait, {"compile_s": compile_s})
     for fn, wait, _ in steps.values():
-        out = None
-        for _ in range(spec["warmup"]):
-            out = fn()
-        wait(out)
+        _harness.time_calls(fn, spec["warmup"], 0, 0, wait)
     print("READY " + json.dumps({name: info for name, (_, _, info) in steps.items()}),
           flush=True)
     for line in sys.stdin:
@@ -118,11 +116,8 @@ def worker(spec: dict) -> None:
         if command != "RUN" or name not in steps:
             break
         fn, wait, _ = steps[name]
-        t0 = time.perf_counter()
-        for _ in range(spec["iters"]):
-            out = fn()
-        wait(out)
-        print(f"TIME {(time.perf_counter() - t0) / spec['iters']!r}", flush=True)
+        per_call = _harness.time_calls(fn, 0, spec["iters"], 1, wait).times[0]
+        print(f"TIME {per_call!r}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,8 +137,6 @@ class Worker:
         self.info = json.loads(self.answer("READY", spec["side"]))
 
     def answer(self, tag: str, who: str) -> str:
-        import select
-
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith(tag + " "):
