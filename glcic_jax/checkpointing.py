@@ -563,7 +563,7 @@ def restore_for_inference(path: str, step: int | None = None):
     def abstract_for(meta, step):
         config = config_lib.upgrade(meta["config"])  # one from an older version too
         built["config"], built["nets"] = config, state_lib.create_networks(config)
-        return jax.eval_shape(lambda: state_lib.create_state(
+        return jax.eval_shape(state_lib.state_initializer(
             config, built["nets"], jax.random.PRNGKey(0), meta["mean_pixel"]))
 
     found = _restore_newest_intact(path, step, abstract_for)

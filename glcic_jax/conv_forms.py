@@ -124,7 +124,8 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 # LLVM's -O1 rather than XLA's default -O2 for the code XLA generates on the CPU: the
 # convolutions and matrix products are library calls either way, and the Winograd transforms'
 # elementwise code compiled in half the time and ran as fast (docs/cpu_speed.md). Used for the
-# networks with Winograd layers only (`models.compiler_options`).
+# training steps of networks with Winograd layers, for inference, and for a state's
+# initialisation (`models.compiler_options`, `models.init_compiler_options`).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # Added for inference, which is compiled once and run a few times (a cold `complete` compiles
 # its network for one photo): XLA's older fusion emitters compile the full-width completion in

@@ -371,16 +371,16 @@ def _fresh_leaf(name: str, leaf, rng: np.random.Generator) -> np.ndarray:
 def build_state(config, variables: dict, mean_pixel: np.ndarray):
     """A GANState holding the converted completion network and a fresh discriminator.
 
-    The state's structure comes from `jax.eval_shape(create_state)`; the discriminator and the
-    optimizer states are filled on the host (flax's default init, zero accumulators), which
-    spares compiling the networks' initialisation (minutes on a busy CPU).
+    The state's structure comes from `jax.eval_shape(state_initializer(...))`; the
+    discriminator and the optimizer states are filled on the host (flax's default init, zero
+    accumulators), which spares compiling the networks' initialisation (minutes on a busy CPU).
     """
     import jax
 
     from glcic_jax import state as state_lib
 
     nets = state_lib.create_networks(config)
-    abstract = jax.eval_shape(lambda: state_lib.create_state(
+    abstract = jax.eval_shape(state_lib.state_initializer(
         config, nets, jax.random.PRNGKey(0), mean_pixel))
     ours = {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}
     if jax.tree_util.tree_structure(ours) != jax.tree_util.tree_structure(variables):

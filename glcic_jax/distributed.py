@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from glcic_jax import models
+
 DATA = "data"  # the mesh axis the batch is split along
 
 
@@ -86,17 +88,21 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
         # The fixed sample batch is small and not necessarily divisible by the device count:
         # replicated in and out (every process can then fetch the grid).
         evaluate=jax.jit(getattr(steps.evaluate, "__wrapped__", steps.evaluate),
-                         in_shardings=rep, out_shardings=rep, compiler_options=options),
+                         in_shardings=rep, out_shardings=rep,
+                         compiler_options=steps.evaluate_compiler_options),
     )
 
 
 def init_replicated(fn, mesh: Mesh, *args) -> Any:
-    """Run `fn(*args)` (e.g. state creation) under jit with replicated outputs.
+    """Run `fn(*args)` (e.g. state creation) under jit with replicated outputs, compiled with
+    `models.init_compiler_options` (it runs once: this outermost jit's options are the ones XLA
+    uses).
 
     Each process computes its own replicas on its own devices: no host-to-device transfer of the
     state and no cross-process copy (every process holds the same arguments).
     """
-    return jax.jit(fn, out_shardings=replicated(mesh))(*args)
+    return jax.jit(fn, out_shardings=replicated(mesh),
+                   compiler_options=models.init_compiler_options())(*args)
 
 
 def broadcast_from_main(value: np.ndarray) -> np.ndarray:

@@ -77,8 +77,8 @@ def complete_images(generator, g_vars: dict, images, mask, mean_pixel,
 
 def compiled_completion(generator=None) -> Callable:
     """`complete_images` jitted with the module and the normalisation as static arguments, with
-    the inference compiler options for `generator`'s width (`models.compiler_options`; None:
-    full width).
+    the inference compiler options (`models.compiler_options`; the width of a generator without
+    one is taken as full).
 
     flax modules hash and compare by their fields, so every caller with the same architecture
     shares the compilations for an input shape.

@@ -388,14 +388,31 @@ class ContextDiscriminator(nn.Module):
 
 
 def compiler_options(width: float, inference: bool = False) -> dict | None:
-    """`jax.jit` compiler options for networks of this `model.width`: on the CPU, those of
-    `conv_forms.compiler_options` (for an `inference` jit, its inference set) where the widest
-    3x3 layers of Table 1 compute by Winograd's form, whose transforms they are for; None (XLA's
-    defaults) for narrower networks, such as the quickstart's."""
+    """`jax.jit` compiler options for networks of this `model.width`, on the CPU (None, XLA's
+    defaults, on accelerators: `conv_forms.compiler_options`).
+
+    An `inference` jit (compiled for a few calls: a cold `complete`, the training's sample grids
+    and held-out evaluation) gets the inference set at every width: it compiled the quickstart's
+    completion in 1.2 s rather than 2.9 s, bit for bit the same completions, as fast
+    (docs/cpu_speed.md). A training step gets `conv_forms.CPU_COMPILER_OPTIONS` where the
+    widest 3x3 layers of Table 1 compute by Winograd's form, whose transforms they are for, and
+    XLA's defaults for narrower networks such as the quickstart's, whose steps ran slower with
+    them."""
+    if inference:
+        return conv_forms.compiler_options(inference=True)
     widest = max(f for kind, k, _, _, f in COMPLETION_LAYERS if kind == "conv" and k == 3)
     if scaled(widest, width) >= conv_forms.WINOGRAD_MIN_TRAINED_CHANNELS:
-        return conv_forms.compiler_options(inference)
+        return conv_forms.compiler_options()
     return None
+
+
+def init_compiler_options() -> dict | None:
+    """`jax.jit` compiler options for initialising a training state (`state.create_state`), run
+    once: on the CPU, LLVM's -O1 (`conv_forms.CPU_COMPILER_OPTIONS`). The initialisers' random
+    numbers are integer arithmetic and a few float operations each; compiled so, they came out
+    bit for bit the same, in 4.0 s rather than 11.5 s for the quickstart's networks and 3.0 s
+    rather than 7.6 s at full width (docs/cpu_speed.md)."""
+    return conv_forms.compiler_options()
 
 
 def make_generator(model_cfg) -> nn.Module:

@@ -6,6 +6,7 @@ The modules and optimizers that interpret it are rebuilt from the config (`Netwo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -88,10 +89,13 @@ def _init_model(module: nn.Module, tx: optax.GradientTransformation, key, *input
     )
 
 
-def create_state(
+def state_initializer(
     config, nets: Networks, key: jax.Array, mean_pixel, image_hw: tuple[int, int] | None = None
-) -> GANState:
-    """Fresh state: networks initialised from `key`, step 0, the given mean pixel."""
+) -> Callable[[], GANState]:
+    """The function, of no arguments, that makes a fresh state: networks initialised from `key`,
+    step 0, the given mean pixel. `create_state` compiles and runs it; trace it with
+    `jax.eval_shape` for the state's structure, or compile it under a jit of one's own
+    (`distributed.init_replicated`): JAX takes compiler options on the outermost jit only."""
     h, w = image_hw or (config.data.image_size, config.data.image_size)
     local = config.mask.local_size
     k_g, k_d, k_rng = jax.random.split(key, 3)
@@ -113,4 +117,12 @@ def create_state(
             d=d,
         )
 
-    return jax.jit(init)()
+    return init
+
+
+def create_state(
+    config, nets: Networks, key: jax.Array, mean_pixel, image_hw: tuple[int, int] | None = None
+) -> GANState:
+    """Fresh state (`state_initializer`'s), compiled with `models.init_compiler_options`."""
+    init = state_initializer(config, nets, key, mean_pixel, image_hw)
+    return jax.jit(init, compiler_options=models.init_compiler_options())()

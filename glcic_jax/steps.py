@@ -89,6 +89,8 @@ class Steps(NamedTuple):
     complete: Callable  # inference: (g_vars, images, mask, mean_pixel) -> completed images
     evaluate: Callable  # (state, images, mask, local corners) -> dict for sample grids
     compiler_options: dict | None = None  # the steps' jit options (models.compiler_options)
+    # evaluate's: it runs every sample_every steps, forward only (the inference options)
+    evaluate_compiler_options: dict | None = None
 
 
 def _variables(ms: ModelState, params=None) -> dict:
@@ -405,6 +407,7 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
     settings = StepSettings.from_config(config)
     donate_args = (0,) if donate else ()
     options = models.compiler_options(float(config.model.width))
+    evaluate_options = models.compiler_options(float(config.model.width), inference=True)
 
     def jit_step(fn):
         return jax.jit(functools.partial(fn, nets, settings, perceptual_fn),
@@ -416,8 +419,10 @@ def make_steps(config, nets: Networks, perceptual_fn: Callable | None = None,
         joint=jit_step(_joint_step),
         generator=jit_step(_generator_step),
         complete=inference.completion_fn(nets.generator, settings.input_norm),
-        evaluate=jax.jit(functools.partial(_evaluate, nets, settings), compiler_options=options),
+        evaluate=jax.jit(functools.partial(_evaluate, nets, settings),
+                         compiler_options=evaluate_options),
         compiler_options=options,
+        evaluate_compiler_options=evaluate_options,
     )
 
 

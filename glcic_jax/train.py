@@ -347,7 +347,7 @@ def restore_or_init(config, nets, mesh: Mesh, ckpt: checkpointing.Checkpointer):
     replicated = NamedSharding(mesh, P())
 
     def abstract_for(meta, step):
-        abstract = jax.eval_shape(lambda: state_lib.create_state(
+        abstract = jax.eval_shape(state_lib.state_initializer(
             config, nets, jax.random.PRNGKey(int(config.seed)), np.zeros(3, np.float32)))
         return jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
@@ -507,7 +507,7 @@ def _fresh_state(config, workdir: str, mesh: Mesh, nets, is_main: bool, source=N
     logging.info("Initialising the networks and the optimizer (compiled first; up to a minute "
                  "on a CPU)...")
     # Created replicated under jit: each process fills its own devices, nothing is copied.
-    state = distributed.init_replicated(lambda: state_lib.create_state(
+    state = distributed.init_replicated(state_lib.state_initializer(
         config, nets, jax.random.PRNGKey(int(config.seed)), mean_px), mesh)
     if source is not None:
         state = _start_from(config, state, source, nets, mesh)

@@ -32,7 +32,7 @@ def main(in_path: str, out_path: str) -> None:
     config = config_lib.shrink_to_tiny(config_lib.base_config())
     nets = state_lib.create_networks(config)
     abstract = jax.eval_shape(
-        lambda: state_lib.create_state(config, nets, jax.random.PRNGKey(0), np.zeros(3))
+        state_lib.state_initializer(config, nets, jax.random.PRNGKey(0), np.zeros(3))
     )
     treedef = jax.tree_util.tree_structure(abstract)
     host_state = jax.tree_util.tree_unflatten(

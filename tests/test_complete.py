@@ -34,15 +34,15 @@ def make_workdir(path: str, **mask) -> str:
     its config).
 
     The state is filled on the host (He-scaled random kernels, unit BatchNorm variances, zero
-    optimizer state) from `jax.eval_shape(create_state)`: the same pytree as training saves,
-    without compiling the networks' initialisation.
+    optimizer state) from `jax.eval_shape(state_initializer(...))`: the same pytree as training
+    saves, without compiling the networks' initialisation.
     """
     cfg = _tiny_config()
     for key, value in mask.items():
         cfg.mask[key] = value
     nets = state.create_networks(cfg)
     abstract = jax.eval_shape(
-        lambda: state.create_state(cfg, nets, jax.random.PRNGKey(0), [0.5, 0.4, 0.3]))
+        state.state_initializer(cfg, nets, jax.random.PRNGKey(0), [0.5, 0.4, 0.3]))
     rng = np.random.default_rng(0)
 
     def fill(key_path, leaf):

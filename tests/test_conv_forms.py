@@ -520,34 +520,41 @@ def test_cpu_training_computes_wide_kernel_gradients_by_winograd_or_taps():
     assert "f32[36," in hlo
 
 
-def test_only_networks_with_winograd_layers_compile_with_the_cpu_options():
-    """The quickstart's 1/8-width networks have no layer wide enough for Winograd's form and
-    keep XLA's default compiler options (and so their exact results); full width gets the CPU
-    options, on the CPU only."""
+def test_only_networks_with_winograd_layers_train_with_the_cpu_options():
+    """The quickstart's 1/8-width networks have no layer wide enough for Winograd's form: their
+    training steps keep XLA's default compiler options (and so their exact results); full width
+    gets the CPU options, on the CPU only. The sample grids' jit (`Steps.evaluate`, forward
+    only, run every `sample_every` steps) gets the inference options at every width."""
     assert models.compiler_options(0.125) is None
     assert models.compiler_options(1.0) == conv_forms.CPU_COMPILER_OPTIONS
     assert models.compiler_options(0.25) == conv_forms.CPU_COMPILER_OPTIONS  # 64 channels
     config = config_lib.base_config()
     config.model.width = 0.125
     nets = state_lib.create_networks(config)
-    assert steps_lib.make_steps(config, nets).compiler_options is None
+    steps = steps_lib.make_steps(config, nets)
+    assert steps.compiler_options is None
+    assert steps.evaluate_compiler_options == models.compiler_options(0.125, inference=True)
+    assert steps.evaluate_compiler_options == {**conv_forms.CPU_COMPILER_OPTIONS,
+                                               **conv_forms.CPU_INFERENCE_COMPILER_OPTIONS}
 
 
-def test_inference_compiles_with_its_own_options_and_the_same_completions(monkeypatch):
-    """Inference jits add `CPU_INFERENCE_COMPILER_OPTIONS` (faster to compile): the completions
-    must stay those of the training options. The completion is saved as 8-bit, so the two must
-    agree far below one grey level; the options change only how XLA generates elementwise code
+@pytest.mark.parametrize("width", [0.25, 0.125])
+def test_inference_compiles_with_its_own_options_and_the_same_completions(monkeypatch, width):
+    """Inference jits get `CPU_COMPILER_OPTIONS` and `CPU_INFERENCE_COMPILER_OPTIONS` (faster to
+    compile) at every width: the completions must stay those of the training options (XLA's
+    defaults for the 1/8 width). The completion is saved as 8-bit, so the two must agree far
+    below one grey level; the options change only how XLA generates elementwise code
     (contraction into fused multiply-adds, approximations such as rsqrt), a few float32 ulps per
     operation, while a wrong path would differ by tenths."""
     from glcic_jax import inference
 
     full = models.compiler_options(1.0, inference=True)
     assert full == {**conv_forms.CPU_COMPILER_OPTIONS, **conv_forms.CPU_INFERENCE_COMPILER_OPTIONS}
-    assert models.compiler_options(0.125, inference=True) is None
+    assert models.compiler_options(width, inference=True) == full
     config = config_lib.base_config()
-    config.model.width = 0.25
+    config.model.width = width
     generator = state_lib.create_networks(config).generator
-    options = models.compiler_options(0.25, inference=True)
+    options = models.compiler_options(width, inference=True)
     assert inference.compiled_completion(generator) is inference._compiled_completion(
         tuple(sorted(options.items())))
     rng = np.random.default_rng(8)
@@ -559,13 +566,51 @@ def test_inference_compiles_with_its_own_options_and_the_same_completions(monkey
     args = (generator, variables, images, mask, mean, "mean_fill")
     ours = inference.compiled_completion(generator)(*args)
     ref = jax.jit(inference.complete_images, static_argnums=(0, 5),
-                  compiler_options=models.compiler_options(0.25))(*args)
+                  compiler_options=models.compiler_options(width))(*args)
     assert float(jnp.abs(ours - ref).max()) <= 1e-4
     assert float(jnp.abs(ours - images).max()) > 0.05  # the hole was filled: a real comparison
     # An XLA that no longer knows an inference option compiles without it.
     monkeypatch.setattr(conv_forms, "CPU_INFERENCE_COMPILER_OPTIONS",
                         {"xla_cpu_no_such_option_for_this_test": True})
-    assert models.compiler_options(1.0, inference=True) == conv_forms.CPU_COMPILER_OPTIONS
+    assert models.compiler_options(width, inference=True) == conv_forms.CPU_COMPILER_OPTIONS
+
+
+def _unknown_cpu_option(monkeypatch):
+    """Make `CPU_COMPILER_OPTIONS` an option XLA does not know: a jit compiled with it fails."""
+    monkeypatch.setattr(conv_forms, "CPU_COMPILER_OPTIONS",
+                        {"xla_cpu_no_such_option_for_this_test": True})
+
+
+def test_state_initialisation_compiles_with_the_cpu_options_and_the_same_values(monkeypatch):
+    """A state's initialisation runs once: it compiles with `models.init_compiler_options`
+    (LLVM's -O1 on the CPU), which must give the values XLA's defaults give. The initialisers
+    are integer arithmetic (the random bits, exact) and a few float32 operations per value
+    (scaling, the truncated normal's inverse error function), so the two agree to a few ulps;
+    a wrong initialiser would differ by the values' own size."""
+    config = config_lib.shrink_to_tiny(config_lib.base_config())
+    nets = state_lib.create_networks(config)
+    mean = np.float32([0.4, 0.45, 0.5])
+    ours = state_lib.create_state(config, nets, jax.random.PRNGKey(3), mean)
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "init_compiler_options", lambda: None)  # XLA's defaults
+        ref = state_lib.create_state(config, nets, jax.random.PRNGKey(3), mean)
+    leaves, ref_leaves = jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)
+    assert len(leaves) == len(ref_leaves) > 20
+    assert max(float(np.abs(np.asarray(x)).max()) for x in leaves) > 0.01  # not all zeros
+    for x, y in zip(leaves, ref_leaves):
+        x, y = np.asarray(x), np.asarray(y)
+        if np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(x, y)
+    if jax.default_backend() == "cpu":  # the options reach both jits that create a state
+        from glcic_jax import distributed
+
+        _unknown_cpu_option(monkeypatch)
+        with pytest.raises(Exception, match="xla_cpu_no_such_option_for_this_test"):
+            state_lib.create_state(config, nets, jax.random.PRNGKey(3), mean)
+        with pytest.raises(Exception, match="xla_cpu_no_such_option_for_this_test"):
+            distributed.init_replicated(lambda: jnp.ones(3), distributed.make_mesh())
 
 
 def test_inference_options_of_checked_jaxlib_releases_are_used_without_a_probe(monkeypatch):

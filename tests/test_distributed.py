@@ -325,7 +325,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     from glcic_jax import state as state_lib
 
     config = load_config("quickstart")  # the :tiny the processes ran
-    abstract = jax.eval_shape(lambda: state_lib.create_state(
+    abstract = jax.eval_shape(state_lib.state_initializer(
         config, state_lib.create_networks(config), jax.random.PRNGKey(0), np.zeros(3)))
     held = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), final0)
     assert int(held.step) == 2
