@@ -8,11 +8,17 @@ A training run compiles the state's initialisation (`state.create_state`, once),
 steps (phase 1, the discriminator's, the joint one), the sample grids' jit (`Steps.evaluate`,
 every `sample_every` steps) and the held-out completion (`evaluate.TrainingEval`, every
 `eval_every` steps; `complete` compiles the same function for a user's photo). The steps run
-thousands of times, so their options are chosen by how fast they run (`models.compiler_options`)
-and are only timed here. For the others (`models.init_compiler_options` and the inference
-options), each repeat compiles both ways in turn, with JAX's in-memory caches cleared before
-each compilation, and the outputs of the two are compared: the largest absolute difference over
-every array (0 when bit for bit the same).
+thousands of times, so their options are chosen by how fast they run
+(`models.compiler_options`) and are only timed here. For the others
+(`conv_forms.run_once_compiler_options` and the inference options), each repeat compiles both
+ways in turn, with JAX's in-memory caches cleared before each compilation, and the outputs of
+the two are compared: the largest absolute difference over every array (0 when bit for bit
+the same).
+
+`eval_holes`: drawing --mode=eval's six fixed mask sets (`evaluate.mask_sets`, at the
+settings' image size and held-out count) with the compiled sampler of `masks.fixed_eval_masks`
+against `masks.sample_masks` called op by op (what it did before), whole seconds per draw, and
+the number of hole pixels that differ.
 
 Each row: the median over --repeats of the seconds to trace and lower, and to compile.
 """
@@ -26,7 +32,8 @@ import time
 import _harness
 import numpy as np
 
-KINDS = ("init", "evaluate", "complete", "completion", "discriminator", "joint")
+KINDS = ("init", "evaluate", "complete", "eval_holes", "completion", "discriminator",
+         "joint")
 
 
 def parse_args(argv=None):
@@ -44,7 +51,8 @@ def _jits(config, kinds):
     import jax
     import jax.numpy as jnp
 
-    from glcic_jax import inference, masks, models, state as state_lib, steps as steps_lib
+    from glcic_jax import conv_forms, inference, masks, models, state as state_lib
+    from glcic_jax import steps as steps_lib
 
     nets = state_lib.create_networks(config)
     width = float(config.model.width)
@@ -58,7 +66,7 @@ def _jits(config, kinds):
     if "init" in kinds:
         init = state_lib.state_initializer(config, nets, jax.random.PRNGKey(0),
                                            _harness.MEAN_PIXEL)
-        out["init"] = (jax.jit(init, compiler_options=models.init_compiler_options()),
+        out["init"] = (jax.jit(init, compiler_options=conv_forms.run_once_compiler_options()),
                        jax.jit(init), ())
     if "evaluate" in kinds:
         fn = functools.partial(steps_lib._evaluate, nets, settings)
@@ -100,6 +108,37 @@ def _max_difference(a, b) -> float:
                 for x, y in zip(leaves_a, leaves_b) if np.size(x)), default=0.0)
 
 
+def _eval_holes(config, repeats: int) -> dict:
+    """`evaluate.mask_sets` with the compiled sampler and op by op, in turns: seconds, and the
+    hole pixels that differ."""
+    import jax
+
+    from glcic_jax import evaluate, masks
+
+    size, num = int(config.data.image_size), evaluate.num_eval_images(config)
+    compiled = masks._eval_sampler
+
+    def op_by_op():
+        return lambda key, n, h, w, spec, areas: masks.sample_masks(
+            key, n, h, w, spec._replace(area_min=float(areas[0]), area_max=float(areas[1])))
+
+    seconds, holes = {"ours": [], "op_by_op": []}, {}
+    try:
+        for _ in range(repeats):
+            for name, sampler in (("ours", compiled), ("op_by_op", op_by_op)):
+                masks._eval_sampler = sampler
+                compiled.cache_clear()
+                jax.clear_caches()
+                t0 = time.perf_counter()
+                holes[name] = evaluate.mask_sets(config, num, size, size)
+                seconds[name].append(time.perf_counter() - t0)
+    finally:
+        masks._eval_sampler = compiled
+    differ = sum(int(np.sum(holes["ours"][k] != holes["op_by_op"][k])) for k in holes["ours"])
+    return {name: {"seconds": statistics.median(v), "runs_s": v} for name, v in seconds.items()} | {
+        "differing_hole_pixels": differ, "sets": len(holes["ours"]), "images": num}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     kinds = _harness.csv_list(args.only)
@@ -110,11 +149,19 @@ def main(argv=None) -> None:
 
     if jax.default_backend() != "cpu":
         raise SystemExit("bench_compile.py measures the CPU's compilations (JAX_PLATFORMS=cpu)")
-    jits = _jits(bench_cpu.train_config(args.trains), kinds)
+    jits = _jits(bench_cpu.train_config(args.trains), set(kinds) - {"eval_holes"})
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(), args=vars(args)),
               "jits": {}}
     print(f"{'jit':14s} {'options':9s} {'lower s':>8s} {'compile s':>10s} {'max |diff|':>11s}")
     for kind in kinds:
+        if kind == "eval_holes":
+            row = report["jits"][kind] = _eval_holes(bench_cpu.train_config(args.trains),
+                                                     args.repeats)
+            for name in ("ours", "op_by_op"):
+                shown = f"{row['differing_hole_pixels']:11d}" if name == "op_by_op" else ""
+                print(f"{kind:14s} {name:9s} {'':8s} {row[name]['seconds']:10.2f} {shown}",
+                      flush=True)
+            continue
         ours, defaults, call_args = jits[kind]
         sides = {"ours": ours} if defaults is None else {"ours": ours, "defaults": defaults}
         times = {name: ([], []) for name in sides}

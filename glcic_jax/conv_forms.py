@@ -124,8 +124,8 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 # LLVM's -O1 rather than XLA's default -O2 for the code XLA generates on the CPU: the
 # convolutions and matrix products are library calls either way, and the Winograd transforms'
 # elementwise code compiled in half the time and ran as fast (docs/cpu_speed.md). Used for the
-# training steps of networks with Winograd layers, for inference, and for a state's
-# initialisation (`models.compiler_options`, `models.init_compiler_options`).
+# training steps of networks with Winograd layers, for inference (`models.compiler_options`),
+# and for the jits that run once (`run_once_compiler_options`).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # Added for inference, which is compiled once and run a few times (a cold `complete` compiles
 # its network for one photo): XLA's older fusion emitters compile the full-width completion in
@@ -213,6 +213,17 @@ def compiler_options(inference: bool = False) -> dict | None:
         options.update({k: v for k, v in CPU_INFERENCE_COMPILER_OPTIONS.items()
                         if _accepted(k, v)})
     return options
+
+
+def run_once_compiler_options() -> dict | None:
+    """Options for a jit that runs once or a few times on small inputs, whatever the networks'
+    width: a training state's initialisation (`state.create_state`) and the fixed evaluation
+    holes (`masks.fixed_eval_masks`). On the CPU, `CPU_COMPILER_OPTIONS` (LLVM's -O1): XLA's
+    default -O2 spent most of their time optimising code that then ran for milliseconds. Their
+    outputs came out bit for bit the same (random bits are integer arithmetic, then a few float
+    operations per value), the quickstart's initialisation compiled in 2.6 s rather than 10.6 s
+    (`benchmarks/bench_compile.py`). None (XLA's defaults) on accelerators."""
+    return compiler_options()
 
 
 @functools.lru_cache(maxsize=None)

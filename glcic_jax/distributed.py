@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from glcic_jax import models
+from glcic_jax import conv_forms
 
 DATA = "data"  # the mesh axis the batch is split along
 
@@ -95,14 +95,14 @@ def shard_steps(steps: Any, mesh: Mesh) -> Any:
 
 def init_replicated(fn, mesh: Mesh, *args) -> Any:
     """Run `fn(*args)` (e.g. state creation) under jit with replicated outputs, compiled with
-    `models.init_compiler_options` (it runs once: this outermost jit's options are the ones XLA
-    uses).
+    `conv_forms.run_once_compiler_options` (it runs once; JAX takes the options of the
+    outermost jit only).
 
     Each process computes its own replicas on its own devices: no host-to-device transfer of the
     state and no cross-process copy (every process holds the same arguments).
     """
     return jax.jit(fn, out_shardings=replicated(mesh),
-                   compiler_options=models.init_compiler_options())(*args)
+                   compiler_options=conv_forms.run_once_compiler_options())(*args)
 
 
 def broadcast_from_main(value: np.ndarray) -> np.ndarray:

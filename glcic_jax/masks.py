@@ -18,13 +18,14 @@ same masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from glcic_jax import config_lib
+from glcic_jax import config_lib, conv_forms
 
 # The holes of every fixed evaluation set (training's sample grids, periodic and --mode=eval
 # metrics): one seed, so every run, config and checkpoint is scored on the same holes.
@@ -327,7 +328,25 @@ def fixed_eval_masks(config, num: int, height: int, width: int, seed_offset: int
     key = jax.random.PRNGKey(EVAL_MASK_SEED)
     if seed_offset:
         key = jax.random.fold_in(key, seed_offset)
-    return sample_masks(key, num, height, width, spec)
+    areas = jnp.asarray([spec.area_min, spec.area_max], jnp.float32)
+    return _eval_sampler()(key, num, height, width, spec._replace(area_min=0.0, area_max=0.0),
+                           areas)
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_sampler():
+    """`sample_masks` compiled for `fixed_eval_masks`, with the strokes' area range traced
+    (`areas`, [min, max]) rather than static: one compilation serves every stroke set of
+    --mode=eval. Called op by op instead, it compiled each of its few dozen operations for each
+    set's shapes (about 10 s for --mode=eval's six sets of the quickstart's, 2 s for a set of
+    boxes); compiled once per spec with `conv_forms.run_once_compiler_options`, 5 s and 0.8 s,
+    the same holes (tests/test_masks.py compares the two)."""
+    def sample(key, num, height, width, spec, areas):
+        return sample_masks(key, num, height, width,
+                            spec._replace(area_min=areas[0], area_max=areas[1]))
+
+    return jax.jit(sample, static_argnums=(1, 2, 3, 4),
+                   compiler_options=conv_forms.run_once_compiler_options())
 
 
 def random_hole(config, size: tuple[int, int], key: jax.Array):

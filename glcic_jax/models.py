@@ -406,15 +406,6 @@ def compiler_options(width: float, inference: bool = False) -> dict | None:
     return None
 
 
-def init_compiler_options() -> dict | None:
-    """`jax.jit` compiler options for initialising a training state (`state.create_state`), run
-    once: on the CPU, LLVM's -O1 (`conv_forms.CPU_COMPILER_OPTIONS`). The initialisers' random
-    numbers are integer arithmetic and a few float operations each; compiled so, they came out
-    bit for bit the same, in 4.0 s rather than 11.5 s for the quickstart's networks and 3.0 s
-    rather than 7.6 s at full width (docs/cpu_speed.md)."""
-    return conv_forms.compiler_options()
-
-
 def make_generator(model_cfg) -> nn.Module:
     """The generator a config asks for: the GLCIC network, or the two-stage variant."""
     dtype = jnp.dtype(model_cfg.dtype)

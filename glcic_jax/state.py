@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from glcic_jax import config_lib, models
+from glcic_jax import config_lib, conv_forms, models
 
 
 @struct.dataclass
@@ -123,6 +123,6 @@ def state_initializer(
 def create_state(
     config, nets: Networks, key: jax.Array, mean_pixel, image_hw: tuple[int, int] | None = None
 ) -> GANState:
-    """Fresh state (`state_initializer`'s), compiled with `models.init_compiler_options`."""
+    """Fresh state (`state_initializer`'s), compiled with `conv_forms.run_once_compiler_options`."""
     init = state_initializer(config, nets, key, mean_pixel, image_hw)
-    return jax.jit(init, compiler_options=models.init_compiler_options())()
+    return jax.jit(init, compiler_options=conv_forms.run_once_compiler_options())()

@@ -582,7 +582,7 @@ def _unknown_cpu_option(monkeypatch):
 
 
 def test_state_initialisation_compiles_with_the_cpu_options_and_the_same_values(monkeypatch):
-    """A state's initialisation runs once: it compiles with `models.init_compiler_options`
+    """A state's initialisation runs once: it compiles with `conv_forms.run_once_compiler_options`
     (LLVM's -O1 on the CPU), which must give the values XLA's defaults give. The initialisers
     are integer arithmetic (the random bits, exact) and a few float32 operations per value
     (scaling, the truncated normal's inverse error function), so the two agree to a few ulps;
@@ -592,7 +592,7 @@ def test_state_initialisation_compiles_with_the_cpu_options_and_the_same_values(
     mean = np.float32([0.4, 0.45, 0.5])
     ours = state_lib.create_state(config, nets, jax.random.PRNGKey(3), mean)
     with monkeypatch.context() as patch:
-        patch.setattr(models, "init_compiler_options", lambda: None)  # XLA's defaults
+        patch.setattr(conv_forms, "run_once_compiler_options", lambda: None)  # XLA's defaults
         ref = state_lib.create_state(config, nets, jax.random.PRNGKey(3), mean)
     leaves, ref_leaves = jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)
     assert len(leaves) == len(ref_leaves) > 20

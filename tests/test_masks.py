@@ -224,3 +224,40 @@ def test_square_holes():
     assert not np.array_equal(*np.moveaxis(
         jax.device_get(sample(jax.random.PRNGKey(9), BATCH, HEIGHT, WIDTH, SPEC)).boxes[..., 2:],
         -1, 0))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(shape="box"),
+    dict(shape="box", max_holes=3, square=True),
+    dict(shape="strokes", area_min=0.1, area_max=0.2, stroke_width_min=2.0,
+         stroke_width_max=5.0),
+    dict(shape="mixed", area_min=0.3, area_max=0.4),
+])
+def test_fixed_eval_masks_are_those_drawn_op_by_op(tiny_config, overrides):
+    """`fixed_eval_masks` compiles its sampler (the strokes' area range traced, LLVM's -O1 on
+    the CPU): it must draw the holes, windows and boxes the plain `sample_masks` draws from the
+    same key, pixel for pixel, as every run and checkpoint is scored on them."""
+    spec = masks.MaskSpec.from_config(tiny_config.mask)._replace(**overrides)
+    key = jax.random.fold_in(jax.random.PRNGKey(masks.EVAL_MASK_SEED), 3)
+    ours = masks.fixed_eval_masks(tiny_config, 5, 32, 32, seed_offset=3, **overrides)
+    with jax.disable_jit():
+        ref = masks.sample_masks(key, 5, 32, 32, spec)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert 0.0 < float(jnp.mean(ours.mask)) < 1.0
+
+
+def test_fixed_eval_masks_compile_once_for_every_area_range(tiny_config):
+    """--mode=eval draws five stroke sets that differ only in their area range and key: one
+    compilation serves them all (each had compiled its own)."""
+    sampler = masks._eval_sampler()
+    strokes = dict(shape="strokes", stroke_width_min=2.0, stroke_width_max=5.0)
+    masks.fixed_eval_masks(tiny_config, 3, 32, 32, seed_offset=1, area_min=0.0, area_max=0.1,
+                           **strokes)
+    before = sampler._cache_size()
+    holes = [masks.fixed_eval_masks(tiny_config, 3, 32, 32, seed_offset=i + 2, area_min=lo,
+                                    area_max=lo + 0.1, **strokes).mask
+             for i, lo in enumerate((0.1, 0.2, 0.3))]
+    assert sampler._cache_size() == before
+    areas = [float(jnp.mean(m)) for m in holes]
+    assert areas == sorted(areas) and areas[0] < 0.25 < areas[-1]  # each its own range
