@@ -221,7 +221,7 @@ def run_once_compiler_options() -> dict | None:
     holes (`masks.fixed_eval_masks`). On the CPU, `CPU_COMPILER_OPTIONS` (LLVM's -O1): XLA's
     default -O2 spent most of their time optimising code that then ran for milliseconds. Their
     outputs came out bit for bit the same (random bits are integer arithmetic, then a few float
-    operations per value), the quickstart's initialisation compiled in 2.6 s rather than 10.6 s
+    operations per value), the quickstart's initialisation compiled in 3.4 s rather than 11.4 s
     (`benchmarks/bench_compile.py`). None (XLA's defaults) on accelerators."""
     return compiler_options()
 

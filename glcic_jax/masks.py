@@ -339,7 +339,7 @@ def _eval_sampler():
     (`areas`, [min, max]) rather than static: one compilation serves every stroke set of
     --mode=eval. Called op by op instead, it compiled each of its few dozen operations for each
     set's shapes (about 10 s for --mode=eval's six sets of the quickstart's, 2 s for a set of
-    boxes); compiled once per spec with `conv_forms.run_once_compiler_options`, 5 s and 0.8 s,
+    boxes); compiled once per spec with `conv_forms.run_once_compiler_options`, 2.0 s and 0.8 s,
     the same holes (tests/test_masks.py compares the two)."""
     def sample(key, num, height, width, spec, areas):
         return sample_masks(key, num, height, width,

@@ -393,11 +393,11 @@ def compiler_options(width: float, inference: bool = False) -> dict | None:
 
     An `inference` jit (compiled for a few calls: a cold `complete`, the training's sample grids
     and held-out evaluation) gets the inference set at every width: it compiled the quickstart's
-    completion in 1.2 s rather than 2.9 s, bit for bit the same completions, as fast
-    (docs/cpu_speed.md). A training step gets `conv_forms.CPU_COMPILER_OPTIONS` where the
-    widest 3x3 layers of Table 1 compute by Winograd's form, whose transforms they are for, and
-    XLA's defaults for narrower networks such as the quickstart's, whose steps ran slower with
-    them."""
+    completion in 1.3 s rather than 2.7 s, bit for bit the same completions, its run time
+    within this machine's noise (docs/cpu_speed.md). A training step gets
+    `conv_forms.CPU_COMPILER_OPTIONS` where the widest 3x3 layers of Table 1 compute by
+    Winograd's form, whose transforms they are for, and XLA's defaults for narrower networks
+    such as the quickstart's, whose steps ran slower with them."""
     if inference:
         return conv_forms.compiler_options(inference=True)
     widest = max(f for kind, k, _, _, f in COMPLETION_LAYERS if kind == "conv" and k == 3)
