@@ -30,6 +30,7 @@ import statistics
 import time
 
 import _harness
+import bench_cpu
 import numpy as np
 
 KINDS = ("init", "evaluate", "complete", "eval_holes", "completion", "discriminator",
@@ -38,8 +39,7 @@ KINDS = ("init", "evaluate", "complete", "eval_holes", "completion", "discrimina
 
 def parse_args(argv=None):
     p = _harness.parser(__doc__)
-    p.add_argument("--trains", default="quickstart", choices=("quickstart", "full128"),
-                   help="the training settings (as bench_cpu.py's)")
+    bench_cpu.add_trains_arg(p)
     p.add_argument("--only", default=",".join(KINDS), help="among " + ",".join(KINDS))
     p.add_argument("--repeats", type=int, default=3, help="compilations per jit and options")
     p.add_argument("--out", default="")
@@ -144,7 +144,6 @@ def main(argv=None) -> None:
     kinds = _harness.csv_list(args.only)
     if set(kinds) - set(KINDS) or args.repeats < 1:
         raise SystemExit(f"--only takes {','.join(KINDS)}; --repeats at least 1")
-    import bench_cpu
     import jax
 
     if jax.default_backend() != "cpu":

@@ -35,14 +35,14 @@ import tempfile
 import time
 
 import _harness
+import bench_cpu
 
 STEPS = ("completion", "joint")
 
 
 def parse_args(argv=None):
     p = _harness.parser(__doc__)
-    p.add_argument("--trains", default="quickstart", choices=("quickstart", "full128"),
-                   help="the training settings (as bench_cpu.py's)")
+    bench_cpu.add_trains_arg(p)
     p.add_argument("--steps", default=",".join(STEPS), help="among " + ",".join(STEPS))
     p.add_argument("--rounds", type=int, default=15, help="timed rounds per side")
     p.add_argument("--iters", type=int, default=4, help="steps per side and round")
@@ -85,8 +85,6 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def worker(spec: dict) -> None:
     """One process: PyTorch's step, or ours in every variant (each compiled with its settings,
     which are read while the step is traced and lowered; then put back)."""
-    import bench_cpu
-
     steps = {}
     if spec["side"] == "pytorch":
         fn, _ = bench_cpu.torch_train_step(spec["trains"], spec["step"])

@@ -575,12 +575,6 @@ def test_inference_compiles_with_its_own_options_and_the_same_completions(monkey
     assert models.compiler_options(width, inference=True) == conv_forms.CPU_COMPILER_OPTIONS
 
 
-def _unknown_cpu_option(monkeypatch):
-    """Make `CPU_COMPILER_OPTIONS` an option XLA does not know: a jit compiled with it fails."""
-    monkeypatch.setattr(conv_forms, "CPU_COMPILER_OPTIONS",
-                        {"xla_cpu_no_such_option_for_this_test": True})
-
-
 def test_state_initialisation_compiles_with_the_cpu_options_and_the_same_values(monkeypatch):
     """A state's initialisation runs once: it compiles with `conv_forms.run_once_compiler_options`
     (LLVM's -O1 on the CPU), which must give the values XLA's defaults give. The initialisers
@@ -606,7 +600,8 @@ def test_state_initialisation_compiles_with_the_cpu_options_and_the_same_values(
     if jax.default_backend() == "cpu":  # the options reach both jits that create a state
         from glcic_jax import distributed
 
-        _unknown_cpu_option(monkeypatch)
+        monkeypatch.setattr(conv_forms, "CPU_COMPILER_OPTIONS",  # XLA refuses to compile it
+                            {"xla_cpu_no_such_option_for_this_test": True})
         with pytest.raises(Exception, match="xla_cpu_no_such_option_for_this_test"):
             state_lib.create_state(config, nets, jax.random.PRNGKey(3), mean)
         with pytest.raises(Exception, match="xla_cpu_no_such_option_for_this_test"):
