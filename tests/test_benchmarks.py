@@ -167,3 +167,37 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
         bench_cpu_steps.main(["--variant", "ours:NARROW_MAX_CHANNELS=0"])
     with pytest.raises(SystemExit):  # argparse: not one of the settings bench_cpu knows
         bench_cpu_steps.main(["--trains", "celeba"])
+
+
+def _table_cells(line: str) -> int:
+    """The number of cells in a Markdown table row; `|` escaped or inside code spans is text."""
+    outside = re.sub(r"`[^`]*`", "", line.strip().replace("\\|", ""))
+    return len(outside.strip("|").split("|"))
+
+
+def test_markdown_tables_are_whole():
+    """Each table in the docs is a header, a separator and rows of the header's width, with
+    nothing but a blank line between it and the text before: a row appended after the paragraph
+    that follows a table renders as text, and a row with a cell too many loses that cell."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", root / "benchmarks" / "README.md", *root.glob("docs/*.md")]
+    for page in pages:
+        lines = page.read_text().split("\n")
+        width = None
+        fenced = False
+        for number, line in enumerate(lines, 1):
+            if line.startswith("```"):
+                fenced = not fenced
+            if fenced or not line.startswith("|"):
+                width = None
+                continue
+            where = f"{page.relative_to(root)}:{number}"
+            if width is None:
+                assert number == 1 or lines[number - 2] == "", (
+                    f"{where}: a table row straight after text")
+                assert re.fullmatch(r"\|( *:?-+:? *\|)+", lines[number].strip()), (
+                    f"{where}: a table without a separator row under its header")
+                width = _table_cells(line)
+            else:
+                cells = _table_cells(line)
+                assert cells == width, f"{where}: {cells} cells, not {width}"
