@@ -4,7 +4,8 @@ whose speed drifts from minute to minute (shared 2-core VMs moved by 15-20 % fro
 `bench_cpu.py` to the next) slows every side alike.
 
   python benchmarks/bench_cpu_steps.py [--trains quickstart] [--steps completion,joint]
-      [--rounds 15] [--iters 4] [--variant NAME:SETTING=VALUE[,SETTING=VALUE]] [--out FILE]
+      [--rounds 15] [--iters 4] [--turn-warmup 1] [--variant NAME:SETTING=VALUE[,...]]
+      [--env-variant NAME:KEY=VALUE[,...]] [--out FILE]
 
 Ours runs restarted with huge pages, as the training command is
 (`cpu_memory.relaunch_with_huge_pages`); PyTorch's step is `torch_reference.Bench`'s, as in
@@ -12,20 +13,27 @@ Ours runs restarted with huge pages, as the training command is
 ours with settings of `glcic_jax.conv_forms` changed while its step is traced (e.g.
 `without_narrow:NARROW_MAX_CHANNELS=0`, the step without the narrow layers' form), compiled in
 the same process as ours (separate processes differed by more than a form's gain): what one
-form gives a whole step, measured in the same turns. Each round runs `--iters` steps on every
+form gives a whole step, measured in the same turns. `--env-variant NAME:KEY=VALUE` adds ours
+in a process of its own with those environment variables (e.g. glibc's malloc tunables, which
+take effect only at a process's start), in the same turns. Each round runs `--iters` steps on every
 side, the sides in a shuffled order (seeded); only one side computes at a time (the others wait
 on their input), with a `--settle` pause between turns so that no side's threads are still
 spinning when the next starts (thread pools wait busily for a moment after their work, which
-on two cores would take one from the next side). Reported per side: seconds per step, the
-median, quartiles and fastest round; per variant of ours: PyTorch / ours of the medians, and
-the median of the round-by-round ratios. torch is optional and only for this benchmark;
-without it only ours is timed.
+on two cores would take one from the next side). Each turn starts with `--turn-warmup`
+untimed steps (default 1), timed apart as the turn's first steps: a training loop runs its steps
+back to back, while a turn follows a pause of about a second (the settles and the other sides'
+turns), and on some machines a process's first step after such a pause is much slower than the
+next ones (`docs/cpu_speed.md`). Reported per side: seconds per step, the median,
+quartiles and fastest round, and the median of the turns' first steps; per variant of ours:
+PyTorch / ours of the medians, and the median of the round-by-round ratios. torch is optional
+and only for this benchmark; without it only ours is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import select
 import statistics
@@ -48,8 +56,13 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=4, help="steps per side and round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     p.add_argument("--settle", type=float, default=0.3, help="seconds between turns")
+    p.add_argument("--turn-warmup", type=int, default=1,
+                   help="untimed steps at the start of each turn (timed apart)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE,...",
                    help="ours again with conv_forms settings changed (repeatable)")
+    p.add_argument("--env-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="ours again in a process of its own with these environment variables "
+                        "(repeatable)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per side's answer")
     p.add_argument("--out", default="")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # one side, for the driver
@@ -76,6 +89,22 @@ def parse_variant(text: str) -> tuple[str, dict]:
         except ValueError:
             raise SystemExit(f"--variant {text!r}: {value!r} is not a {type(current).__name__}")
     return name, settings
+
+
+def parse_env_variant(text: str) -> tuple[str, dict]:
+    """'NAME:KEY=VALUE,KEY=VALUE' -> (NAME, {KEY: VALUE}); a VALUE may hold ':' and '='
+    (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0`), not ','."""
+    name, sep, body = text.partition(":")
+    env = {}
+    for item in body.split(",") if sep else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            break
+        env[key] = value
+    else:
+        if name and env:
+            return name, env
+    raise SystemExit(f"--env-variant takes NAME:KEY=VALUE[,KEY=VALUE], got {text!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,8 +143,10 @@ def worker(spec: dict) -> None:
         if command != "RUN" or name not in steps:
             break
         fn, wait, _ = steps[name]
+        first = (_harness.time_calls(fn, 0, spec["turn_warmup"], 1, wait).times[0]
+                 if spec["turn_warmup"] else None)
         per_call = _harness.time_calls(fn, 0, spec["iters"], 1, wait).times[0]
-        print(f"TIME {per_call!r}", flush=True)
+        print("TIME " + json.dumps({"step_s": per_call, "first_s": first}), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,13 +156,13 @@ def worker(spec: dict) -> None:
 class Worker:
     """A `worker` process, answering one line per request."""
 
-    def __init__(self, spec: dict, timeout: float):
+    def __init__(self, spec: dict, timeout: float, env: dict | None = None):
         self.timeout = timeout
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, str(_harness.HERE / "bench_cpu_steps.py"), "--worker",
              json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            text=True, cwd=_harness.ROOT)
+            text=True, cwd=_harness.ROOT, env=dict(os.environ, **env) if env else None)
         self.info = json.loads(self.answer("READY", spec["side"]))
 
     def answer(self, tag: str, who: str) -> str:
@@ -160,11 +191,15 @@ class Side:
         self.name, self.worker = name, worker
         self.info = worker.info[name]
         self.times: list[float] = []
+        self.first_times: list[float] = []
 
     def run_round(self) -> None:
         self.worker.proc.stdin.write(f"RUN {self.name}\n")
         self.worker.proc.stdin.flush()
-        self.times.append(float(self.worker.answer("TIME", self.name)))
+        answer = json.loads(self.worker.answer("TIME", self.name))
+        self.times.append(answer["step_s"])
+        if answer["first_s"] is not None:
+            self.first_times.append(answer["first_s"])
 
 
 def _quartiles(values: list[float]) -> dict:
@@ -179,11 +214,16 @@ def main(argv=None) -> None:
         worker(json.loads(args.worker))
         return
     steps = _harness.csv_list(args.steps)
-    if set(steps) - set(STEPS) or args.rounds < 1 or args.iters < 1:
-        raise SystemExit(f"--steps takes {','.join(STEPS)}; --rounds and --iters at least 1")
+    if (set(steps) - set(STEPS) or args.rounds < 1 or args.iters < 1
+            or args.turn_warmup < 0):
+        raise SystemExit(f"--steps takes {','.join(STEPS)}; --rounds and --iters at least 1, "
+                         "--turn-warmup at least 0")
     variants = [("ours", {})] + [parse_variant(v) for v in args.variant]
-    if len({name for name, _ in variants} | {"pytorch"}) != len(variants) + 1:
-        raise SystemExit("each --variant needs its own name (not 'ours' or 'pytorch')")
+    env_variants = [parse_env_variant(v) for v in args.env_variant]
+    names = [name for name, _ in variants + env_variants]
+    if len(set(names) | {"pytorch"}) != len(names) + 1:
+        raise SystemExit("each --variant and --env-variant needs its own name (not 'ours' or "
+                         "'pytorch')")
     try:
         import torch  # noqa: F401
         with_torch = True
@@ -193,13 +233,18 @@ def main(argv=None) -> None:
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(), args=vars(args)),
               "steps": {}}
     print(f"{'step':11s} {'side':16s} {'median s':>9s} {'q1-q3 s':>15s} {'fastest':>8s} "
-          f"{'PyTorch/ours':>13s} {'per round':>10s}")
+          f"{'first':>6s} {'PyTorch/ours':>13s} {'per round':>10s}")
     for step in steps:
-        base = {"trains": args.trains, "step": step, "iters": args.iters, "warmup": args.warmup}
+        base = {"trains": args.trains, "step": step, "iters": args.iters, "warmup": args.warmup,
+                "turn_warmup": args.turn_warmup}
         workers = []
         try:
             workers.append(Worker(dict(base, side="ours", variants=dict(variants)), args.timeout))
             sides = [Side(name, workers[0]) for name, _ in variants]
+            for name, env in env_variants:
+                workers.append(Worker(dict(base, side="ours", variants={name: {}}), args.timeout,
+                                      env))
+                sides.append(Side(name, workers[-1]))
             if with_torch:
                 workers.append(Worker(dict(base, side="pytorch"), args.timeout))
                 sides.append(Side("pytorch", workers[-1]))
@@ -211,7 +256,10 @@ def main(argv=None) -> None:
         finally:
             for worker_ in workers:
                 worker_.close()
-        rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times))
+        rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times),
+                                first_step_s=side.first_times,
+                                first_step_median_s=(statistics.median(side.first_times)
+                                                     if side.first_times else None))
                 for side in sides}
         for side in sides:
             row = rows[side.name]
@@ -222,10 +270,13 @@ def main(argv=None) -> None:
                     t / o for t, o in zip(torch_s["round_s"], side.times))
             ratio = (f"{row['pytorch_over_ours']:12.2f}x {row['pytorch_over_ours_per_round']:9.2f}x"
                      if "pytorch_over_ours" in row else "")
+            first = row["first_step_median_s"]
+            first = f"{first:6.3f}" if first is not None else f"{'-':>6s}"
             print(f"{step:11s} {side.name:16s} {row['median_s']:9.3f} "
-                  f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {ratio}",
+                  f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {first} {ratio}",
                   flush=True)
         report["steps"][step] = {"variants": {name: settings for name, settings in variants},
+                                 "env_variants": dict(env_variants),
                                  "sides": rows}
     if args.out:
         _harness.write_json(args.out, report)

@@ -119,6 +119,17 @@ def test_bench_cpu_steps_variants_name_numeric_conv_forms_settings():
             bench_cpu_steps.parse_variant(bad)
 
 
+def test_bench_cpu_steps_env_variants_name_environment_variables():
+    import bench_cpu_steps
+
+    assert bench_cpu_steps.parse_env_variant("a:X=1,GLIBC_TUNABLES=glibc.malloc.hugetlb=1:b=2") == (
+        "a", {"X": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:b=2"})
+    assert bench_cpu_steps.parse_env_variant("a:X=") == ("a", {"X": ""})
+    for bad in ("X=1", "a:", ":X=1", "a:X", "a:=1", "a:X=1,Y"):
+        with pytest.raises(SystemExit, match="--env-variant"):
+            bench_cpu_steps.parse_env_variant(bad)
+
+
 def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monkeypatch, tmp_path):
     """Ours (every variant in one process) and PyTorch (its own) run one round per turn, in a
     shuffled order; ratios are PyTorch / ours of the medians and the median of the rounds'
@@ -128,12 +139,12 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     import bench_cpu_steps
 
     order, per_step = [], {"ours": [0.10, 0.20, 0.10], "faster": [0.05, 0.10, 0.05],
-                           "pytorch": [0.08, 0.08, 0.08]}
+                           "pytorch": [0.08, 0.08, 0.08], "tuned": [0.04, 0.04, 0.04]}
     specs = []
 
     class FakeWorker:
-        def __init__(self, spec, timeout):
-            specs.append(spec)
+        def __init__(self, spec, timeout, env=None):
+            specs.append(dict(spec, env=env))
             names = list(spec.get("variants", {"pytorch": None}))
             self.info = {name: {"compile_s": 1.0} for name in names}
             self.proc = types.SimpleNamespace(stdin=types.SimpleNamespace(
@@ -141,7 +152,8 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
 
         def answer(self, tag, who):
             assert tag == "TIME" and who == order[-1]
-            return repr(per_step[who][order.count(who) - 1])
+            step_s = per_step[who][order.count(who) - 1]
+            return json.dumps({"step_s": step_s, "first_s": 2 * step_s})
 
         def close(self):
             pass
@@ -150,11 +162,17 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     out = tmp_path / "steps.json"
     bench_cpu_steps.main(["--steps", "completion", "--rounds", "3", "--settle", "0", "--variant",
-                          "faster:NARROW_MAX_CHANNELS=0", "--out", str(out)])
-    assert [spec["side"] for spec in specs] == ["ours", "pytorch"]
+                          "faster:NARROW_MAX_CHANNELS=0", "--env-variant",
+                          "tuned:GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0",
+                          "--out", str(out)])
+    # The conv_forms variants share ours' process; an environment variant has its own.
+    assert [spec["side"] for spec in specs] == ["ours", "ours", "pytorch"]
     assert specs[0]["variants"] == {"ours": {}, "faster": {"NARROW_MAX_CHANNELS": 0}}
-    rounds = [order[i:i + 3] for i in range(0, 9, 3)]
-    assert all(sorted(r) == ["faster", "ours", "pytorch"] for r in rounds), order
+    assert specs[0]["env"] is None and specs[2]["env"] is None
+    assert specs[1]["variants"] == {"tuned": {}}
+    assert specs[1]["env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0"}
+    rounds = [order[i:i + 4] for i in range(0, 12, 4)]
+    assert all(sorted(r) == ["faster", "ours", "pytorch", "tuned"] for r in rounds), order
     sides = json.loads(out.read_text())["steps"]["completion"]["sides"]
     assert sides["ours"]["median_s"] == pytest.approx(0.10)
     assert sides["ours"]["fastest_s"] == pytest.approx(0.10)
@@ -163,6 +181,11 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     assert sides["ours"]["pytorch_over_ours_per_round"] == pytest.approx(0.8)
     assert sides["faster"]["pytorch_over_ours"] == pytest.approx(1.6)
     assert "pytorch_over_ours" not in sides["pytorch"]
+    # Each turn's first steps are timed apart, not in the rounds' figures.
+    assert sides["tuned"]["pytorch_over_ours"] == pytest.approx(2.0)
+    assert all(spec["turn_warmup"] == 1 for spec in specs)
+    assert sides["ours"]["first_step_s"] == pytest.approx([0.20, 0.40, 0.20])
+    assert sides["ours"]["first_step_median_s"] == pytest.approx(0.20)
     with pytest.raises(SystemExit, match="own name"):
         bench_cpu_steps.main(["--variant", "ours:NARROW_MAX_CHANNELS=0"])
     with pytest.raises(SystemExit):  # argparse: not one of the settings bench_cpu knows
@@ -201,3 +224,27 @@ def test_markdown_tables_are_whole():
             else:
                 cells = _table_cells(line)
                 assert cells == width, f"{where}: {cells} cells, not {width}"
+
+
+def test_bench_cpu_steps_worker_runs_each_turns_first_steps_apart(monkeypatch, capsys):
+    """A turn runs `turn_warmup` steps before its timed ones, and answers both times."""
+    import io
+
+    import bench_cpu_steps
+
+    calls = []
+    monkeypatch.setattr(bench_cpu_steps.bench_cpu, "torch_train_step",
+                        lambda trains, step: (lambda: calls.append(step), None))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("RUN pytorch\nRUN pytorch\n"))
+    spec = {"side": "pytorch", "trains": "quickstart", "step": "joint", "iters": 4, "warmup": 3,
+            "turn_warmup": 2}
+    bench_cpu_steps.worker(spec)
+    assert len(calls) == 3 + 2 * (2 + 4)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("READY ") and len(lines) == 3
+    for line in lines[1:]:
+        answer = json.loads(line.removeprefix("TIME "))
+        assert answer["step_s"] >= 0 and answer["first_s"] >= 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("RUN pytorch\n"))
+    bench_cpu_steps.worker(dict(spec, turn_warmup=0))
+    assert json.loads(capsys.readouterr().out.splitlines()[1][5:])["first_s"] is None
