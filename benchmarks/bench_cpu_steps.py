@@ -24,7 +24,8 @@ untimed steps (default 1), timed apart as the turn's first steps: a training loo
 back to back, while a turn follows a pause of about a second (the settles and the other sides'
 turns), and on some machines a process's first step after such a pause is much slower than the
 next ones (`docs/cpu_speed.md`). Reported per side: seconds per step, the median,
-quartiles and fastest round, and the median of the turns' first steps; per variant of ours:
+quartiles and fastest round, the median of the turns' first steps, and the median of the
+rounds that followed each other side's turn (whether a turn slows the next); per variant of ours:
 PyTorch / ours of the medians, and the median of the round-by-round ratios. torch is optional
 and only for this benchmark; without it only ours is timed.
 """
@@ -192,14 +193,25 @@ class Side:
         self.info = worker.info[name]
         self.times: list[float] = []
         self.first_times: list[float] = []
+        self.after: list[str | None] = []  # the side whose turn came just before each round
 
-    def run_round(self) -> None:
+    def run_round(self, after: str | None = None) -> None:
+        self.after.append(after)
         self.worker.proc.stdin.write(f"RUN {self.name}\n")
         self.worker.proc.stdin.flush()
         answer = json.loads(self.worker.answer("TIME", self.name))
         self.times.append(answer["step_s"])
         if answer["first_s"] is not None:
             self.first_times.append(answer["first_s"])
+
+
+def _by_previous_turn(side: Side) -> dict:
+    """{side that ran just before: median seconds per step of those rounds}: whether one side's
+    turn leaves the machine slower for the next (caches, freed memory, threads) shows here."""
+    groups: dict = {}
+    for after, t in zip(side.after, side.times):
+        groups.setdefault(after or "-", []).append(t)
+    return {after: statistics.median(times) for after, times in sorted(groups.items())}
 
 
 def _quartiles(values: list[float]) -> dict:
@@ -249,17 +261,21 @@ def main(argv=None) -> None:
                 workers.append(Worker(dict(base, side="pytorch"), args.timeout))
                 sides.append(Side("pytorch", workers[-1]))
             rng = random.Random(0)
+            previous = None
             for _ in range(args.rounds):
                 for side in rng.sample(sides, len(sides)):
                     time.sleep(args.settle)
-                    side.run_round()
+                    side.run_round(after=previous)
+                    previous = side.name
         finally:
             for worker_ in workers:
                 worker_.close()
         rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times),
                                 first_step_s=side.first_times,
                                 first_step_median_s=(statistics.median(side.first_times)
-                                                     if side.first_times else None))
+                                                     if side.first_times else None),
+                                round_after=side.after,
+                                median_s_by_previous_turn=_by_previous_turn(side))
                 for side in sides}
         for side in sides:
             row = rows[side.name]
@@ -275,6 +291,11 @@ def main(argv=None) -> None:
             print(f"{step:11s} {side.name:16s} {row['median_s']:9.3f} "
                   f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {first} {ratio}",
                   flush=True)
+        for side in sides:  # the medians by the turn before, with the number of rounds
+            groups = rows[side.name]["median_s_by_previous_turn"]
+            print(f"{'':11s} {side.name:16s} after: " + ", ".join(
+                f"{after} {median:.3f} ({side.after.count(None if after == '-' else after)})"
+                for after, median in groups.items()), flush=True)
         report["steps"][step] = {"variants": {name: settings for name, settings in variants},
                                  "env_variants": dict(env_variants),
                                  "sides": rows}

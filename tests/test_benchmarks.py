@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -186,6 +187,15 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     assert all(spec["turn_warmup"] == 1 for spec in specs)
     assert sides["ours"]["first_step_s"] == pytest.approx([0.20, 0.40, 0.20])
     assert sides["ours"]["first_step_median_s"] == pytest.approx(0.20)
+    # Which side's turn came just before each round, and the medians grouped by it.
+    for name, side in sides.items():
+        mine = [i for i, who in enumerate(order) if who == name]
+        assert side["round_after"] == [order[i - 1] if i else None for i in mine]
+        groups = {}
+        for after, t in zip(side["round_after"], per_step[name]):
+            groups.setdefault(after or "-", []).append(t)
+        assert side["median_s_by_previous_turn"] == pytest.approx(
+            {after: statistics.median(times) for after, times in groups.items()})
     with pytest.raises(SystemExit, match="own name"):
         bench_cpu_steps.main(["--variant", "ours:NARROW_MAX_CHANNELS=0"])
     with pytest.raises(SystemExit):  # argparse: not one of the settings bench_cpu knows
