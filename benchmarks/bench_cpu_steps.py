@@ -4,7 +4,8 @@ whose speed drifts from minute to minute (shared 2-core VMs moved by 15-20 % fro
 `bench_cpu.py` to the next) slows every side alike.
 
   python benchmarks/bench_cpu_steps.py [--trains quickstart] [--steps completion,joint]
-      [--rounds 15] [--iters 4] [--turn-warmup 1] [--variant NAME:SETTING=VALUE[,...]]
+      [--rounds 15] [--iters 4] [--turn-warmup 1] [--turn-warmup-s 2]
+      [--variant NAME:SETTING=VALUE[,...]]
       [--env-variant NAME:KEY=VALUE[,...]] [--out FILE]
 
 Ours runs restarted with huge pages, as the training command is
@@ -19,12 +20,13 @@ take effect only at a process's start), in the same turns. Each round runs `--it
 side, the sides in a shuffled order (seeded); only one side computes at a time (the others wait
 on their input), with a `--settle` pause between turns so that no side's threads are still
 spinning when the next starts (thread pools wait busily for a moment after their work, which
-on two cores would take one from the next side). Each turn starts with `--turn-warmup`
-untimed steps (default 1), timed apart as the turn's first steps: a training loop runs its steps
-back to back, while a turn follows a pause of about a second (the settles and the other sides'
-turns), and on some machines a process's first step after such a pause is much slower than the
-next ones (`docs/cpu_speed.md`). Reported per side: seconds per step, the median,
-quartiles and fastest round, the median of the turns' first steps, and the median of the
+on two cores would take one from the next side). Each turn starts with untimed steps, at least
+`--turn-warmup` of them (default 1) and for at least `--turn-warmup-s` seconds (default 2),
+timed apart: a training loop runs its steps back to back, while a turn follows a pause of about
+a second (the settles and the other sides' turns), and on some machines a process's steps after
+such a pause are slower for a second or more (`docs/cpu_speed.md`). Reported per side: seconds
+per step, the median, quartiles and fastest round, the median of the turns' warm-up steps, and
+the median of the
 rounds that followed each other side's turn (whether a turn slows the next); per variant of ours:
 PyTorch / ours of the medians, and the median of the round-by-round ratios. torch is optional
 and only for this benchmark; without it only ours is timed.
@@ -58,7 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     p.add_argument("--settle", type=float, default=0.3, help="seconds between turns")
     p.add_argument("--turn-warmup", type=int, default=1,
-                   help="untimed steps at the start of each turn (timed apart)")
+                   help="untimed steps at least at the start of each turn (timed apart)")
+    p.add_argument("--turn-warmup-s", type=float, default=2.0,
+                   help="seconds at least of those untimed steps")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE,...",
                    help="ours again with conv_forms settings changed (repeatable)")
     p.add_argument("--env-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
@@ -144,10 +148,21 @@ def worker(spec: dict) -> None:
         if command != "RUN" or name not in steps:
             break
         fn, wait, _ = steps[name]
-        first = (_harness.time_calls(fn, 0, spec["turn_warmup"], 1, wait).times[0]
-                 if spec["turn_warmup"] else None)
+        warmup = _warm_turn(fn, wait, spec["turn_warmup"], spec["turn_warmup_s"])
         per_call = _harness.time_calls(fn, 0, spec["iters"], 1, wait).times[0]
-        print("TIME " + json.dumps({"step_s": per_call, "first_s": first}), flush=True)
+        print("TIME " + json.dumps({"step_s": per_call, "warmup": warmup}), flush=True)
+
+
+def _warm_turn(fn, wait, steps: int, seconds: float) -> dict | None:
+    """Untimed steps until there have been at least `steps` and `seconds` have passed: their
+    number and seconds per step, or None when both are 0."""
+    if steps <= 0 and seconds <= 0:
+        return None
+    count, t0 = 0, time.perf_counter()
+    while count < steps or time.perf_counter() - t0 < seconds:
+        wait(fn())
+        count += 1
+    return {"steps": count, "step_s": (time.perf_counter() - t0) / count}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +207,7 @@ class Side:
         self.name, self.worker = name, worker
         self.info = worker.info[name]
         self.times: list[float] = []
-        self.first_times: list[float] = []
+        self.warmups: list[dict] = []
         self.after: list[str | None] = []  # the side whose turn came just before each round
 
     def run_round(self, after: str | None = None) -> None:
@@ -201,8 +216,8 @@ class Side:
         self.worker.proc.stdin.flush()
         answer = json.loads(self.worker.answer("TIME", self.name))
         self.times.append(answer["step_s"])
-        if answer["first_s"] is not None:
-            self.first_times.append(answer["first_s"])
+        if answer["warmup"] is not None:
+            self.warmups.append(answer["warmup"])
 
 
 def _by_previous_turn(side: Side) -> dict:
@@ -227,9 +242,9 @@ def main(argv=None) -> None:
         return
     steps = _harness.csv_list(args.steps)
     if (set(steps) - set(STEPS) or args.rounds < 1 or args.iters < 1
-            or args.turn_warmup < 0):
+            or args.turn_warmup < 0 or args.turn_warmup_s < 0):
         raise SystemExit(f"--steps takes {','.join(STEPS)}; --rounds and --iters at least 1, "
-                         "--turn-warmup at least 0")
+                         "--turn-warmup and --turn-warmup-s at least 0")
     variants = [("ours", {})] + [parse_variant(v) for v in args.variant]
     env_variants = [parse_env_variant(v) for v in args.env_variant]
     names = [name for name, _ in variants + env_variants]
@@ -245,10 +260,10 @@ def main(argv=None) -> None:
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(), args=vars(args)),
               "steps": {}}
     print(f"{'step':11s} {'side':16s} {'median s':>9s} {'q1-q3 s':>15s} {'fastest':>8s} "
-          f"{'first':>6s} {'PyTorch/ours':>13s} {'per round':>10s}")
+          f"{'warm-up':>7s} {'PyTorch/ours':>13s} {'per round':>10s}")
     for step in steps:
         base = {"trains": args.trains, "step": step, "iters": args.iters, "warmup": args.warmup,
-                "turn_warmup": args.turn_warmup}
+                "turn_warmup": args.turn_warmup, "turn_warmup_s": args.turn_warmup_s}
         workers = []
         try:
             workers.append(Worker(dict(base, side="ours", variants=dict(variants)), args.timeout))
@@ -271,9 +286,9 @@ def main(argv=None) -> None:
             for worker_ in workers:
                 worker_.close()
         rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times),
-                                first_step_s=side.first_times,
-                                first_step_median_s=(statistics.median(side.first_times)
-                                                     if side.first_times else None),
+                                turn_warmups=side.warmups,
+                                turn_warmup_median_s=(statistics.median(
+                                    w["step_s"] for w in side.warmups) if side.warmups else None),
                                 round_after=side.after,
                                 median_s_by_previous_turn=_by_previous_turn(side))
                 for side in sides}
@@ -286,8 +301,8 @@ def main(argv=None) -> None:
                     t / o for t, o in zip(torch_s["round_s"], side.times))
             ratio = (f"{row['pytorch_over_ours']:12.2f}x {row['pytorch_over_ours_per_round']:9.2f}x"
                      if "pytorch_over_ours" in row else "")
-            first = row["first_step_median_s"]
-            first = f"{first:6.3f}" if first is not None else f"{'-':>6s}"
+            first = row["turn_warmup_median_s"]
+            first = f"{first:7.3f}" if first is not None else f"{'-':>7s}"
             print(f"{step:11s} {side.name:16s} {row['median_s']:9.3f} "
                   f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {first} {ratio}",
                   flush=True)

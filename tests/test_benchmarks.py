@@ -154,7 +154,7 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
         def answer(self, tag, who):
             assert tag == "TIME" and who == order[-1]
             step_s = per_step[who][order.count(who) - 1]
-            return json.dumps({"step_s": step_s, "first_s": 2 * step_s})
+            return json.dumps({"step_s": step_s, "warmup": {"steps": 3, "step_s": 2 * step_s}})
 
         def close(self):
             pass
@@ -182,11 +182,11 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     assert sides["ours"]["pytorch_over_ours_per_round"] == pytest.approx(0.8)
     assert sides["faster"]["pytorch_over_ours"] == pytest.approx(1.6)
     assert "pytorch_over_ours" not in sides["pytorch"]
-    # Each turn's first steps are timed apart, not in the rounds' figures.
     assert sides["tuned"]["pytorch_over_ours"] == pytest.approx(2.0)
-    assert all(spec["turn_warmup"] == 1 for spec in specs)
-    assert sides["ours"]["first_step_s"] == pytest.approx([0.20, 0.40, 0.20])
-    assert sides["ours"]["first_step_median_s"] == pytest.approx(0.20)
+    # Each turn's warm-up steps are timed apart, not in the rounds' figures.
+    assert all(spec["turn_warmup"] == 1 and spec["turn_warmup_s"] == 2.0 for spec in specs)
+    assert [w["step_s"] for w in sides["ours"]["turn_warmups"]] == pytest.approx([0.2, 0.4, 0.2])
+    assert sides["ours"]["turn_warmup_median_s"] == pytest.approx(0.20)
     # Which side's turn came just before each round, and the medians grouped by it.
     for name, side in sides.items():
         mine = [i for i, who in enumerate(order) if who == name]
@@ -236,25 +236,34 @@ def test_markdown_tables_are_whole():
                 assert cells == width, f"{where}: {cells} cells, not {width}"
 
 
-def test_bench_cpu_steps_worker_runs_each_turns_first_steps_apart(monkeypatch, capsys):
-    """A turn runs `turn_warmup` steps before its timed ones, and answers both times."""
+def test_bench_cpu_steps_worker_warms_each_turn_for_its_steps_and_seconds(monkeypatch, capsys):
+    """A turn runs untimed steps, at least `turn_warmup` and for at least `turn_warmup_s`
+    seconds, before its timed ones, and answers both times."""
     import io
 
     import bench_cpu_steps
 
     calls = []
+    clock = {"t": 0.0}
+    monkeypatch.setattr(bench_cpu_steps.time, "perf_counter", lambda: clock["t"])
+
+    def step():  # each step takes 0.25 s of the fake clock
+        clock["t"] += 0.25
+        calls.append(1)
+
     monkeypatch.setattr(bench_cpu_steps.bench_cpu, "torch_train_step",
-                        lambda trains, step: (lambda: calls.append(step), None))
-    monkeypatch.setattr(sys, "stdin", io.StringIO("RUN pytorch\nRUN pytorch\n"))
-    spec = {"side": "pytorch", "trains": "quickstart", "step": "joint", "iters": 4, "warmup": 3,
-            "turn_warmup": 2}
-    bench_cpu_steps.worker(spec)
-    assert len(calls) == 3 + 2 * (2 + 4)
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("READY ") and len(lines) == 3
-    for line in lines[1:]:
-        answer = json.loads(line.removeprefix("TIME "))
-        assert answer["step_s"] >= 0 and answer["first_s"] >= 0
+                        lambda trains, name: (step, None))
+    spec = {"side": "pytorch", "trains": "quickstart", "step": "joint", "iters": 4, "warmup": 3}
+    for steps, seconds, expected in ((2, 1.0, 4), (6, 1.0, 6), (1, 0.0, 1), (0, 0.6, 3)):
+        calls.clear()
+        monkeypatch.setattr(sys, "stdin", io.StringIO("RUN pytorch\n"))
+        bench_cpu_steps.worker(dict(spec, turn_warmup=steps, turn_warmup_s=seconds))
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("READY ") and len(lines) == 2
+        answer = json.loads(lines[1].removeprefix("TIME "))
+        assert len(calls) == 3 + expected + 4
+        assert answer["warmup"] == {"steps": expected, "step_s": pytest.approx(0.25)}
+        assert answer["step_s"] == pytest.approx(0.25)
     monkeypatch.setattr(sys, "stdin", io.StringIO("RUN pytorch\n"))
-    bench_cpu_steps.worker(dict(spec, turn_warmup=0))
-    assert json.loads(capsys.readouterr().out.splitlines()[1][5:])["first_s"] is None
+    bench_cpu_steps.worker(dict(spec, turn_warmup=0, turn_warmup_s=0.0))
+    assert json.loads(capsys.readouterr().out.splitlines()[1][5:])["warmup"] is None
