@@ -16,20 +16,20 @@ ours with settings of `glcic_jax.conv_forms` changed while its step is traced (e
 the same process as ours (separate processes differed by more than a form's gain): what one
 form gives a whole step, measured in the same turns. `--env-variant NAME:KEY=VALUE` adds ours
 in a process of its own with those environment variables (e.g. glibc's malloc tunables, which
-take effect only at a process's start), in the same turns. Each round runs `--iters` steps on every
-side, the sides in a shuffled order (seeded); only one side computes at a time (the others wait
-on their input), with a `--settle` pause between turns so that no side's threads are still
-spinning when the next starts (thread pools wait busily for a moment after their work, which
-on two cores would take one from the next side). Each turn starts with untimed steps, at least
-`--turn-warmup` of them (default 1) and for at least `--turn-warmup-s` seconds (default 2),
-timed apart: a training loop runs its steps back to back, while a turn follows a pause of about
-a second (the settles and the other sides' turns), and on some machines a process's steps after
-such a pause are slower for a second or more (`docs/cpu_speed.md`). Reported per side: seconds
-per step, the median, quartiles and fastest round, the median of the turns' warm-up steps, and
-the median of the
-rounds that followed each other side's turn (whether a turn slows the next); per variant of ours:
-PyTorch / ours of the medians, and the median of the round-by-round ratios. torch is optional
-and only for this benchmark; without it only ours is timed.
+take effect only at a process's start), in the same turns. Each round runs `--iters` steps on
+every side, the sides in a shuffled order (seeded); only one side computes at a time (the
+others wait on their input), with a `--settle` pause between turns so that no side's threads
+are still spinning when the next starts (thread pools wait busily for a moment after their
+work, which on two cores would take one from the next side). Each turn starts with untimed
+steps, at least `--turn-warmup` of them (default 1) and for at least `--turn-warmup-s` seconds
+(default 2), timed apart: a training loop runs its steps back to back, while a turn follows a
+pause of about a second (the settles and the other sides' turns), and on some machines a
+process's steps after such a pause are slower for a second or more (`docs/cpu_speed.md`).
+Reported per side: seconds per step, the median, quartiles and fastest round, the median of the
+turns' warm-up steps, and the medians of the rounds that followed each other side's turn
+(whether a turn slows the next); per variant of ours: PyTorch / ours of the medians, and the
+median of the round-by-round ratios. torch is optional and only for this benchmark; without it
+only ours is timed.
 """
 
 from __future__ import annotations
@@ -301,10 +301,10 @@ def main(argv=None) -> None:
                     t / o for t, o in zip(torch_s["round_s"], side.times))
             ratio = (f"{row['pytorch_over_ours']:12.2f}x {row['pytorch_over_ours_per_round']:9.2f}x"
                      if "pytorch_over_ours" in row else "")
-            first = row["turn_warmup_median_s"]
-            first = f"{first:7.3f}" if first is not None else f"{'-':>7s}"
+            warm = row["turn_warmup_median_s"]
+            warm = f"{warm:7.3f}" if warm is not None else f"{'-':>7s}"
             print(f"{step:11s} {side.name:16s} {row['median_s']:9.3f} "
-                  f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {first} {ratio}",
+                  f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {warm} {ratio}",
                   flush=True)
         for side in sides:  # the medians by the turn before, with the number of rounds
             groups = rows[side.name]["median_s_by_previous_turn"]
