@@ -67,13 +67,13 @@ HERE = _harness.HERE
 ROOT = _harness.ROOT
 PARTS = ("load", "forward", "cold", "serve", "train")
 TRAINS = ("quickstart", "full128")  # the training settings `train_config` knows
+HOLE = (180, 300, 200, 330)  # top, bottom, left, right of the 512 px photo's hole
 
 
 def add_trains_arg(p) -> None:
     """--trains NAME: one of TRAINS, for the scripts that time or compile one setting's steps."""
     p.add_argument("--trains", default="quickstart", choices=TRAINS,
                    help="the training settings (as bench_cpu.py's)")
-HOLE = (180, 300, 200, 330)  # top, bottom, left, right of the 512 px photo's hole
 
 
 # ----------------------------------------------------------------------------------------------

@@ -100,16 +100,10 @@ def parse_env_variant(text: str) -> tuple[str, dict]:
     """'NAME:KEY=VALUE,KEY=VALUE' -> (NAME, {KEY: VALUE}); a VALUE may hold ':' and '='
     (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0`), not ','."""
     name, sep, body = text.partition(":")
-    env = {}
-    for item in body.split(",") if sep else []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            break
-        env[key] = value
-    else:
-        if name and env:
-            return name, env
-    raise SystemExit(f"--env-variant takes NAME:KEY=VALUE[,KEY=VALUE], got {text!r}")
+    items = [item.partition("=") for item in body.split(",")]
+    if not (name and sep) or any(not key or not eq for key, eq, _ in items):
+        raise SystemExit(f"--env-variant takes NAME:KEY=VALUE[,KEY=VALUE], got {text!r}")
+    return name, {key: value for key, _, value in items}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,12 +215,12 @@ class Side:
 
 
 def _by_previous_turn(side: Side) -> dict:
-    """{side that ran just before: median seconds per step of those rounds}: whether one side's
-    turn leaves the machine slower for the next (caches, freed memory, threads) shows here."""
+    """{side that ran just before ('-': none): its rounds' seconds per step}: whether one
+    side's turn leaves the machine slower for the next (caches, freed memory, threads)."""
     groups: dict = {}
     for after, t in zip(side.after, side.times):
         groups.setdefault(after or "-", []).append(t)
-    return {after: statistics.median(times) for after, times in sorted(groups.items())}
+    return dict(sorted(groups.items()))
 
 
 def _quartiles(values: list[float]) -> dict:
@@ -290,7 +284,9 @@ def main(argv=None) -> None:
                                 turn_warmup_median_s=(statistics.median(
                                     w["step_s"] for w in side.warmups) if side.warmups else None),
                                 round_after=side.after,
-                                median_s_by_previous_turn=_by_previous_turn(side))
+                                median_s_by_previous_turn={
+                                    after: statistics.median(times)
+                                    for after, times in _by_previous_turn(side).items()})
                 for side in sides}
         for side in sides:
             row = rows[side.name]
@@ -307,10 +303,9 @@ def main(argv=None) -> None:
                   f"{row['q1_s']:7.3f}-{row['q3_s']:.3f} {row['fastest_s']:8.3f} {warm} {ratio}",
                   flush=True)
         for side in sides:  # the medians by the turn before, with the number of rounds
-            groups = rows[side.name]["median_s_by_previous_turn"]
             print(f"{'':11s} {side.name:16s} after: " + ", ".join(
-                f"{after} {median:.3f} ({side.after.count(None if after == '-' else after)})"
-                for after, median in groups.items()), flush=True)
+                f"{after} {statistics.median(times):.3f} ({len(times)})"
+                for after, times in _by_previous_turn(side).items()), flush=True)
         report["steps"][step] = {"variants": {name: settings for name, settings in variants},
                                  "env_variants": dict(env_variants),
                                  "sides": rows}
