@@ -62,17 +62,16 @@ def _jits(config, kinds):
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     settings = steps_lib.StepSettings.from_config(config)
     m = masks.sample_masks(jax.random.PRNGKey(1), batch, size, size, settings.mask)
+    made = steps_lib.make_steps(config, nets, donate=False)
     out = {}
     if "init" in kinds:
         init = state_lib.state_initializer(config, nets, jax.random.PRNGKey(0),
                                            _harness.MEAN_PIXEL)
         out["init"] = (jax.jit(init, compiler_options=conv_forms.run_once_compiler_options()),
                        jax.jit(init), ())
-    if "evaluate" in kinds:
-        fn = functools.partial(steps_lib._evaluate, nets, settings)
-        out["evaluate"] = (
-            jax.jit(fn, compiler_options=models.compiler_options(width, inference=True)),
-            jax.jit(fn), (st, images, m.mask, m.corners))
+    if "evaluate" in kinds:  # the sample grids' own jit, and its function under XLA's defaults
+        out["evaluate"] = (made.evaluate, jax.jit(made.evaluate.__wrapped__),
+                           (st, images, m.mask, m.corners))
     if "complete" in kinds:  # the held-out completion's function, and `complete`'s
         fn = functools.partial(inference.complete_images, nets.generator,
                                input_norm=settings.input_norm)
@@ -81,7 +80,6 @@ def _jits(config, kinds):
         out["complete"] = (
             jax.jit(fn, compiler_options=models.compiler_options(width, inference=True)),
             jax.jit(fn), args)
-    made = steps_lib.make_steps(config, nets, donate=False)
     for kind in ("completion", "discriminator", "joint"):
         if kind in kinds:
             out[kind] = (getattr(made, kind), None, (st, images))
