@@ -30,6 +30,10 @@ turns' warm-up steps, and the medians of the rounds that followed each other sid
 (whether a turn slows the next); per variant of ours: PyTorch / ours of the medians, and the
 median of the round-by-round ratios. torch is optional and only for this benchmark; without it
 only ours is timed.
+
+`--pauses 0,0.3,1` measures instead what a pause does: in each round, each side in turn sleeps
+for each pause and then runs `--after-pause` steps, each timed alone (waited for); reported per
+side and pause, the median over the rounds of the first, second, ... step after it.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--env-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="ours again in a process of its own with these environment variables "
                         "(repeatable)")
+    p.add_argument("--pauses", default="",
+                   help="seconds, e.g. 0,0.3,1: time the steps after each pause instead")
+    p.add_argument("--after-pause", type=int, default=6, help="steps timed after each pause")
     p.add_argument("--timeout", type=float, default=900, help="seconds per side's answer")
     p.add_argument("--out", default="")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # one side, for the driver
@@ -138,10 +145,16 @@ def worker(spec: dict) -> None:
     print("READY " + json.dumps({name: info for name, (_, _, info) in steps.items()}),
           flush=True)
     for line in sys.stdin:
-        command, _, name = line.strip().partition(" ")
-        if command != "RUN" or name not in steps:
+        command, _, rest = line.strip().partition(" ")
+        name, _, pause = rest.partition(" ")
+        if command not in ("RUN", "PAUSE") or name not in steps:
             break
         fn, wait, _ = steps[name]
+        if command == "PAUSE":  # sleep, then each step timed alone
+            time.sleep(float(pause))
+            print("STEPS " + json.dumps(
+                _harness.time_calls(fn, 0, 1, spec["after_pause"], wait).times), flush=True)
+            continue
         warmup = _warm_turn(fn, wait, spec["turn_warmup"], spec["turn_warmup_s"])
         per_call = _harness.time_calls(fn, 0, spec["iters"], 1, wait).times[0]
         print("TIME " + json.dumps({"step_s": per_call, "warmup": warmup}), flush=True)
@@ -213,6 +226,12 @@ class Side:
         if answer["warmup"] is not None:
             self.warmups.append(answer["warmup"])
 
+    def after_pause(self, seconds: float) -> list[float]:
+        """Seconds of each step run after the worker slept `seconds`."""
+        self.worker.proc.stdin.write(f"PAUSE {self.name} {seconds!r}\n")
+        self.worker.proc.stdin.flush()
+        return json.loads(self.worker.answer("STEPS", self.name))
+
 
 def _by_previous_turn(side: Side) -> dict:
     """{side that ran just before ('-': none): its rounds' seconds per step}: whether one
@@ -221,6 +240,25 @@ def _by_previous_turn(side: Side) -> dict:
     for after, t in zip(side.after, side.times):
         groups.setdefault(after or "-", []).append(t)
     return dict(sorted(groups.items()))
+
+
+def _time_pauses(sides: list[Side], pauses: list[float], rounds: int, rng) -> dict:
+    """`--pauses`: per side and pause, the median over `rounds` of each step after the pause
+    (seconds), printed as milliseconds."""
+    runs = {side.name: {p: [] for p in pauses} for side in sides}
+    for _ in range(rounds):
+        for side in rng.sample(sides, len(sides)):
+            for p in rng.sample(pauses, len(pauses)):
+                runs[side.name][p].append(side.after_pause(p))
+    out = {}
+    for side in sides:
+        out[side.name] = {}
+        for p in pauses:
+            medians = [statistics.median(col) for col in zip(*runs[side.name][p])]
+            out[side.name][f"{p:g}"] = {"step_medians_s": medians, "runs_s": runs[side.name][p]}
+            print(f"{side.name:16s} after {p:g} s: " + " ".join(
+                f"{1000 * t:6.1f}" for t in medians) + " ms", flush=True)
+    return {"pauses": out}
 
 
 def _quartiles(values: list[float]) -> dict:
@@ -235,10 +273,12 @@ def main(argv=None) -> None:
         worker(json.loads(args.worker))
         return
     steps = _harness.csv_list(args.steps)
+    pauses = _harness.csv_list(args.pauses, float)
     if (set(steps) - set(STEPS) or args.rounds < 1 or args.iters < 1
-            or args.turn_warmup < 0 or args.turn_warmup_s < 0):
-        raise SystemExit(f"--steps takes {','.join(STEPS)}; --rounds and --iters at least 1, "
-                         "--turn-warmup and --turn-warmup-s at least 0")
+            or args.turn_warmup < 0 or args.turn_warmup_s < 0 or args.after_pause < 1
+            or any(p < 0 for p in pauses)):
+        raise SystemExit(f"--steps takes {','.join(STEPS)}; --rounds, --iters and --after-pause "
+                         "at least 1, --turn-warmup, --turn-warmup-s and --pauses at least 0")
     variants = [("ours", {})] + [parse_variant(v) for v in args.variant]
     env_variants = [parse_env_variant(v) for v in args.env_variant]
     names = [name for name, _ in variants + env_variants]
@@ -253,11 +293,13 @@ def main(argv=None) -> None:
         print("torch is not installed: only ours is timed (pip install torch).")
     report = {"meta": _harness.run_meta(commit=_harness.git_commit(), args=vars(args)),
               "steps": {}}
-    print(f"{'step':11s} {'side':16s} {'median s':>9s} {'q1-q3 s':>15s} {'fastest':>8s} "
-          f"{'warm-up':>7s} {'PyTorch/ours':>13s} {'per round':>10s}")
+    if not pauses:
+        print(f"{'step':11s} {'side':16s} {'median s':>9s} {'q1-q3 s':>15s} {'fastest':>8s} "
+              f"{'warm-up':>7s} {'PyTorch/ours':>13s} {'per round':>10s}")
     for step in steps:
         base = {"trains": args.trains, "step": step, "iters": args.iters, "warmup": args.warmup,
-                "turn_warmup": args.turn_warmup, "turn_warmup_s": args.turn_warmup_s}
+                "turn_warmup": args.turn_warmup, "turn_warmup_s": args.turn_warmup_s,
+                "after_pause": args.after_pause}
         workers = []
         try:
             workers.append(Worker(dict(base, side="ours", variants=dict(variants)), args.timeout))
@@ -270,6 +312,10 @@ def main(argv=None) -> None:
                 workers.append(Worker(dict(base, side="pytorch"), args.timeout))
                 sides.append(Side("pytorch", workers[-1]))
             rng = random.Random(0)
+            if pauses:
+                print(f"{step}: each step after a pause, medians of {args.rounds} rounds")
+                report["steps"][step] = _time_pauses(sides, pauses, args.rounds, rng)
+                continue
             previous = None
             for _ in range(args.rounds):
                 for side in rng.sample(sides, len(sides)):

@@ -267,3 +267,64 @@ def test_bench_cpu_steps_worker_warms_each_turn_for_its_steps_and_seconds(monkey
     monkeypatch.setattr(sys, "stdin", io.StringIO("RUN pytorch\n"))
     bench_cpu_steps.worker(dict(spec, turn_warmup=0, turn_warmup_s=0.0))
     assert json.loads(capsys.readouterr().out.splitlines()[1][5:])["warmup"] is None
+
+
+def test_bench_cpu_steps_pauses_time_each_step_after_each_pause(monkeypatch, tmp_path, capsys):
+    """`--pauses`: every side sleeps for every pause in every round, then reports each step
+    after it; the medians are taken step by step over the rounds (fake workers)."""
+    import types
+
+    import bench_cpu_steps
+
+    asked = []
+    after = {"ours": {0.0: [[0.1, 0.1], [0.3, 0.1], [0.2, 0.1]], 1.0: [[0.5, 0.2]] * 3},
+             "pytorch": {0.0: [[0.2, 0.2]] * 3, 1.0: [[0.2, 0.3]] * 3}}
+
+    class FakeWorker:
+        def __init__(self, spec, timeout, env=None):
+            assert spec["after_pause"] == 2
+            self.info = {name: {} for name in spec.get("variants", {"pytorch": None})}
+            self.proc = types.SimpleNamespace(stdin=types.SimpleNamespace(
+                write=lambda line: asked.append(line.split()), flush=lambda: None))
+
+        def answer(self, tag, who):
+            command, name, seconds = asked[-1]
+            assert (tag, command, name) == ("STEPS", "PAUSE", who)
+            done = sum(1 for a in asked if a == asked[-1])
+            return json.dumps(after[who][float(seconds)][done - 1])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench_cpu_steps, "Worker", FakeWorker)
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    out = tmp_path / "pauses.json"
+    bench_cpu_steps.main(["--steps", "joint", "--rounds", "3", "--pauses", "0,1",
+                          "--after-pause", "2", "--out", str(out)])
+    assert sorted(tuple(a) for a in asked) == sorted(
+        [("PAUSE", side, s) for side in ("ours", "pytorch") for s in ("0.0", "1.0")] * 3)
+    pauses = json.loads(out.read_text())["steps"]["joint"]["pauses"]
+    assert pauses["ours"]["0"]["step_medians_s"] == pytest.approx([0.2, 0.1])
+    assert pauses["ours"]["1"]["step_medians_s"] == pytest.approx([0.5, 0.2])
+    assert pauses["pytorch"]["1"]["runs_s"] == [[0.2, 0.3]] * 3
+    assert "ours             after 1 s:  500.0  200.0 ms" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--pauses"):
+        bench_cpu_steps.main(["--pauses", "-1"])
+
+
+def test_bench_cpu_steps_worker_sleeps_then_times_each_step_alone(monkeypatch, capsys):
+    import io
+
+    import bench_cpu_steps
+
+    events = []
+    monkeypatch.setattr(bench_cpu_steps.time, "sleep", lambda s: events.append(("sleep", s)))
+    monkeypatch.setattr(bench_cpu_steps.bench_cpu, "torch_train_step",
+                        lambda trains, name: (lambda: events.append("step"), None))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("PAUSE pytorch 0.3\n"))
+    bench_cpu_steps.worker({"side": "pytorch", "trains": "quickstart", "step": "joint",
+                            "iters": 4, "warmup": 2, "turn_warmup": 1, "turn_warmup_s": 2.0,
+                            "after_pause": 3})
+    assert events == ["step", "step", ("sleep", 0.3), "step", "step", "step"]
+    times = json.loads(capsys.readouterr().out.splitlines()[1].removeprefix("STEPS "))
+    assert len(times) == 3 and all(t >= 0 for t in times)
