@@ -31,7 +31,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
-from glcic_jax import config_lib, errors
+from glcic_jax import checkpoint_files, config_lib, errors
+from glcic_jax.checkpoint_files import checkpoint_dir, stored_structure
+from glcic_jax.checkpoint_files import finished_steps_in as _finished_steps_in
 
 # Config fields that change array shapes or the optimizer state's structure: a checkpoint made
 # with other values cannot be resumed.
@@ -192,10 +194,6 @@ def _short(e: BaseException, limit: int = 400) -> str:
     return text
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
 def setting(config, dotted: str):
     """A config's value for a dotted key, e.g. 'model.width'."""
     node = config
@@ -219,16 +217,6 @@ def check_compatible(stored: dict, config) -> None:
             + "; ".join(diffs)
             + "). Nothing was overwritten: use a new --workdir, or set these back."
         )
-
-
-def _finished_steps_in(directory: str) -> list[int]:
-    """Unfinished saves are `*.orbax-checkpoint-tmp*` folders, which Orbax renames only once
-    everything is written: the digit-only names are the complete checkpoints."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit())
 
 
 def finished_steps(workdir: str) -> list[int]:
@@ -509,18 +497,12 @@ class Checkpointer:
 
 def _resolve(path: str) -> tuple[str, int | None]:
     """Accept a workdir, its checkpoints/ folder, or one step folder; return (workdir, step)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return path, None
-    base = os.path.basename(path.rstrip(os.sep))
-    parent = os.path.dirname(path.rstrip(os.sep))
-    if base == "checkpoints":
-        return parent, None
-    if base.isdigit() and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent), int(base)
+    found = checkpoint_files.resolve(path)
+    if found is not None:
+        return found
     raise NoCheckpointError(
-        f"No GLCIC checkpoint at {path}: expected a training workdir (holding checkpoints/), "
-        f"its checkpoints/ folder, or one checkpoints/STEP folder."
+        f"No GLCIC checkpoint at {os.path.abspath(path)}: expected a training workdir (holding "
+        f"checkpoints/), its checkpoints/ folder, or one checkpoints/STEP folder."
     )
 
 
@@ -568,40 +550,6 @@ def restore_for_inference(path: str, step: int | None = None):
 
     found = _restore_newest_intact(path, step, abstract_for)
     return built["config"], built["nets"], found[2]
-
-
-def stored_structure(step_dir: str, prefix: tuple[str, ...], fields: tuple[str, ...],
-                     dtype=np.float32) -> dict | None:
-    """The float32 arrays under `prefix` + one of `fields` in a checkpoint's state, as nested
-    dicts of `jax.ShapeDtypeStruct`, read from Orbax's tree metadata (`state/_METADATA`, a few
-    kilobytes of JSON) rather than traced from the module; None where that file is absent, in
-    another layout (another Orbax version) or holds anything but dict keys and array shapes there.
-
-    Orbax's own metadata API opens every array for its dtype, slower than tracing; this file
-    does not record dtypes: every parameter and statistic this project saves is float32.
-    """
-    try:
-        with open(os.path.join(step_dir, "state", "_METADATA")) as f:
-            tree = json.load(f)["tree_metadata"]
-        out: dict = {}
-        for entry in tree.values():
-            keys = entry["key_metadata"]
-            path = tuple(k["key"] for k in keys)
-            if path[:len(prefix)] != prefix or len(path) <= len(prefix) + 1 \
-                    or path[len(prefix)] not in fields:
-                continue
-            value = entry["value_metadata"]
-            if any(k.get("key_type") != 2 for k in keys) or value.get("skip_deserialize") \
-                    or "write_shape" not in value:  # 2: a dict key
-                return None
-            node = out
-            for key in path[len(prefix):-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = jax.ShapeDtypeStruct(tuple(int(d) for d in value["write_shape"]),
-                                                  dtype)
-        return out or None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 class GeneratorCheckpoint(NamedTuple):
