@@ -18,6 +18,10 @@ import jax
 import numpy as np
 
 
+# The generator's arrays in a checkpoint's state, under "g": all that inference reads.
+GENERATOR_FIELDS = ("params", "batch_stats")
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -68,9 +72,9 @@ def newest_meta(path: str, step: int | None = None) -> tuple[str, dict] | None:
     step = path_step if step is None else step
     folder = checkpoint_dir(workdir)
     steps = finished_steps_in(folder)
-    if step is None:
-        step = steps[-1] if steps else None
-    if step is None or step not in steps:
+    if step is None and steps:
+        step = steps[-1]
+    if step not in steps:
         return None
     step_dir = os.path.join(folder, str(step))
     meta = read_meta(step_dir)
@@ -109,3 +113,12 @@ def stored_structure(step_dir: str, prefix: tuple[str, ...], fields: tuple[str, 
         return out or None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def generator_of(meta: dict):
+    """(config, generator module) that a checkpoint's `meta` describes; a config of an older
+    version is upgraded first."""
+    from glcic_jax import config_lib, models  # local imports: flax
+
+    config = config_lib.upgrade(meta["config"])
+    return config, models.make_generator(config.model)

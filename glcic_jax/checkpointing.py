@@ -576,26 +576,23 @@ def restore_generator(path: str, step: int | None = None,
     checkpoint's config is read, before its arrays are (again for an older checkpoint when a
     newer one turns out damaged): `inference.load` compiles the network meanwhile.
     """
-    from glcic_jax import models  # local import: flax
-
     built = {}
     folder = checkpoint_dir(_resolve(path)[0])
+    fields = checkpoint_files.GENERATOR_FIELDS
 
     def abstract_for(meta, step):
-        config = config_lib.upgrade(meta["config"])  # one from an older version too
-        generator = models.make_generator(config.model)
+        config, generator = checkpoint_files.generator_of(meta)
         built["config"], built["generator"] = config, generator
         # The variables' structure as the checkpoint stored it; or, where that cannot be read,
         # from the module at a small input (shapes do not depend on the image size), whose
         # tracing was most of a load's time in a fresh process. Either way flax checks every
         # parameter's shape against the module when the network is applied.
-        g = stored_structure(os.path.join(folder, str(step)), ("g",),
-                             ("params", "batch_stats"))
+        g = stored_structure(os.path.join(folder, str(step)), ("g",), fields)
         if g is None:
             g = jax.eval_shape(lambda: generator.init(
                 jax.random.PRNGKey(0), jax.numpy.zeros((1, 16, 16, 4), jax.numpy.float32),
                 train=False))
-            g = {k: g[k] for k in ("params", "batch_stats") if g.get(k)}
+            g = {k: g[k] for k in fields if g.get(k)}
         if on_structure is not None:
             on_structure(config, generator, g)
         return {"g": g, "mean_pixel": jax.ShapeDtypeStruct((3,), np.float32)}

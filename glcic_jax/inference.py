@@ -332,18 +332,18 @@ def _compile_ahead_from_files(path: str, step: int | None, compile_ahead) -> Non
     """`compile_ahead(config, generator, abstract_variables)` for the checkpoint that a restore of
     `path` tries first, read without Orbax (`checkpoint_files`); nothing where those files do not
     tell (the restore then calls it itself)."""
-    from glcic_jax import checkpoint_files, config_lib
+    from glcic_jax import checkpoint_files
 
     try:
         found = checkpoint_files.newest_meta(path, step)
         if found is None:
             return
         step_dir, meta = found
-        variables = checkpoint_files.stored_structure(step_dir, ("g",), ("params", "batch_stats"))
+        variables = checkpoint_files.stored_structure(step_dir, ("g",),
+                                                      checkpoint_files.GENERATOR_FIELDS)
         if variables is None:
             return
-        config = config_lib.upgrade(meta["config"])
-        generator = models.make_generator(config.model)
+        config, generator = checkpoint_files.generator_of(meta)
     except Exception:  # noqa: BLE001  an optimisation only: the restore reads it again
         logging.debug("reading the checkpoint's config without Orbax failed", exc_info=True)
         return
