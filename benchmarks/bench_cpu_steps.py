@@ -325,6 +325,7 @@ def main(argv=None) -> None:
         finally:
             for worker_ in workers:
                 worker_.close()
+        by_turn = {side.name: _by_previous_turn(side) for side in sides}
         rows = {side.name: dict(side.info, round_s=side.times, **_quartiles(side.times),
                                 turn_warmups=side.warmups,
                                 turn_warmup_median_s=(statistics.median(
@@ -332,7 +333,7 @@ def main(argv=None) -> None:
                                 round_after=side.after,
                                 median_s_by_previous_turn={
                                     after: statistics.median(times)
-                                    for after, times in _by_previous_turn(side).items()})
+                                    for after, times in by_turn[side.name].items()})
                 for side in sides}
         for side in sides:
             row = rows[side.name]
@@ -351,7 +352,7 @@ def main(argv=None) -> None:
         for side in sides:  # the medians by the turn before, with the number of rounds
             print(f"{'':11s} {side.name:16s} after: " + ", ".join(
                 f"{after} {statistics.median(times):.3f} ({len(times)})"
-                for after, times in _by_previous_turn(side).items()), flush=True)
+                for after, times in by_turn[side.name].items()), flush=True)
         report["steps"][step] = {"variants": {name: settings for name, settings in variants},
                                  "env_variants": dict(env_variants),
                                  "sides": rows}
