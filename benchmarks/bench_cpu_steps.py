@@ -16,7 +16,9 @@ ours with settings of `glcic_jax.conv_forms` changed while its step is traced (e
 the same process as ours (separate processes differed by more than a form's gain): what one
 form gives a whole step, measured in the same turns. `--env-variant NAME:KEY=VALUE` adds ours
 in a process of its own with those environment variables (e.g. glibc's malloc tunables, which
-take effect only at a process's start), in the same turns. Each round runs `--iters` steps on
+take effect only at a process's start), in the same turns; a KEY that starts with `jax_` is a
+JAX option set before JAX starts (e.g. `jax_cpu_enable_async_dispatch=false`: the computations
+run on the calling thread) rather than an environment variable. Each round runs `--iters` steps on
 every side, the sides in a shuffled order (seeded); only one side computes at a time (the
 others wait on their input), with a `--settle` pause between turns so that no side's threads
 are still spinning when the next starts (thread pools wait busily for a moment after their
@@ -113,6 +115,23 @@ def parse_env_variant(text: str) -> tuple[str, dict]:
     return name, {key: value for key, _, value in items}
 
 
+def split_jax_options(settings: dict) -> tuple[dict, dict]:
+    """An `--env-variant`'s settings -> (environment variables, JAX options): keys that start
+    with `jax_` are JAX options, their values read as booleans or numbers where they are."""
+    def value(text: str):
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    env = {k: v for k, v in settings.items() if not k.startswith("jax_")}
+    return env, {k: value(v) for k, v in settings.items() if k.startswith("jax_")}
+
+
 # ----------------------------------------------------------------------------------------------
 # Worker: one side, answering the driver's requests on stdin / stdout
 
@@ -128,6 +147,10 @@ def worker(spec: dict) -> None:
         from glcic_jax import cpu_memory
 
         cpu_memory.relaunch_with_huge_pages()  # as the training command starts
+        import jax
+
+        for key, value in spec.get("jax_options", {}).items():
+            jax.config.update(key, value)  # before the first computation starts JAX's client
         from glcic_jax import conv_forms
 
         for name, settings in spec["variants"].items():
@@ -304,9 +327,10 @@ def main(argv=None) -> None:
         try:
             workers.append(Worker(dict(base, side="ours", variants=dict(variants)), args.timeout))
             sides = [Side(name, workers[0]) for name, _ in variants]
-            for name, env in env_variants:
-                workers.append(Worker(dict(base, side="ours", variants={name: {}}), args.timeout,
-                                      env))
+            for name, settings in env_variants:
+                env, jax_options = split_jax_options(settings)
+                workers.append(Worker(dict(base, side="ours", variants={name: {}},
+                                           jax_options=jax_options), args.timeout, env))
                 sides.append(Side(name, workers[-1]))
             if with_torch:
                 workers.append(Worker(dict(base, side="pytorch"), args.timeout))

@@ -129,6 +129,9 @@ def test_bench_cpu_steps_env_variants_name_environment_variables():
     for bad in ("X=1", "a:", ":X=1", "a:X", "a:=1", "a:X=1,Y"):
         with pytest.raises(SystemExit, match="--env-variant"):
             bench_cpu_steps.parse_env_variant(bad)
+    assert bench_cpu_steps.split_jax_options(
+        {"X": "1", "jax_a": "False", "jax_b": "3", "jax_c": "0.5", "jax_d": "cpu"}) == (
+        {"X": "1"}, {"jax_a": False, "jax_b": 3, "jax_c": 0.5, "jax_d": "cpu"})
 
 
 def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monkeypatch, tmp_path):
@@ -164,14 +167,16 @@ def test_bench_cpu_steps_takes_turns_and_compares_each_of_ours_with_pytorch(monk
     out = tmp_path / "steps.json"
     bench_cpu_steps.main(["--steps", "completion", "--rounds", "3", "--settle", "0", "--variant",
                           "faster:NARROW_MAX_CHANNELS=0", "--env-variant",
-                          "tuned:GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0",
-                          "--out", str(out)])
+                          "tuned:GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0,"
+                          "jax_cpu_enable_async_dispatch=false", "--out", str(out)])
     # The conv_forms variants share ours' process; an environment variant has its own.
     assert [spec["side"] for spec in specs] == ["ours", "ours", "pytorch"]
     assert specs[0]["variants"] == {"ours": {}, "faster": {"NARROW_MAX_CHANNELS": 0}}
     assert specs[0]["env"] is None and specs[2]["env"] is None
     assert specs[1]["variants"] == {"tuned": {}}
     assert specs[1]["env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0"}
+    # A `jax_` key is a JAX option for that process, not an environment variable.
+    assert specs[1]["jax_options"] == {"jax_cpu_enable_async_dispatch": False}
     rounds = [order[i:i + 4] for i in range(0, 12, 4)]
     assert all(sorted(r) == ["faster", "ours", "pytorch", "tuned"] for r in rounds), order
     sides = json.loads(out.read_text())["steps"]["completion"]["sides"]
